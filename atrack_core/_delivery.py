@@ -1,0 +1,398 @@
+"""Getting calls to the API: the call record, retry policy, counters and the senders.
+
+``SyncDelivery`` sends in the caller's thread. ``BackgroundDelivery`` hands calls to a
+worker thread. Both share one retry policy and one pooled ``httpx`` client per process.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import os
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from ._errors import DeliveryError, KeyRejectedError, QueueFullError
+from ._options import Options, mask_key
+from ._wire import headers, new_request_id
+
+logger = logging.getLogger("atrack")
+
+RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+BACKOFF_BASE = 0.5
+BACKOFF_CAP = 30.0
+RETRY_AFTER_CAP = 60.0
+DROP_LOG_INTERVAL = 10.0
+
+
+@dataclass(slots=True, eq=False)
+class Call:
+    """One API call: what ``on_error`` receives when it could not be delivered."""
+
+    path: str
+    uuid: str
+    body: bytes
+    # Assigned at the first attempt (keeps uuid4() off the caller's path), then reused
+    # by every retry so the API can deduplicate.
+    request_id: str = ""
+    attempts: int = 0
+
+    def json(self) -> dict[str, Any]:
+        """The body as a dict."""
+        result: dict[str, Any] = json.loads(self.body)
+        return result
+
+    def __repr__(self) -> str:
+        return f"Call(path={self.path!r}, uuid={self.uuid!r}, attempts={self.attempts})"
+
+
+class Stats:
+    """Thread-safe delivery counters; :meth:`snapshot` is what ``ATrackSdk.stats()`` returns."""
+
+    __slots__ = (
+        "_lock",
+        "dropped",
+        "enqueued",
+        "failed",
+        "filtered",
+        "in_flight",
+        "retried",
+        "sent",
+    )
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.enqueued = 0
+        self.sent = 0
+        self.failed = 0
+        self.retried = 0
+        self.dropped = 0
+        self.in_flight = 0
+        self.filtered = 0
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            setattr(self, name, getattr(self, name) + n)
+
+    def snapshot(self, queued: int) -> dict[str, int]:
+        with self._lock:
+            return {
+                "enqueued": self.enqueued,
+                "sent": self.sent,
+                "failed": self.failed,
+                "retried": self.retried,
+                "dropped": self.dropped,
+                "queued": queued,
+                "in_flight": self.in_flight,
+                "filtered": self.filtered,
+            }
+
+
+def backoff_delay(retry: int, rng: Callable[[], float] = random.random) -> float:
+    """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**retry))."""
+    return float(rng() * min(BACKOFF_CAP, BACKOFF_BASE * 2.0**retry))
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value (delta seconds or HTTP date), capped
+    at 60 s; ``None`` when absent or unparseable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), RETRY_AFTER_CAP)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None or when.tzinfo is None:
+        return None
+    delta = when.timestamp() - (time.time() if now is None else now)
+    return min(max(delta, 0.0), RETRY_AFTER_CAP)
+
+
+class Outcome:
+    """The result of one attempt: delivered, retry after ``delay``, or give up."""
+
+    __slots__ = ("delay", "error", "ok")
+
+    def __init__(self, ok: bool, delay: float | None = None, error: DeliveryError | None = None):
+        self.ok = ok
+        self.delay = delay
+        self.error = error
+
+
+class Reporter:
+    """Logs and forwards failures: the 401/403 line once per SDK, ``on_error`` always."""
+
+    def __init__(self, options: Options, stats: Stats) -> None:
+        self._options = options
+        self._stats = stats
+        self._key_logged = False
+        self._last_drop_log = -DROP_LOG_INTERVAL
+        self._lock = threading.Lock()
+
+    def failed(self, call: Call, error: DeliveryError) -> None:
+        self._stats.add("failed")
+        if isinstance(error, KeyRejectedError):
+            with self._lock:
+                first = not self._key_logged
+                self._key_logged = True
+            if first:
+                logger.error(
+                    "A-Track rejected the public key %s (HTTP %s); nothing will be accepted "
+                    "until the key is fixed",
+                    mask_key(self._options.public_key),
+                    error.status,
+                )
+        else:
+            logger.warning("A-Track call %s for uuid %r dropped: %s", call.path, call.uuid, error)
+        self.hook(call, error)
+
+    def dropped(self, call: Call) -> None:
+        self._stats.add("dropped")
+        now = time.monotonic()
+        with self._lock:
+            log = now - self._last_drop_log >= DROP_LOG_INTERVAL
+            if log:
+                self._last_drop_log = now
+        if log:
+            logger.warning(
+                "A-Track queue is full (%d calls waiting); dropping calls (see stats().dropped)",
+                self._options.max_queue_size,
+            )
+        self.hook(call, QueueFullError(f"queue full ({self._options.max_queue_size}); dropped"))
+
+    def hook(self, call: Call, error: BaseException) -> None:
+        on_error = self._options.on_error
+        if on_error is None:
+            return
+        try:
+            on_error(call, error)
+        except Exception:
+            logger.exception("A-Track on_error hook raised")
+
+
+def classify(call: Call, response: httpx.Response | None, exc: Exception | None) -> Outcome:
+    """Decide what one attempt's result means, per the wire protocol's retry rules."""
+    if response is not None:
+        status = response.status_code
+        if 200 <= status < 300:
+            return Outcome(True)
+        body = response.text[:500]
+        if status in RETRY_STATUSES:
+            delay = parse_retry_after(response.headers.get("retry-after"))
+            return Outcome(
+                False,
+                delay=delay if delay is not None else backoff_delay(call.attempts - 1),
+                error=DeliveryError(f"HTTP {status} from {call.path}", status=status, body=body),
+            )
+        cls = KeyRejectedError if status in (401, 403) else DeliveryError
+        return Outcome(
+            False, error=cls(f"HTTP {status} from {call.path}", status=status, body=body)
+        )
+    detail = f"{type(exc).__name__}: {exc}" if exc is not None else "no response"
+    return Outcome(
+        False,
+        delay=backoff_delay(call.attempts - 1),
+        error=DeliveryError(f"{call.path} failed: {detail}"),
+    )
+
+
+def make_client(options: Options, base_url: str, **limits: int) -> httpx.Client:
+    return httpx.Client(
+        base_url=base_url + "/",
+        timeout=options.timeout,
+        http2=options.http2,
+        limits=httpx.Limits(**limits) if limits else httpx.Limits(),
+        follow_redirects=False,
+    )
+
+
+def attempt(client: httpx.Client, call: Call, public_key: str) -> Outcome:
+    """Send one attempt of ``call`` and classify the result."""
+    call.attempts += 1
+    if not call.request_id:
+        call.request_id = new_request_id()
+    try:
+        response = client.post(
+            call.path.lstrip("/"), content=call.body, headers=headers(public_key, call.request_id)
+        )
+    except httpx.HTTPError as exc:
+        return classify(call, None, exc)
+    return classify(call, response, None)
+
+
+class SyncDelivery:
+    """``delivery="sync"``: each call is sent, with retries, before the SDK method returns."""
+
+    def __init__(self, options: Options, base_url: str, stats: Stats, reporter: Reporter) -> None:
+        self._options = options
+        self._base_url = base_url
+        self._stats = stats
+        self._reporter = reporter
+        self._client: httpx.Client | None = None
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+
+    def _get_client(self) -> httpx.Client:
+        with self._lock:
+            if self._client is None or self._pid != os.getpid():
+                # A client inherited through fork shares sockets with the parent.
+                self._client = make_client(self._options, self._base_url)
+                self._pid = os.getpid()
+            return self._client
+
+    def submit(self, call: Call) -> bool:
+        self._stats.add("enqueued")
+        client = self._get_client()
+        self._stats.add("in_flight")
+        try:
+            while True:
+                outcome = attempt(client, call, self._options.public_key)
+                if outcome.ok:
+                    self._stats.add("sent")
+                    return True
+                assert outcome.error is not None
+                if outcome.delay is None or call.attempts > self._options.max_retries:
+                    self._reporter.failed(call, outcome.error)
+                    raise outcome.error
+                self._stats.add("retried")
+                time.sleep(outcome.delay)
+        finally:
+            self._stats.add("in_flight", -1)
+
+    def queued(self) -> int:
+        return 0
+
+    def flush(self, timeout: float | None = None) -> bool:
+        return True
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+
+_STOP = object()
+
+
+class BackgroundDelivery:
+    """A worker thread draining a bounded queue with retries.
+
+    The first version: one worker, one call at a time. Fork-safe: after ``os.fork`` the
+    child starts a fresh queue and worker, and never sends what the parent had queued.
+    """
+
+    def __init__(self, options: Options, base_url: str, stats: Stats, reporter: Reporter) -> None:
+        self._options = options
+        self._base_url = base_url
+        self._stats = stats
+        self._reporter = reporter
+        self._lock = threading.Lock()
+        self._closed = False
+        self._start()
+
+    def _start(self) -> None:
+        self._pid = os.getpid()
+        self._queue: queue.Queue[Any] = queue.Queue(self._options.max_queue_size)
+        self._pending = 0
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="atrack-delivery", daemon=True)
+        self._thread.start()
+
+    def _ensure_process(self) -> None:
+        if self._pid != os.getpid():
+            with self._lock:
+                if self._pid != os.getpid():
+                    self._start()
+
+    def submit(self, call: Call) -> bool:
+        if self._closed:
+            self._reporter.dropped(call)
+            return False
+        self._ensure_process()
+        with self._cond:
+            self._pending += 1
+        try:
+            self._queue.put_nowait(call)
+        except queue.Full:
+            self._done()
+            self._reporter.dropped(call)
+            return False
+        self._stats.add("enqueued")
+        return True
+
+    def queued(self) -> int:
+        return self._queue.qsize()
+
+    def _done(self) -> None:
+        with self._cond:
+            self._pending -= 1
+            if self._pending == 0:
+                self._cond.notify_all()
+
+    def _run(self) -> None:
+        client = make_client(self._options, self._base_url)
+        try:
+            while True:
+                item = self._queue.get()
+                if item is _STOP:
+                    return
+                try:
+                    self._send(client, item)
+                except Exception:  # the worker must survive anything a single call does
+                    logger.exception("A-Track delivery worker failed on %r", item)
+                finally:
+                    self._done()
+        finally:
+            client.close()
+
+    def _send(self, client: httpx.Client, call: Call) -> None:
+        self._stats.add("in_flight")
+        try:
+            while True:
+                outcome = attempt(client, call, self._options.public_key)
+                if outcome.ok:
+                    self._stats.add("sent")
+                    return
+                assert outcome.error is not None
+                if outcome.delay is None or call.attempts > self._options.max_retries:
+                    self._reporter.failed(call, outcome.error)
+                    return
+                self._stats.add("retried")
+                time.sleep(outcome.delay)
+        finally:
+            self._stats.add("in_flight", -1)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        self._ensure_process()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._pending:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+        return True
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.flush(timeout)
+        if self._pid == os.getpid():
+            try:
+                self._queue.put_nowait(_STOP)
+            except queue.Full:
+                return  # the daemon thread dies with the process
+            self._thread.join(0.5)

@@ -1,0 +1,182 @@
+"""SDK options: defaults, environment loading and validation."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from ._delivery import Call
+    from ._storage import Storage
+
+DEFAULT_API_HOST = "api.a-track.io"
+DEFAULT_TIMEOUT = 5.0
+DEFAULT_MAX_QUEUE_SIZE = 10_000
+DEFAULT_MAX_CONCURRENCY = 128
+DEFAULT_MAX_RETRIES = 5
+DEFAULT_SHUTDOWN_TIMEOUT = 5.0
+
+Delivery = Literal["background", "sync"]
+ErrorHook = Callable[["Call", BaseException], object]
+BeforeSend = Callable[[str, dict[str, Any]], "dict[str, Any] | None"]
+
+_GEO_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"", "0", "false", "no", "off"})
+
+
+def mask_key(key: str) -> str:
+    """The only form of a public key that may appear in a log line or repr."""
+    if len(key) <= 4:
+        return "…"
+    return "…" + key[-4:]
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(repr=False, eq=False)
+class Options:
+    """Configuration of an :class:`~atrack_core.ATrackSdk`.
+
+    ``Options("pub_xxxxx")`` takes the public key first; every other field is a keyword
+    argument or may be set as an attribute afterwards (``options.geo = "fra"``).
+    Validation happens when the SDK is built, so a bad value raises ``ValueError``
+    from ``ATrackSdk(options)``.
+    """
+
+    public_key: str
+    geo: str | None = None
+    endpoint: str | None = None
+    timeout: float = DEFAULT_TIMEOUT
+    storage: Storage | None = None
+    delivery: Delivery = "background"
+    max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    max_retries: int = DEFAULT_MAX_RETRIES
+    shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
+    on_error: ErrorHook | None = None
+    before_send: BeforeSend | None = None
+    disabled: bool = False
+    allow_insecure_http: bool = False
+    http2: bool = False
+
+    def __repr__(self) -> str:
+        key = mask_key(self.public_key) if isinstance(self.public_key, str) else "?"
+        return (
+            f"Options(public_key={key!r}, geo={self.geo!r}, endpoint={self.endpoint!r}, "
+            f"delivery={self.delivery!r}, disabled={self.disabled!r})"
+        )
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Options:
+        """Build options from ``ATRACK_PUBLIC_KEY``, ``ATRACK_GEO``, ``ATRACK_ENDPOINT``,
+        ``ATRACK_DISABLED`` and ``ATRACK_DELIVERY``; keyword arguments win over them.
+
+        Raises ``ValueError`` when ``ATRACK_PUBLIC_KEY`` is missing and the SDK is not
+        disabled, or when ``ATRACK_DISABLED`` is not a boolean word.
+        """
+        env = os.environ if environ is None else environ
+        disabled_raw = env.get("ATRACK_DISABLED", "").strip().lower()
+        if disabled_raw in _TRUE:
+            disabled = True
+        elif disabled_raw in _FALSE:
+            disabled = False
+        else:
+            raise ValueError(f"ATRACK_DISABLED must be true/false/1/0, got {disabled_raw!r}")
+        kwargs: dict[str, Any] = {"disabled": disabled}
+        if env.get("ATRACK_GEO"):
+            kwargs["geo"] = env["ATRACK_GEO"]
+        if env.get("ATRACK_ENDPOINT"):
+            kwargs["endpoint"] = env["ATRACK_ENDPOINT"]
+        if env.get("ATRACK_DELIVERY"):
+            kwargs["delivery"] = env["ATRACK_DELIVERY"]
+        kwargs.update(overrides)
+        key = kwargs.pop("public_key", None) or env.get("ATRACK_PUBLIC_KEY", "")
+        if not key and not kwargs.get("disabled"):
+            raise ValueError("ATRACK_PUBLIC_KEY is not set (set it, or ATRACK_DISABLED=1)")
+        return cls(key or "disabled", **kwargs)
+
+    def base_url(self) -> str:
+        """The validated base URL calls are posted under (no trailing slash)."""
+        return validate_options(self)
+
+
+def validate_options(options: Options) -> str:
+    """Check every field; return the base URL. Raises ``ValueError``/``TypeError``."""
+    key = options.public_key
+    if not isinstance(key, str):
+        raise TypeError(f"public_key must be a str, got {type(key).__name__}")
+    if not key:
+        raise ValueError("public_key must not be empty")
+    if len(key) > 512 or any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in key):
+        raise ValueError(
+            f"public_key {mask_key(key)!r} contains whitespace or control characters"
+            if len(key) <= 512
+            else "public_key is longer than 512 characters"
+        )
+    if not key.isascii():
+        raise ValueError(f"public_key {mask_key(key)!r} must be ASCII (it travels in a header)")
+    for name in ("timeout", "shutdown_timeout"):
+        value = getattr(options, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    for name, low in (("max_queue_size", 1), ("max_concurrency", 1), ("max_retries", 0)):
+        value = getattr(options, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    if options.delivery not in ("background", "sync"):
+        raise ValueError(f"delivery must be 'background' or 'sync', got {options.delivery!r}")
+    for name in ("on_error", "before_send"):
+        hook = getattr(options, name)
+        if hook is not None and not callable(hook):
+            raise TypeError(f"{name} must be callable or None, got {type(hook).__name__}")
+    if options.storage is not None:
+        for method in ("get", "set", "add", "delete"):
+            if not callable(getattr(options.storage, method, None)):
+                raise TypeError(f"storage must implement Storage; {method}() is missing")
+
+    if options.endpoint is not None:
+        return _validate_endpoint(options.endpoint, options.allow_insecure_http)
+    if options.geo is not None:
+        geo = options.geo
+        if not isinstance(geo, str) or not _GEO_RE.match(geo):
+            raise ValueError(
+                f"geo must be one DNS label (lower-case letters, digits, '-'), got {geo!r}"
+            )
+        return f"https://{geo}.{DEFAULT_API_HOST}"
+    return f"https://{DEFAULT_API_HOST}"
+
+
+def _validate_endpoint(endpoint: str, allow_insecure_http: bool) -> str:
+    if not isinstance(endpoint, str):
+        raise TypeError(f"endpoint must be a str, got {type(endpoint).__name__}")
+    if any(ord(ch) < 33 or ord(ch) == 127 for ch in endpoint):
+        raise ValueError(f"endpoint {endpoint!r} contains whitespace or control characters")
+    try:
+        parts = urlsplit(endpoint)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        raise ValueError(f"endpoint {endpoint!r} is not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise ValueError(f"endpoint {endpoint!r} must be an http(s) URL with a host")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError(f"endpoint {endpoint!r} must not carry a query, fragment or credentials")
+    if parts.scheme == "http" and not allow_insecure_http and not _is_loopback(host):
+        raise ValueError(
+            f"endpoint {endpoint!r} uses plain http to a non-loopback host; the public key "
+            "would travel in clear text. Use https, or allow_insecure_http=True"
+        )
+    return endpoint.rstrip("/")

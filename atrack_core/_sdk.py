@@ -1,0 +1,369 @@
+"""``ATrackSdk``: the public client."""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import threading
+import uuid as _uuid
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from ._delivery import BackgroundDelivery, Call, Reporter, Stats, SyncDelivery
+from ._errors import NoUserError
+from ._models import Attributes, EventPayload, InitPayload, InitResult, User
+from ._options import Options, mask_key, validate_options
+from ._storage import MemoryStorage, Storage
+from ._validate import check_name, to_json_object
+from ._wire import (
+    PATH_ATTRIBUTES,
+    PATH_EVENT,
+    PATH_INIT,
+    attributes_body,
+    event_body,
+    format_timestamp,
+    init_body,
+    now_timestamp,
+    serialize,
+)
+
+logger = logging.getLogger("atrack")
+
+CURRENT_USER_KEY = "atrack:user"
+_MODES = ("merge", "replace")
+T = TypeVar("T")
+
+# Calls are diverted here while atrack_core.testing captures (checked on every call).
+_capture_sinks: list[Callable[[str, dict[str, Any]], None]] = []
+_live: weakref.WeakSet[ATrackSdk] = weakref.WeakSet()
+_live_lock = threading.Lock()
+
+
+class _NullDelivery:
+    """``disabled=True``: every call is validated, then forgotten."""
+
+    def submit(self, call: Call) -> bool:
+        return True
+
+    def queued(self) -> int:
+        return 0
+
+    def flush(self, timeout: float | None = None) -> bool:
+        return True
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        return None
+
+
+class ATrackSdk:
+    """The A-Track client. Thread-safe; build one per process and share it.
+
+    >>> sdk = ATrackSdk(Options("pub_xxxxx", disabled=True))
+    >>> result = sdk.init()
+    >>> sdk.track("order_created", {"amount": 12})
+    >>> sdk.get_user().uuid == result.uuid
+    True
+    """
+
+    def __init__(self, options: Options) -> None:
+        if not isinstance(options, Options):
+            raise TypeError(f"ATrackSdk needs an Options, got {type(options).__name__}")
+        self.options = options
+        self.base_url = validate_options(options)
+        self._public_key = options.public_key
+        self.storage: Storage = options.storage if options.storage is not None else MemoryStorage()
+        self._stats = Stats()
+        self._reporter = Reporter(options, self._stats)
+        self._closed = False
+        self._delivery: _NullDelivery | SyncDelivery | BackgroundDelivery
+        if options.disabled:
+            self._delivery = _NullDelivery()
+        elif options.delivery == "sync":
+            self._delivery = SyncDelivery(options, self.base_url, self._stats, self._reporter)
+        else:
+            self._delivery = BackgroundDelivery(options, self.base_url, self._stats, self._reporter)
+        with _live_lock:
+            _live.add(self)
+
+    def __repr__(self) -> str:
+        return (
+            f"ATrackSdk(key={mask_key(self._public_key)!r}, base_url={self.base_url!r}, "
+            f"delivery={self.options.delivery!r}, disabled={self.options.disabled!r})"
+        )
+
+    # -- the public API -------------------------------------------------------------
+
+    def init(self, payload: InitPayload | None = None) -> InitResult:
+        """Send ``/init`` for a user and make them the SDK's current user.
+
+        Without a uuid, the current user kept in the storage is reused (a CLI with a
+        ``FileStorage`` keeps its anonymous uuid across runs); when there is none a
+        UUID4 is generated and ``is_new_user`` is ``True``.
+        """
+        if payload is None:
+            payload = InitPayload()
+        elif not isinstance(payload, InitPayload):
+            raise TypeError(f"init() takes an InitPayload or None, got {type(payload).__name__}")
+        user = payload.user
+        uuid = user.uuid if user is not None else None
+        is_new = False
+        if uuid is None:
+            current = self.get_user()
+            if current is not None:
+                uuid = current.uuid
+            else:
+                uuid = str(_uuid.uuid4())
+                is_new = True
+        uuid = check_name(uuid, "InitPayload.user.uuid")
+        mode = _check_mode(payload.mode, "InitPayload.mode")
+        attributes = to_json_object(
+            user.attributes if user else None, "InitPayload.user.attributes"
+        )
+        attributes.update(to_json_object(payload.attributes, "InitPayload.attributes"))
+        context = to_json_object(payload.context, "InitPayload.context")
+        profile = to_json_object(payload.profile, "InitPayload.profile")
+        self.send_init(uuid, is_new, context, attributes, profile=profile, mode=mode, checked=True)
+
+        current = self.get_user()
+        if mode == "merge" and current is not None and current.uuid == uuid:
+            merged = dict(current.attributes)
+            merged.update(attributes)
+            attributes = merged
+        self._set_current_user(User(uuid, attributes))
+        return InitResult(uuid=uuid, is_new_user=is_new)
+
+    def get_user(self) -> User | None:
+        """The current user (set by :meth:`init`), or ``None``."""
+        try:
+            raw = self.storage.get(CURRENT_USER_KEY)
+        except Exception:
+            logger.warning("A-Track storage failed on get; treating as a miss", exc_info=True)
+            return None
+        if raw is None:
+            return None
+        try:
+            data = json.loads(raw)
+            return User(uuid=data["uuid"], attributes=dict(data.get("attributes") or {}))
+        except (ValueError, KeyError, TypeError):
+            logger.warning("A-Track storage holds an unreadable current user; ignoring it")
+            return None
+
+    def track(
+        self, event: EventPayload | str, attributes: Attributes | None = None, **kwargs: Any
+    ) -> None:
+        """Send an event: ``track(EventPayload(...))`` or ``track("name", {"k": 1})``.
+
+        The short form accepts ``uuid=``, ``timestamp=`` and ``context=`` keywords.
+        Without a uuid the current user's is used (``NoUserError`` when there is none).
+        """
+        if isinstance(event, EventPayload):
+            if attributes is not None or kwargs:
+                raise TypeError("track(EventPayload) takes no other arguments")
+            payload = event
+        elif isinstance(event, str):
+            unknown = set(kwargs) - {"uuid", "timestamp", "context"}
+            if unknown:
+                raise TypeError(f"track() got unexpected keyword arguments {sorted(unknown)}")
+            payload = EventPayload(event, attributes=attributes, **kwargs)
+        else:
+            raise TypeError(
+                f"track() takes an EventPayload or an event name, got {type(event).__name__}"
+            )
+        uuid = payload.uuid if payload.uuid is not None else self._current_uuid("track()")
+        self.send_event(
+            uuid,
+            payload.event,
+            payload.attributes,
+            context=payload.context,
+            timestamp=format_timestamp(payload.timestamp) if payload.timestamp else None,
+        )
+
+    def set_attributes(
+        self,
+        attributes: Attributes,
+        replace: bool = False,
+        *,
+        uuid: str | None = None,
+        profile: dict[str, Any] | None = None,
+    ) -> None:
+        """Send ``/attributes``: merge (default) or, with ``replace=True``, replace the
+        user's attributes. Applies to the current user unless ``uuid`` is given; the
+        locally kept current user is updated to match."""
+        if not isinstance(replace, bool):
+            raise TypeError(f"replace must be a bool, got {type(replace).__name__}")
+        target = uuid if uuid is not None else self._current_uuid("set_attributes()")
+        attrs = to_json_object(attributes, "attributes")
+        self.send_attributes(target, attrs, replace=replace, profile=profile, checked_attrs=True)
+        current = self.get_user()
+        if current is not None and current.uuid == target:
+            merged = attrs if replace else {**current.attributes, **attrs}
+            self._set_current_user(User(target, merged))
+
+    def flush(self, timeout: float | None = 5.0) -> bool:
+        """Block until every call made before this one was delivered or dropped.
+        ``True`` when that happened within ``timeout`` seconds."""
+        return self._delivery.flush(timeout)
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Flush (bounded by ``timeout``, default ``shutdown_timeout``) and stop. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._delivery.shutdown(self.options.shutdown_timeout if timeout is None else timeout)
+        with _live_lock:
+            _live.discard(self)
+
+    async def aflush(self, timeout: float | None = 5.0) -> bool:
+        """:meth:`flush` for async code: waits in a worker thread, not on the event loop."""
+        return await _in_thread(lambda: self.flush(timeout))
+
+    async def ashutdown(self, timeout: float | None = None) -> None:
+        """:meth:`shutdown` for async code."""
+        await _in_thread(lambda: self.shutdown(timeout))
+
+    def stats(self) -> dict[str, int]:
+        """Delivery counters: enqueued, sent, failed, retried, dropped, queued, in_flight
+        (and ``filtered``: calls ``before_send`` dropped)."""
+        return self._stats.snapshot(self._delivery.queued())
+
+    def __enter__(self) -> ATrackSdk:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    # -- lower level, used by the integrations ----------------------------------------
+    # These never touch the SDK's current user: a web request must not change it.
+
+    def send_init(
+        self,
+        uuid: str,
+        is_new_user: bool,
+        context: dict[str, Any] | None = None,
+        attributes: Attributes | None = None,
+        *,
+        profile: dict[str, Any] | None = None,
+        mode: str = "merge",
+        checked: bool = False,
+    ) -> None:
+        """Send ``/init`` for ``uuid`` without changing the current user."""
+        if not checked:
+            uuid = check_name(uuid, "uuid")
+            mode = _check_mode(mode, "mode")
+            context = to_json_object(context, "context")
+            attributes = to_json_object(attributes, "attributes")
+            profile = to_json_object(profile, "profile")
+        body = init_body(uuid, is_new_user, mode, context or {}, attributes or {}, profile or {})
+        self._dispatch(PATH_INIT, uuid, body)
+
+    def send_attributes(
+        self,
+        uuid: str,
+        attributes: Attributes,
+        *,
+        replace: bool = False,
+        profile: dict[str, Any] | None = None,
+        checked_attrs: bool = False,
+    ) -> None:
+        """Send ``/attributes`` for ``uuid`` without changing the current user."""
+        uuid = check_name(uuid, "uuid")
+        if not checked_attrs:
+            attributes = to_json_object(attributes, "attributes")
+        body = attributes_body(
+            uuid,
+            "replace" if replace else "merge",
+            attributes,
+            to_json_object(profile, "profile"),
+        )
+        self._dispatch(PATH_ATTRIBUTES, uuid, body)
+
+    def send_event(
+        self,
+        uuid: str,
+        event: str,
+        attributes: Attributes | None = None,
+        *,
+        context: dict[str, Any] | None = None,
+        timestamp: str | None = None,
+        trusted_context: bool = False,
+    ) -> None:
+        """Send ``/event`` for ``uuid``. ``trusted_context`` skips re-validating a context
+        the integrations built themselves."""
+        uuid = check_name(uuid, "EventPayload.uuid")
+        event = check_name(event, "EventPayload.event")
+        attrs = to_json_object(attributes, "EventPayload.attributes") if attributes else {}
+        if context is None:
+            ctx: dict[str, Any] = {}
+        elif trusted_context:
+            ctx = context
+        else:
+            ctx = to_json_object(context, "EventPayload.context")
+        body = event_body(uuid, event, attrs, timestamp or now_timestamp(), ctx)
+        self._dispatch(PATH_EVENT, uuid, body)
+
+    # -- internals --------------------------------------------------------------------
+
+    def _dispatch(self, path: str, uuid: str, body: dict[str, Any]) -> None:
+        hook = self.options.before_send
+        if hook is not None:
+            try:
+                result = hook(path, body)
+                if result is None:
+                    self._stats.add("filtered")
+                    return
+                if not isinstance(result, dict):
+                    raise TypeError(f"before_send returned {type(result).__name__}, not a dict")
+                data = serialize(path, result)
+            except Exception as exc:
+                logger.exception("A-Track before_send failed; the %s call is dropped", path)
+                self._stats.add("failed")
+                self._reporter.hook(Call(path, uuid, b""), exc)
+                return
+            body = result
+        else:
+            data = serialize(path, body)
+        if _capture_sinks:
+            for sink in list(_capture_sinks):
+                sink(path, body)
+            return
+        self._delivery.submit(Call(path, uuid, data))
+
+    def _current_uuid(self, where: str) -> str:
+        user = self.get_user()
+        if user is None:
+            raise NoUserError(f"{where} needs a uuid: pass one, or call init() first")
+        return user.uuid
+
+    def _set_current_user(self, user: User) -> None:
+        raw = json.dumps({"uuid": user.uuid, "attributes": user.attributes}, ensure_ascii=False)
+        try:
+            self.storage.set(CURRENT_USER_KEY, raw)
+        except Exception:
+            logger.warning("A-Track storage failed on set; current user not kept", exc_info=True)
+
+
+def _check_mode(mode: object, where: str) -> str:
+    if mode not in _MODES:
+        raise ValueError(f"{where} must be 'merge' or 'replace', got {mode!r}")
+    return str(mode)
+
+
+async def _in_thread(fn: Callable[[], T]) -> T:
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    fut: Awaitable[T] = loop.run_in_executor(None, fn)
+    return await fut
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    with _live_lock:
+        sdks = list(_live)
+    for sdk in sdks:
+        try:
+            sdk.shutdown()
+        except Exception:
+            logger.exception("A-Track exit flush failed")

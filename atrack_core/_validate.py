@@ -1,0 +1,102 @@
+"""Input validation and conversion to JSON-ready values, in the caller's thread.
+
+Everything here raises ``ValueError``/``TypeError`` whose message names the offending
+value and where it sits (``attributes['when']``), so a mistake surfaces at the call
+instead of as a lost event in the background.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import date, datetime
+from decimal import Decimal
+from enum import Enum
+from typing import Any
+from uuid import UUID
+
+MAX_NAME_LENGTH = 255
+MAX_BODY_BYTES = 256 * 1024
+MAX_DEPTH = 32
+
+_SCALARS = (str, int, bool, type(None))
+# C0 controls, DEL and C1 controls: never legitimate inside a name or a uuid.
+_CONTROL = frozenset(chr(c) for c in (*range(32), *range(127, 160)))
+
+
+def check_name(value: object, what: str) -> str:
+    """An event name, uuid or attribute key: a non-empty str of at most 255 characters
+    with no control characters."""
+    if type(value) is not str:
+        if isinstance(value, UUID):
+            return str(value)
+        raise TypeError(f"{what} must be a str, got {type(value).__name__}")
+    if not value:
+        raise ValueError(f"{what} must not be empty")
+    if len(value) > MAX_NAME_LENGTH:
+        raise ValueError(f"{what} is {len(value)} characters long; the limit is {MAX_NAME_LENGTH}")
+    if not value.isprintable() and not _CONTROL.isdisjoint(value):
+        raise ValueError(f"{what} {value[:40]!r} contains control characters")
+    return value
+
+
+def to_json_object(value: object, where: str) -> dict[str, Any]:
+    """Convert a mapping of attributes/context/profile into a JSON-ready dict (a copy)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise TypeError(f"{where} must be a dict, got {type(value).__name__}")
+    return _convert_dict(value, where, 0)
+
+
+def _convert_dict(value: dict[Any, Any], where: str, depth: int) -> dict[str, Any]:
+    if depth >= MAX_DEPTH:
+        raise ValueError(f"{where} nests deeper than {MAX_DEPTH} levels (a cycle?)")
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if type(key) is not str:
+            raise TypeError(f"{where} has a non-string key {key!r} ({type(key).__name__})")
+        if not key.isprintable() and not _CONTROL.isdisjoint(key):
+            raise ValueError(f"{where} key {key[:40]!r} contains control characters")
+        # The common case (flat str/int/bool/None values) skips the recursive call.
+        out[key] = item if type(item) in _SCALARS else _convert(item, where, key, depth)
+    return out
+
+
+def _convert(value: Any, where: str, key: object, depth: int) -> Any:
+    path = f"{where}[{key!r}]"
+    tp = type(value)
+    if tp in _SCALARS:
+        return value
+    if tp is float:
+        if math.isfinite(value):
+            return value
+        raise ValueError(f"{path} is {value!r}; JSON cannot carry NaN or infinities")
+    if isinstance(value, dict):
+        return _convert_dict(value, path, depth + 1)
+    if isinstance(value, (list, tuple, set, frozenset)):
+        if depth + 1 >= MAX_DEPTH:
+            raise ValueError(f"{path} nests deeper than {MAX_DEPTH} levels (a cycle?)")
+        items = sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value
+        return [_convert(item, path, i, depth + 1) for i, item in enumerate(items)]
+    if isinstance(value, Enum):
+        return _convert(value.value, where, key, depth)
+    if isinstance(value, datetime):
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"{path} is a naive datetime; give it a timezone (e.g. UTC)")
+        return value.isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise ValueError(f"{path} is {value!r}; JSON cannot carry NaN or infinities")
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, UUID):
+        return str(value)
+    if isinstance(value, (str, int)):  # subclasses (IntEnum handled above, str subclasses)
+        return str(value) if isinstance(value, str) else int(value)
+    if isinstance(value, float):
+        return _convert(float(value), where, key, depth)
+    raise TypeError(
+        f"{path} is a {tp.__name__}, which has no JSON form; convert it to "
+        "str/int/float/bool/None/list/dict first"
+    )

@@ -1,0 +1,116 @@
+"""The wire protocol in one place: the three bodies, their serialisation, the headers.
+
+Bodies carry exactly the keys of the hosted API, every key always present.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid as _uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from ._validate import MAX_BODY_BYTES
+from ._version import __version__
+
+SDK_VERSION = __version__
+USER_AGENT = f"a-track-sdk-python/{__version__}"
+
+PATH_INIT = "/init"
+PATH_ATTRIBUTES = "/attributes"
+PATH_EVENT = "/event"
+
+_dumps = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+
+
+def init_body(
+    uuid: str,
+    is_new_user: bool,
+    mode: str,
+    context: dict[str, Any],
+    attributes: dict[str, Any],
+    profile: dict[str, Any],
+) -> dict[str, Any]:
+    return {
+        "sdkVersion": SDK_VERSION,
+        "uuid": uuid,
+        "isNewUser": is_new_user,
+        "mode": mode,
+        "context": context,
+        "attributes": attributes,
+        "profile": profile,
+    }
+
+
+def attributes_body(
+    uuid: str, mode: str, attributes: dict[str, Any], profile: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "sdkVersion": SDK_VERSION,
+        "uuid": uuid,
+        "mode": mode,
+        "attributes": attributes,
+        "profile": profile,
+    }
+
+
+def event_body(
+    uuid: str, event: str, attributes: dict[str, Any], timestamp: str, context: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "sdkVersion": SDK_VERSION,
+        "uuid": uuid,
+        "event": event,
+        "attributes": attributes,
+        "timestamp": timestamp,
+        "context": context,
+    }
+
+
+def serialize(path: str, body: dict[str, Any]) -> bytes:
+    """UTF-8 JSON of a body; ``ValueError`` past 256 KiB (the API's limit)."""
+    data = _dumps(body).encode("utf-8")
+    if len(data) > MAX_BODY_BYTES:
+        raise ValueError(
+            f"the {path} body is {len(data)} bytes of JSON; the limit is {MAX_BODY_BYTES}"
+        )
+    return data
+
+
+def headers(public_key: str, request_id: str) -> dict[str, str]:
+    return {
+        "x-a-track-key": public_key,
+        "content-type": "application/json",
+        "user-agent": USER_AGENT,
+        "x-a-track-request-id": request_id,
+    }
+
+
+def new_request_id() -> str:
+    return str(_uuid.uuid4())
+
+
+# track() runs on request paths: formatting a timestamp from scratch costs more than
+# the rest of the call, so the part up to the second is cached.
+_ts_cache: tuple[int, str] = (-1, "")
+
+
+def now_timestamp() -> str:
+    """The current UTC time as ``YYYY-MM-DDTHH:MM:SS.mmmZ``."""
+    global _ts_cache
+    ms_total = time.time_ns() // 1_000_000
+    sec, ms = divmod(ms_total, 1000)
+    cached_sec, prefix = _ts_cache
+    if cached_sec != sec:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        _ts_cache = (sec, prefix)
+    return f"{prefix}.{ms:03d}Z"
+
+
+def format_timestamp(value: datetime) -> str:
+    """An aware ``datetime`` as ``YYYY-MM-DDTHH:MM:SS.mmmZ`` in UTC."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("timestamp is a naive datetime; give it a timezone (e.g. UTC)")
+    utc = value.astimezone(timezone.utc)
+    return f"{utc:%Y-%m-%dT%H:%M:%S}.{utc.microsecond // 1000:03d}Z"
