@@ -72,6 +72,9 @@ class FakeApi:
                     self.connection.shutdown(socket.SHUT_RDWR)
                     return
                 payload = json.dumps({"ok": plan.status < 300}).encode()
+                # Recorded before answering: a sync client that got its response must
+                # find its request recorded.
+                api._record(rec)
                 self.send_response(plan.status)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(payload)))
@@ -79,7 +82,6 @@ class FakeApi:
                     self.send_header("retry-after", plan.retry_after)
                 self.end_headers()
                 self.wfile.write(payload)
-                api._record(rec)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
