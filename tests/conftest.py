@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -11,3 +12,13 @@ from tests.fake_api import FakeApi
 def fake_api() -> Iterator[FakeApi]:
     with FakeApi() as api:
         yield api
+
+
+def require_or_skip(what: str, available: bool, env_var: str) -> None:
+    """Skip a test whose system dependency is missing, except where ``env_var`` says it
+    must run (CI sets it after installing the dependency): then fail loudly."""
+    if available:
+        return
+    if os.environ.get(env_var):
+        pytest.fail(f"{what} is required here ({env_var} is set) but is not available")
+    pytest.skip(f"{what} is not available")

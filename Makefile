@@ -1,0 +1,44 @@
+# The two set-up commands are `make demo` and `make test`; both need only python3 and make.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: test lint type pytest demo bench matrix clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=25.1"
+	$(BIN)/python -m pip install --quiet -e ".[all]" --group dev
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+type: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The whole test suite: lint, types, then every test.
+test: lint type pytest
+
+demo: $(STAMP)
+	$(BIN)/python -m example_apps.demo
+
+bench: $(STAMP)
+	$(BIN)/python bench/run_all.py
+
+# Every tox env (framework versions x Python versions); absent interpreters are skipped.
+matrix: $(STAMP)
+	$(BIN)/python -m pip install --quiet "tox>=4.11"
+	$(BIN)/tox run
+
+clean:
+	rm -rf $(VENV) .tox .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,183 @@
+"""The storage contract (every storage passes the same suite) and the specifics of
+MemoryStorage and FileStorage."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from atrack_core import ATrackSdk, FileStorage, MemoryStorage, Options, Storage
+
+StorageFactory = Callable[[], Storage]
+
+
+@pytest.fixture(params=["memory", "file"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]:
+    if request.param == "memory":
+        yield MemoryStorage()
+    else:
+        yield FileStorage(tmp_path / "state" / "atrack.json")
+
+
+def test_is_a_storage(storage: Storage) -> None:
+    assert isinstance(storage, Storage)
+
+
+def test_get_set_delete(storage: Storage) -> None:
+    assert storage.get("k") is None
+    storage.set("k", "v")
+    assert storage.get("k") == "v"
+    storage.set("k", "w")
+    assert storage.get("k") == "w"
+    storage.delete("k")
+    assert storage.get("k") is None
+    storage.delete("k")  # deleting a missing key is fine
+
+
+def test_add_only_when_absent(storage: Storage) -> None:
+    assert storage.add("k", "1") is True
+    assert storage.add("k", "2") is False
+    assert storage.get("k") == "1"
+
+
+def test_ttl_expires(storage: Storage) -> None:
+    storage.set("short", "v", ttl=0.05)
+    storage.set("long", "v", ttl=60)
+    assert storage.get("short") == "v"
+    time.sleep(0.08)
+    assert storage.get("short") is None
+    assert storage.get("long") == "v"
+    # An expired key counts as absent for add.
+    assert storage.add("short", "again", ttl=60) is True
+    assert storage.get("short") == "again"
+
+
+def test_add_is_atomic_under_threads(storage: Storage) -> None:
+    winners: list[int] = []
+    barrier = threading.Barrier(8)
+
+    def worker(i: int) -> None:
+        barrier.wait()
+        if storage.add("init:user", str(i), ttl=30):
+            winners.append(i)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(winners) == 1
+    assert storage.get("init:user") == str(winners[0])
+
+
+def test_memory_storage_is_bounded_lru() -> None:
+    s = MemoryStorage(max_entries=3)
+    for k in "abc":
+        s.set(k, k)
+    assert s.get("a") == "a"  # touch a: b is now the least recently used
+    s.set("d", "d")
+    assert s.get("b") is None
+    assert [s.get(k) for k in "acd"] == ["a", "c", "d"]
+    assert len(s) == 3
+    for i in range(1000):
+        s.add(f"x{i}", "v")
+    assert len(s) == 3
+    with pytest.raises(ValueError, match="max_entries"):
+        MemoryStorage(0)
+
+
+def test_file_storage_mode_0600_and_atomic_replace(tmp_path: Path) -> None:
+    path = tmp_path / "atrack.json"
+    s = FileStorage(path)
+    s.set("k", "v")
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    inode = os.stat(path).st_ino
+    s.set("k", "w")
+    # Replaced, not rewritten in place: a reader never sees a half-written file.
+    assert os.stat(path).st_ino != inode
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".atrack-")]
+
+
+def test_file_storage_survives_a_corrupt_file(tmp_path: Path) -> None:
+    path = tmp_path / "atrack.json"
+    path.write_text("{not json")
+    s = FileStorage(path)
+    assert s.get("k") is None
+    s.set("k", "v")
+    assert FileStorage(path).get("k") == "v"
+
+
+CLI_SCRIPT = """
+import sys
+from atrack_core import ATrackSdk, FileStorage, Options
+sdk = ATrackSdk(Options("pub_xxxxx", disabled=True, storage=FileStorage(sys.argv[1])))
+result = sdk.init()
+print(result.uuid, result.is_new_user)
+"""
+
+
+def test_file_storage_keeps_a_cli_uuid_across_runs(tmp_path: Path) -> None:
+    path = str(tmp_path / "cli-state.json")
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", CLI_SCRIPT, path], capture_output=True, text=True, check=True
+        ).stdout.split()
+        for _ in range(2)
+    ]
+    (uuid1, new1), (uuid2, new2) = runs
+    assert uuid1 == uuid2
+    assert (new1, new2) == ("True", "False")
+
+
+ADD_SCRIPT = """
+import sys
+from atrack_core import FileStorage
+s = FileStorage(sys.argv[1])
+won = sum(s.add(f"k{i}", sys.argv[2]) for i in range(40))
+print(won)
+"""
+
+
+def test_file_storage_add_is_atomic_across_processes(tmp_path: Path) -> None:
+    path = str(tmp_path / "shared.json")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", ADD_SCRIPT, path, str(n)], stdout=subprocess.PIPE, text=True
+        )
+        for n in range(3)
+    ]
+    wins = [int(p.communicate(timeout=60)[0]) for p in procs]
+    assert sum(wins) == 40  # each key won by exactly one process
+    s = FileStorage(path)
+    assert all(s.get(f"k{i}") in {"0", "1", "2"} for i in range(40))
+
+
+class BrokenStorage:
+    def get(self, key: str) -> str | None:
+        raise ConnectionError("down")
+
+    def set(self, key: str, value: str, ttl: float | None = None) -> None:
+        raise ConnectionError("down")
+
+    def add(self, key: str, value: str, ttl: float | None = None) -> bool:
+        raise ConnectionError("down")
+
+    def delete(self, key: str) -> None:
+        raise ConnectionError("down")
+
+
+def test_a_failing_storage_is_a_logged_miss(caplog: pytest.LogCaptureFixture) -> None:
+    with ATrackSdk(Options("pub_xxxxx", disabled=True, storage=BrokenStorage())) as sdk:
+        result = sdk.init()  # does not raise
+        assert result.is_new_user
+        assert sdk.get_user() is None
+        sdk.track("e", uuid=result.uuid)
+    assert any("storage failed" in r.getMessage() for r in caplog.records)

@@ -1,0 +1,296 @@
+"""Bad input fails at the call, in the caller's thread, with a message naming what and
+where; values with one obvious JSON form are converted."""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import uuid as uuidlib
+from collections.abc import Iterator
+from datetime import date, datetime, timezone
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from atrack_core import (
+    ATrackSdk,
+    EventPayload,
+    InitPayload,
+    NoUserError,
+    Options,
+    UserContext,
+)
+from atrack_core.testing import CapturedCalls, capture_calls
+
+
+@pytest.fixture
+def sdk() -> Iterator[ATrackSdk]:
+    with ATrackSdk(Options("pub_xxxxx", disabled=True)) as client:
+        yield client
+
+
+@pytest.fixture
+def calls() -> Iterator[CapturedCalls]:
+    with capture_calls() as captured:
+        yield captured
+
+
+class Color(enum.Enum):
+    RED = "red"
+
+
+class Level(enum.IntEnum):
+    HIGH = 3
+
+
+@pytest.mark.parametrize(
+    ("name", "exc", "match"),
+    [
+        ("", ValueError, "empty"),
+        ("x" * 256, ValueError, "256 characters"),
+        ("bad\nname", ValueError, "control"),
+        ("bad\x00name", ValueError, "control"),
+        ("bad\x7fname", ValueError, "control"),
+        ("bad\x85name", ValueError, "control"),
+        (42, TypeError, "str"),
+        (None, TypeError, "str"),
+    ],
+)
+def test_bad_event_names(sdk: ATrackSdk, name: Any, exc: type[Exception], match: str) -> None:
+    with pytest.raises(exc, match=match) as info:
+        sdk.track(EventPayload(event=name, uuid="u"))
+    assert "event" in str(info.value)
+
+
+def test_event_name_of_255_chars_is_accepted(sdk: ATrackSdk, calls: CapturedCalls) -> None:
+    sdk.track("x" * 255, uuid="u")
+    assert calls.event_names() == ["x" * 255]
+
+
+@pytest.mark.parametrize("uuid", ["", "u" * 256, "a\tb", "line\r\nbreak"])
+def test_bad_uuids_everywhere(sdk: ATrackSdk, uuid: str) -> None:
+    with pytest.raises(ValueError, match="uuid"):
+        sdk.init(InitPayload(user=UserContext(uuid=uuid)))
+    with pytest.raises(ValueError, match="uuid"):
+        sdk.track("e", uuid=uuid)
+    with pytest.raises(ValueError, match="uuid"):
+        sdk.set_attributes({"a": 1}, uuid=uuid)
+
+
+def test_uuid_objects_are_converted(sdk: ATrackSdk, calls: CapturedCalls) -> None:
+    u = uuidlib.uuid4()
+    sdk.track("e", uuid=u)  # type: ignore[arg-type]
+    assert calls.events[0]["uuid"] == str(u)
+
+
+@pytest.mark.parametrize(
+    ("attributes", "exc", "match"),
+    [
+        ({1: "x"}, TypeError, "non-string key 1"),
+        ({("a",): 1}, TypeError, "non-string key"),
+        ({"n": math.nan}, ValueError, r"\['n'\].*NaN"),
+        ({"n": math.inf}, ValueError, "infinities"),
+        ({"deep": {"n": -math.inf}}, ValueError, r"\['deep'\]\['n'\]"),
+        ({"list": [1, math.nan]}, ValueError, r"\['list'\]\[1\]"),
+        ({"o": object()}, TypeError, "object, which has no JSON form"),
+        ({"f": lambda: 1}, TypeError, "function"),
+        ({"b": b"bytes"}, TypeError, "bytes"),
+        ({"when": datetime(2026, 1, 1)}, ValueError, "naive datetime"),
+        ({"d": Decimal("NaN")}, ValueError, "NaN"),
+        ({"bad\nkey": 1}, ValueError, "control"),
+        ("not a dict", TypeError, "must be a dict"),
+    ],
+)
+def test_bad_attribute_values(
+    sdk: ATrackSdk, attributes: Any, exc: type[Exception], match: str
+) -> None:
+    with pytest.raises(exc, match=match):
+        sdk.track("e", attributes, uuid="u")
+    with pytest.raises(exc, match=match):
+        sdk.set_attributes(attributes, uuid="u")
+    with pytest.raises(exc, match=match):
+        sdk.init(InitPayload(user=UserContext(uuid="u", attributes=attributes)))
+
+
+def test_cycles_are_refused_not_recursed_forever(sdk: ATrackSdk) -> None:
+    loop: dict[str, Any] = {}
+    loop["self"] = loop
+    with pytest.raises(ValueError, match="deeper than"):
+        sdk.track("e", loop, uuid="u")
+    items: list[Any] = []
+    items.append(items)
+    with pytest.raises(ValueError, match="deeper than"):
+        sdk.track("e", {"l": items}, uuid="u")
+
+
+def test_bad_context_and_profile(sdk: ATrackSdk) -> None:
+    with pytest.raises(TypeError, match=r"InitPayload.context"):
+        sdk.init(InitPayload(user=UserContext(uuid="u"), context={"x": object()}))
+    with pytest.raises(TypeError, match=r"InitPayload.profile"):
+        sdk.init(InitPayload(user=UserContext(uuid="u"), profile={"x": {1, object()}}))
+    with pytest.raises(ValueError, match="mode"):
+        sdk.init(InitPayload(user=UserContext(uuid="u"), mode="upsert"))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="EventPayload.context"):
+        sdk.track(EventPayload(event="e", uuid="u", context={"x": object()}))
+
+
+def test_naive_event_timestamp(sdk: ATrackSdk) -> None:
+    with pytest.raises(ValueError, match="naive"):
+        sdk.track(EventPayload(event="e", uuid="u", timestamp=datetime(2026, 1, 1)))
+
+
+def test_body_over_256_kib_is_refused(sdk: ATrackSdk, calls: CapturedCalls) -> None:
+    with pytest.raises(ValueError, match="limit is 262144"):
+        sdk.track("e", {"blob": "x" * (256 * 1024)}, uuid="u")
+    sdk.track("e", {"blob": "x" * (200 * 1024)}, uuid="u")
+    assert len(calls.events) == 1
+
+
+def test_wrong_argument_types(sdk: ATrackSdk) -> None:
+    with pytest.raises(TypeError, match="InitPayload"):
+        sdk.init({"user": None})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="EventPayload or an event name"):
+        sdk.track(42)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="no other arguments"):
+        sdk.track(EventPayload(event="e", uuid="u"), {"a": 1})
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        sdk.track("e", uuid="u", user="x")
+    with pytest.raises(TypeError, match="replace"):
+        sdk.set_attributes({"a": 1}, "yes", uuid="u")  # type: ignore[arg-type]
+
+
+def test_track_and_set_attributes_need_a_user(sdk: ATrackSdk) -> None:
+    with pytest.raises(NoUserError, match="init"):
+        sdk.track("e")
+    with pytest.raises(NoUserError):
+        sdk.set_attributes({"a": 1})
+    with pytest.raises(NoUserError):
+        sdk.track(EventPayload(event="e"))
+
+
+def test_conversions(sdk: ATrackSdk, calls: CapturedCalls) -> None:
+    u = uuidlib.UUID("12345678-1234-5678-1234-567812345678")
+    sdk.track(
+        "e",
+        {
+            "dt": datetime(2026, 4, 8, 12, 0, tzinfo=timezone.utc),
+            "d": date(2026, 4, 8),
+            "dec_int": Decimal("12.00"),
+            "dec": Decimal("12.5"),
+            "uuid": u,
+            "enum": Color.RED,
+            "int_enum": Level.HIGH,
+            "set": {3, 1, 2},
+            "frozen": frozenset({"b", "a"}),
+            "tuple": (1, "a", None),
+            "nested": {"list": [date(2026, 1, 2)]},
+            "plain": [True, None, 1.5, "s"],
+        },
+        uuid="u",
+    )
+    assert calls.events[0]["attributes"] == {
+        "dt": "2026-04-08T12:00:00+00:00",
+        "d": "2026-04-08",
+        "dec_int": 12,
+        "dec": 12.5,
+        "uuid": str(u),
+        "enum": "red",
+        "int_enum": 3,
+        "set": [1, 2, 3],
+        "frozen": ["a", "b"],
+        "tuple": [1, "a", None],
+        "nested": {"list": ["2026-01-02"]},
+        "plain": [True, None, 1.5, "s"],
+    }
+
+
+def test_caller_mutation_after_the_call_changes_nothing(
+    sdk: ATrackSdk, calls: CapturedCalls
+) -> None:
+    attrs: dict[str, Any] = {"items": [1, 2]}
+    sdk.track("e", attrs, uuid="u")
+    attrs["items"].append(3)
+    attrs["late"] = True
+    assert calls.events[0]["attributes"] == {"items": [1, 2]}
+
+
+def test_disabled_validates_but_sends_nothing() -> None:
+    with ATrackSdk(Options("pub_xxxxx", disabled=True)) as sdk:
+        with pytest.raises(ValueError):
+            sdk.track("", uuid="u")
+        sdk.track("ok", uuid="u")
+        assert sdk.stats()["enqueued"] == 0 and sdk.stats()["sent"] == 0
+
+
+# -- property-based -----------------------------------------------------------------
+
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=50)
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda children: st.lists(children, max_size=5)
+    | st.dictionaries(st.text(max_size=20), children, max_size=5),
+    max_leaves=30,
+)
+printable_names = st.text(
+    alphabet=st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=255
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    event=printable_names,
+    uuid=printable_names,
+    attributes=st.dictionaries(st.text(max_size=20), json_values, max_size=8),
+)
+def test_any_accepted_input_serialises_to_json_that_round_trips(
+    event: str, uuid: str, attributes: dict[str, Any]
+) -> None:
+    with ATrackSdk(Options("pub_xxxxx", disabled=True)) as sdk, capture_calls() as calls:
+        try:
+            sdk.track(event, attributes, uuid=uuid)
+        except ValueError as exc:
+            # Only the documented reasons may refuse otherwise well-typed input.
+            assert "control characters" in str(exc) or "limit" in str(exc)
+            return
+        (body,) = calls.events
+    raw = json.dumps(body, ensure_ascii=False, allow_nan=False)
+    assert json.loads(raw) == body
+    assert body["event"] == event and body["uuid"] == uuid
+    assert body["attributes"] == json.loads(json.dumps(attributes))
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=st.text(max_size=300))
+def test_name_validator_accepts_exactly_the_documented_names(value: str) -> None:
+    from atrack_core._validate import check_name
+
+    control = any(ord(c) < 32 or 127 <= ord(c) < 160 for c in value)
+    ok = bool(value) and len(value) <= 255 and not control
+    try:
+        assert check_name(value, "event") == value
+        assert ok
+    except ValueError:
+        assert not ok
+
+
+@settings(max_examples=100, deadline=None)
+@given(value=json_values)
+def test_json_values_round_trip_through_the_converter(value: Any) -> None:
+    from atrack_core._validate import to_json_object
+
+    try:
+        converted = to_json_object({"v": value}, "attributes")
+    except ValueError as exc:
+        assert "control characters" in str(exc)  # only keys with control chars
+        return
+    assert json.loads(json.dumps(converted, allow_nan=False)) == {"v": value}
