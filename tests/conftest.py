@@ -22,3 +22,19 @@ def require_or_skip(what: str, available: bool, env_var: str) -> None:
     if os.environ.get(env_var):
         pytest.fail(f"{what} is required here ({env_var} is set) but is not available")
     pytest.skip(f"{what} is not available")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A private redis-server for the session (skipped locally when the binary is
+    missing; a failure on CI, where .ci/run installs it)."""
+    import shutil
+
+    from tests.redis_server import RedisServer
+
+    require_or_skip("redis-server", shutil.which("redis-server") is not None, "ATRACK_REQUIRE_REDIS")
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -19,12 +19,18 @@ from atrack_core import ATrackSdk, FileStorage, MemoryStorage, Options, Storage
 StorageFactory = Callable[[], Storage]
 
 
-@pytest.fixture(params=["memory", "file"])
+@pytest.fixture(params=["memory", "file", "redis"])
 def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]:
     if request.param == "memory":
         yield MemoryStorage()
-    else:
+    elif request.param == "file":
         yield FileStorage(tmp_path / "state" / "atrack.json")
+    else:
+        from atrack_core.redis import RedisStorage
+
+        server = request.getfixturevalue("redis_server")
+        # A prefix per test keeps tests apart on the shared server.
+        yield RedisStorage(server.url, prefix=f"t{id(request)}:")
 
 
 def test_is_a_storage(storage: Storage) -> None:

@@ -1,0 +1,122 @@
+"""RedisStorage specifics against a real redis-server (the shared contract suite is in
+test_storage.py)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from atrack_core import ATrackSdk, Options
+from tests.redis_server import RedisServer
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path, redis_server: RedisServer) -> RedisServer:
+    # A private server per test: these tests stop and restart it.
+    return RedisServer(tmp_path).start()
+
+
+def test_importable_from_atrack_core(redis_server: RedisServer) -> None:
+    import atrack_core
+    from atrack_core.redis import RedisStorage
+
+    assert atrack_core.RedisStorage is RedisStorage
+
+
+def test_down_and_back_is_a_logged_miss_then_works(
+    own_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    from atrack_core.redis import RedisStorage
+
+    storage = RedisStorage(own_redis.url)
+    storage.set("k", "v")
+    assert storage.get("k") == "v"
+    own_redis.stop()
+    started = time.monotonic()
+    assert storage.get("k") is None
+    assert storage.add("k2", "v") is True  # treated as absent: an extra /init beats none
+    storage.set("k3", "v")
+    storage.delete("k")
+    # Bounded by the socket timeout, not hanging.
+    assert time.monotonic() - started < 5
+    assert any("Redis" in r.getMessage() for r in caplog.records)
+    own_redis.start()
+    deadline = time.monotonic() + 5
+    while storage.get("k") != "v" and time.monotonic() < deadline:
+        storage.set("k", "v")
+        time.sleep(0.05)
+    assert storage.get("k") == "v"
+    own_redis.stop()
+
+
+def test_sdk_keeps_working_with_redis_down(own_redis: RedisServer) -> None:
+    from atrack_core.redis import RedisStorage
+
+    storage = RedisStorage(own_redis.url)
+    own_redis.stop()
+    with ATrackSdk(Options("pub_xxxxx", disabled=True, storage=storage)) as sdk:
+        result = sdk.init()
+        sdk.track("e", uuid=result.uuid)
+        assert sdk.get_user() is None
+
+
+def test_repr_hides_the_password(redis_server: RedisServer) -> None:
+    from atrack_core.redis import RedisStorage
+
+    text = repr(RedisStorage("redis://user:s3cret@127.0.0.1:1/0"))
+    assert "s3cret" not in text and "user" in text
+
+
+def test_given_client_and_prefix(redis_server: RedisServer) -> None:
+    import redis
+
+    from atrack_core.redis import RedisStorage
+
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    storage = RedisStorage(client=client, prefix="app1:")
+    storage.set("k", "v", ttl=30)
+    assert client.get("app1:k") == "v"
+    assert 0 < client.pttl("app1:k") <= 30_000
+    with pytest.raises(ValueError, match="not both"):
+        RedisStorage(redis_server.url, client=client)
+    client.close()
+
+
+def test_pool_is_recreated_after_fork(redis_server: RedisServer) -> None:
+    from atrack_core.redis import RedisStorage
+
+    storage = RedisStorage(redis_server.url, prefix="fork:")
+    storage.set("parent", "1")
+    parent_client = storage._conn()
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: must not reuse the parent's client or sockets
+        try:
+            ok = storage._conn() is not parent_client and storage.get("parent") == "1"
+            storage.set("child", "1")
+            os.write(write_fd, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    _, status = os.waitpid(pid, 0)
+    assert os.read(read_fd, 1) == b"1"
+    os.close(read_fd)
+    assert status == 0
+    assert storage.get("child") == "1"
+    assert storage._conn() is parent_client
+
+
+def test_failures_never_raise(caplog: pytest.LogCaptureFixture) -> None:
+    from atrack_core.redis import RedisStorage
+    from tests.redis_server import free_port
+
+    caplog.set_level(logging.WARNING, "atrack")
+    storage = RedisStorage(f"redis://127.0.0.1:{free_port()}/0")
+    assert storage.get("k") is None
+    storage.set("k", "v")
+    storage.delete("k")
+    assert len([r for r in caplog.records if r.name == "atrack.redis"]) >= 3
