@@ -301,7 +301,9 @@ class ContextConfig:
     - ``trusted_proxies``: addresses or CIDR ranges (IPv4 or IPv6) of the proxies in
       front of the app. Forwarding headers are read only when the socket peer is one of
       them. A string is read as a comma-separated list. Host bits in a range are
-      allowed (``10.0.0.1/8`` means ``10.0.0.0/8``).
+      allowed (``10.0.0.1/8`` means ``10.0.0.0/8``). ``"*"`` trusts every peer, also
+      one that is not an IP address (a Unix socket): use it only when nothing but your
+      proxy can reach the app. Kept normalised in :attr:`trusted_proxies`.
     - ``ip``: ``"full"`` (default), ``"anonymize"`` (IPv4 /24, IPv6 /48) or ``"none"``.
     - ``scrub_params``: sensitive query parameter names (see
       :data:`DEFAULT_SCRUB_PARAMS` for the matching rules); ``None`` means the default.
@@ -314,7 +316,9 @@ class ContextConfig:
     __slots__ = (
         "_matcher",
         "_networks",
+        "_trust_all",
         "_trust_cache",
+        "_trusting",
         "ip",
         "scrub_params",
         "timezone_cookie",
@@ -322,8 +326,10 @@ class ContextConfig:
         "trusted_proxies",
     )
 
-    trusted_proxies: tuple[_IPNetwork, ...]
+    trusted_proxies: tuple[str, ...]
     _networks: tuple[_IPNetwork, ...]
+    _trust_all: bool
+    _trusting: bool
     _matcher: _ParamMatcher
     _trust_cache: dict[str, bool]
     ip: IpMode
@@ -344,7 +350,9 @@ class ContextConfig:
             raise ValueError(f"ip must be 'full', 'anonymize' or 'none', got {ip!r}")
         if isinstance(trusted_proxies, str):
             trusted_proxies = _split_list(trusted_proxies)
-        networks = tuple(_parse_network(entry) for entry in trusted_proxies)
+        entries = list(trusted_proxies)
+        trust_all = "*" in entries
+        networks = tuple(_parse_network(entry) for entry in entries if entry != "*")
         if scrub_params is None:
             params = DEFAULT_SCRUB_PARAMS
         elif isinstance(scrub_params, str):
@@ -358,13 +366,16 @@ class ContextConfig:
             raise ValueError(f"timezone_header must be a header name, got {timezone_header!r}")
 
         setattr_ = object.__setattr__
-        setattr_(self, "trusted_proxies", networks)
+        names = [str(net) for net in networks]
+        setattr_(self, "trusted_proxies", ("*", *names) if trust_all else tuple(names))
         setattr_(self, "ip", ip)
         setattr_(self, "scrub_params", params)
         setattr_(self, "timezone_cookie", timezone_cookie)
         setattr_(self, "timezone_header", timezone_header.lower())
         setattr_(self, "_matcher", matcher)
         setattr_(self, "_networks", networks)
+        setattr_(self, "_trust_all", trust_all)
+        setattr_(self, "_trusting", trust_all or bool(networks))
         # Address -> trusted? Peers repeat (the proxy itself), so this saves walking the
         # network list; bounded like the other caches.
         setattr_(self, "_trust_cache", {})
@@ -376,15 +387,16 @@ class ContextConfig:
         raise AttributeError(f"ContextConfig is immutable; cannot delete {name!r}")
 
     def __repr__(self) -> str:
-        proxies = [str(net) for net in self.trusted_proxies]
         return (
-            f"ContextConfig(trusted_proxies={proxies!r}, ip={self.ip!r}, "
+            f"ContextConfig(trusted_proxies={list(self.trusted_proxies)!r}, ip={self.ip!r}, "
             f"scrub_params=<{len(self.scrub_params)} names>, "
             f"timezone_cookie={self.timezone_cookie!r}, "
             f"timezone_header={self.timezone_header!r})"
         )
 
     def _is_trusted(self, addr: _IPAddress, text: str) -> bool:
+        if self._trust_all:
+            return True
         # Keyed by the address's text: IPv4Address.__hash__ is Python code, and the
         # text's hash is computed once per string.
         cache = self._trust_cache
@@ -654,22 +666,30 @@ def client_ip(peer: str | None, headers: Mapping[str, str], config: ContextConfi
     obfuscated identifier, garbage) ends the walk at the last address known. If every
     hop is trusted, the left-most is the client.
     """
-    if config.ip == "none" or not peer:
+    if config.ip == "none":
         return None
-    parsed = _parse_ip(peer)
-    if parsed is None:
+    parsed = _parse_ip(peer) if peer else None
+    text: str | None
+    if parsed is not None:
+        addr, text = parsed
+        if config._trusting and config._is_trusted(addr, text):
+            text = _walk_forwarded(text, headers, config)
+    elif config._trust_all:
+        # A peer that is no IP address (a Unix socket behind nginx) is trusted only
+        # through "*"; then the headers alone say who the client is.
+        text = _walk_forwarded(None, headers, config)
+        if text is None:
+            return None
+    else:
         return None
-    addr, text = parsed
-    if config._networks and config._is_trusted(addr, text):
-        text = _walk_forwarded(addr, text, headers, config)
     if config.ip == "anonymize":
         return _anonymize(text)
     return text
 
 
 def _walk_forwarded(
-    addr: _IPAddress, text: str, headers: Mapping[str, str], config: ContextConfig
-) -> str:
+    text: str | None, headers: Mapping[str, str], config: ContextConfig
+) -> str | None:
     # X-Forwarded-For wins over Forwarded: every common proxy writes it, while a proxy
     # writing only Forwarded may pass a client's forged X-Forwarded-For through (see
     # docs/request-context.md).
@@ -684,6 +704,7 @@ def _walk_forwarded(
     if len(header) > _MAX_FORWARDED:
         hops = hops[1:]  # the first piece was cut in the middle
     for hop in reversed(hops[-_MAX_HOPS:]):
+        # Invariant: ``text`` is the last address known (a trusted one, or the start).
         parsed = _parse_forwarded_for(hop) if forwarded else _parse_ip(hop)
         if parsed is None:
             break

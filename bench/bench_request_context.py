@@ -10,6 +10,7 @@ request, with and without trusted proxies, and for the individual helpers.
 
 from __future__ import annotations
 
+import itertools
 import sys
 import timeit
 from collections.abc import Callable
@@ -86,6 +87,23 @@ def main() -> None:
         "build_request_context, 2 proxies, XFF, anonymize",
         lambda: build_request_context(PROXIED_VIEW, proxied),
     )
+    counter = itertools.count()
+
+    def unique_request() -> object:
+        # A query never seen before: the url cache misses, as for a one-off search.
+        n = next(counter)
+        v = RequestView(
+            "GET",
+            "https",
+            "shop.example",
+            "/search",
+            f"q=shoes{n}&page=2",
+            HEADERS,
+            "134.122.17.144",
+        )
+        return build_request_context(v, default)
+
+    measure("build_request_context, unseen query (url cache miss)", unique_request)
     measure("parse_cookies (3 cookies)", lambda: parse_cookies(HEADERS["cookie"]))
     measure("scrub_url with a sensitive parameter", lambda: scrub_url("/cb", "code=abc&state=xyz"))
     measure("preferred_locale (cached value)", lambda: preferred_locale("en-US,en;q=0.9"))

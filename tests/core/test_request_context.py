@@ -342,6 +342,19 @@ def test_ipv4_mapped_peer_normalised() -> None:
     assert ip_of(PROXIES, "::ffff:10.0.0.2", headers) == "134.122.17.144"
 
 
+def test_trust_all_also_trusts_unix_socket_peers() -> None:
+    config = ContextConfig(trusted_proxies="*")
+    headers = {"x-forwarded-for": "134.122.17.144, 10.1.1.1"}
+    # Every hop is trusted, so the left-most is the client.
+    assert ip_of(config, None, headers) == "134.122.17.144"
+    assert ip_of(config, "unix:/run/app.sock", {"forwarded": "for=1.2.3.4"}) == "1.2.3.4"
+    assert ip_of(config, None, {}) is None
+    assert ip_of(config, None, {"x-forwarded-for": "unknown"}) is None
+    assert ip_of(config, "10.0.0.2", {}) == "10.0.0.2"
+    # Without "*", a non-IP peer gives no address whatever the headers say.
+    assert ip_of(PROXIES, None, headers) is None
+
+
 def test_mapped_trusted_range_means_ipv4_range() -> None:
     config = ContextConfig(trusted_proxies=["::ffff:10.0.0.0/104"])
     assert ip_of(config, "10.0.0.2", {"x-forwarded-for": "1.2.3.4"}) == "1.2.3.4"
@@ -420,7 +433,8 @@ def test_config_accepts_strings_and_ip_objects() -> None:
     config = ContextConfig(
         trusted_proxies=["10.0.0.1/8", ipaddress.ip_network("::1/128"), " 192.0.2.7 "]  # type: ignore[list-item]
     )
-    assert [str(n) for n in config.trusted_proxies] == ["10.0.0.0/8", "::1/128", "192.0.2.7/32"]
+    assert config.trusted_proxies == ("10.0.0.0/8", "::1/128", "192.0.2.7/32")
+    assert ContextConfig(trusted_proxies="10.0.0.0/8, *").trusted_proxies == ("*", "10.0.0.0/8")
     assert ContextConfig(timezone_header="X-TZ").timezone_header == "x-tz"
     assert ContextConfig().scrub_params == DEFAULT_SCRUB_PARAMS
 
@@ -428,7 +442,7 @@ def test_config_accepts_strings_and_ip_objects() -> None:
 def test_config_is_immutable_and_has_readable_repr() -> None:
     config = ContextConfig(trusted_proxies=["10.0.0.0/8"])
     with pytest.raises(AttributeError):
-        config.ip = "none"  # type: ignore[misc]
+        config.ip = "none"
     with pytest.raises(AttributeError):
         del config.ip
     assert "10.0.0.0/8" in repr(config)
@@ -667,6 +681,7 @@ _configs = st.sampled_from(
         DEFAULT,
         PROXIES,
         ContextConfig(trusted_proxies=["0.0.0.0/0", "::/0"], ip="anonymize"),
+        ContextConfig(trusted_proxies="*"),
         ContextConfig(ip="none", scrub_params=["*"]),
     ]
 )
