@@ -528,14 +528,18 @@ def _build_url_uncached(path: str, query_string: str, matcher: _ParamMatcher) ->
     # Bound the work: the path is cut to what can end up in the result; the query is
     # scrubbed first (a long secret shrinks to FILTERED) and cut afterwards. A value cut
     # short is still scrubbed, since its name comes before it.
-    path = _truncate_url(path, MAX_URL_LENGTH)
     question = path.find("?")
     if question >= 0:
         # Some servers put the query in the raw path; the query string wins if given.
         if not query_string:
             query_string = path[question + 1 :]
         path = path[:question]
-    path = _clean_url_part(path) if path else "/"
+    if path[:1] != "/" and "://" in path:
+        # An absolute-form target ("http://user:pw@host/x", sent to proxies): the url
+        # is the path only, as for every other request, and userinfo must not leak.
+        slash = path.find("/", path.find("://") + 3)
+        path = path[slash:] if slash >= 0 else "/"
+    path = _clean_url_part(_truncate_url(path, MAX_URL_LENGTH)) if path else "/"
     if not query_string:
         return _truncate_url(path, MAX_URL_LENGTH)
     query_string = _truncate_url(query_string, _MAX_SCRUBBED)

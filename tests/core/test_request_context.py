@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import ipaddress
 import string
+import sys
 import zoneinfo
 from collections.abc import Mapping
 
@@ -11,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+import atrack_core._request as request_module
 from atrack_core._models import RequestContextInput
 from atrack_core._request import (
     DEFAULT_SCRUB_PARAMS,
@@ -63,6 +66,23 @@ PROXIES = ContextConfig(trusted_proxies=["10.0.0.0/8", "192.0.2.1", "2001:db8:ff
 
 
 # --------------------------------------------------------------------------- seed
+
+
+def test_module_imports_only_the_standard_library() -> None:
+    # The request module is shared by every integration: it must not pull a framework
+    # (or anything else) in.
+    assert request_module.__file__ is not None
+    with open(request_module.__file__, encoding="utf-8") as file:
+        tree = ast.parse(file.read())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        else:
+            continue
+        for name in names:
+            assert name.partition(".")[0] in sys.stdlib_module_names | {"__future__"}, name
 
 
 def test_seed_example() -> None:
@@ -130,6 +150,9 @@ def test_request_view_is_frozen() -> None:
         ("/x", "a=1;token=2", "/x?a=1;token=2"),  # ";" is not a separator
         ("/x?token=1", "", "/x?token=[Filtered]"),  # query inside a raw path
         ("/x?ignored=1", "a=2", "/x?a=2"),  # the query string wins
+        ("http://bob:pw@shop.example/x", "a=1", "/x?a=1"),  # absolute-form target
+        ("https://shop.example", "", "/"),
+        ("*", "", "*"),  # OPTIONS *
     ],
 )
 def test_url(path: str, query: str, expected: str) -> None:
@@ -202,6 +225,11 @@ def test_url_long_secret_is_scrubbed_before_truncation() -> None:
     url = scrub_url("/x", "a=" + "x" * 2030 + f"&token={secret}")
     assert "S" not in url
     assert len(url) <= MAX_URL_LENGTH
+    # The same with the query inside a long raw path (WSGI REQUEST_URI).
+    url = scrub_url("/x?" + "a=" + "x" * 3000 + f"&token={secret}&b=2", "")
+    assert "S" not in url
+    assert len(url) <= MAX_URL_LENGTH
+    assert scrub_url("/x?a=1&token=" + secret, "") == "/x?a=1&token=[Filtered]"
 
 
 # --------------------------------------------------------------------------- referer
