@@ -580,9 +580,13 @@ def _scrub_referer_uncached(value: str, matcher: _ParamMatcher) -> str | None:
     else:
         base, query = value, ""
     if "@" in base:
-        scheme_end = base.find("://")
-        if scheme_end >= 0:
-            start = scheme_end + 3
+        # The authority starts after "scheme://", or after "//" in a scheme-relative URL.
+        if base.startswith("//"):
+            start = 2
+        else:
+            scheme_end = base.find("://")
+            start = scheme_end + 3 if scheme_end >= 0 else -1
+        if start >= 0:
             slash = base.find("/", start)
             end = slash if slash >= 0 else len(base)
             at = base.rfind("@", start, end)

@@ -246,6 +246,8 @@ def test_url_long_secret_is_scrubbed_before_truncation() -> None:
         ),
         ("https://bob:secret@shop.example/x", "https://shop.example/x"),
         ("https://bob@shop.example", "https://shop.example"),
+        ("//bob:pw@shop.example/x", "//shop.example/x"),  # scheme-relative
+        ("/a//b@c", "/a//b@c"),  # a relative path is no authority
         ("https://shop.example/x?next=a@b#frag", "https://shop.example/x?next=a@b"),
         ("https://shop.example/a@b", "https://shop.example/a@b"),  # "@" in the path stays
         ("/relative?token=1", "/relative?token=[Filtered]"),
