@@ -1,6 +1,23 @@
 """Web-framework integrations for the A-Track SDK.
 
-One module per framework (``asgi``, ``fastapi``, ``wsgi``, ``flask``, ``django``), each a
-thin adapter over one shared per-request lifecycle. Importing this package imports no
+One module per framework (``asgi``, ``fastapi``, ``starlette``, ``wsgi``, ``flask``,
+``django``), each a thin adapter over one shared per-request lifecycle
+(:class:`IntegrationConfig`, :class:`RequestTracker`). Importing this package imports no
 framework; importing a framework module imports only that framework.
 """
+
+from __future__ import annotations
+
+from ._lifecycle import (
+    DEFAULT_EXCLUDE_PATHS,
+    IntegrationConfig,
+    RequestTracker,
+    resolve_sdk,
+)
+
+__all__ = [
+    "DEFAULT_EXCLUDE_PATHS",
+    "IntegrationConfig",
+    "RequestTracker",
+    "resolve_sdk",
+]

@@ -1,0 +1,209 @@
+"""Pure ASGI middleware: works under Starlette, FastAPI and any other ASGI app.
+
+::
+
+    from atrack_integrations.asgi import ATrackMiddleware
+
+    app.add_middleware(ATrackMiddleware, sdk=sdk)        # Starlette / FastAPI
+    app = ATrackMiddleware(app, sdk=sdk)                 # any ASGI app
+
+    # in a Starlette/FastAPI view
+    request.state.atrack.track("order_created", {"amount": 12})
+
+The tracker lives in ``scope["state"]["atrack"]`` (``request.state.atrack`` in
+Starlette). Imports no framework: Starlette is used only if installed, to hand the
+``identify`` hook a ``starlette.requests.Request`` (otherwise the hook gets the scope).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, TypeAlias
+
+from atrack_core import ATrackSdk
+from atrack_core._request import RequestView
+
+from ._lifecycle import STATE_KEY, IntegrationConfig, RequestTracker
+
+__all__ = ["ASGIApp", "ATrackMiddleware", "Message", "Receive", "Scope", "Send"]
+
+logger = logging.getLogger("atrack")
+
+Scope: TypeAlias = MutableMapping[str, Any]
+Message: TypeAlias = MutableMapping[str, Any]
+Receive: TypeAlias = Callable[[], Awaitable[Message]]
+Send: TypeAlias = Callable[[Message], Awaitable[None]]
+ASGIApp: TypeAlias = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+# The request headers the lifecycle reads (build_request_context, the uuid cookie, DNT).
+# Picking them in one pass over the raw list and decoding only those is cheaper than
+# decoding every header of the request into a dict.
+_BASE_HEADERS = (
+    "cookie",
+    "referer",
+    "user-agent",
+    "accept-language",
+    "x-forwarded-for",
+    "forwarded",
+    "dnt",
+    "sec-gpc",
+)
+
+
+class ATrackMiddleware:
+    """A-Track for any ASGI app: one ``/init`` per user session, a uuid cookie, and a
+    :class:`~atrack_integrations.RequestTracker` in ``scope["state"]["atrack"]``.
+
+    ``ATrackMiddleware(app, *, sdk=None, **settings)``; the settings are those of
+    :class:`~atrack_integrations.IntegrationConfig` (``identify``, ``cookie_name``,
+    ``init``, ``exclude_paths``, ``trusted_proxies`` …). Without ``sdk`` one is built
+    from ``public_key``/``geo``/``endpoint``/``delivery`` or the ``ATRACK_*`` environment.
+
+    - ``http``: the lifecycle runs; ``Set-Cookie`` is added to ``http.response.start``,
+      the body passes through untouched and unbuffered.
+    - ``websocket``: passed through untouched.
+    - ``lifespan``: when the app has finished its shutdown, the SDK is flushed (bounded
+      by ``Options.shutdown_timeout``) before the server hears of it.
+
+    Installed twice, the inner instance sees the outer one's tracker and does nothing.
+    The middleware's own failures are logged; the app's exceptions propagate unchanged.
+    """
+
+    def __init__(self, app: ASGIApp, *, sdk: ATrackSdk | None = None, **settings: Any) -> None:
+        self.app = app
+        self.config = IntegrationConfig(sdk=sdk, **settings)
+        self.sdk = self.config.sdk
+        wanted = {*_BASE_HEADERS, self.config.context_config.timezone_header}
+        self._wanted: dict[bytes, str] = {name.encode("latin-1"): name for name in wanted}
+        self._request_factory: Callable[[Scope], Any] | None = None
+        if self.config.identify is not None:
+            self._request_factory = _request_factory()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await self._lifespan(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)  # websocket and anything else
+            return
+        state = scope.get("state")
+        if state is None:
+            state = scope["state"] = {}
+        elif STATE_KEY in state:
+            # Installed twice: the outer instance owns this request.
+            await self.app(scope, receive, send)
+            return
+        config = self.config
+        try:
+            view = self._view(scope)
+            if self._request_factory is None:
+                tracker = config.begin(view, None, path=scope.get("path"))
+            else:
+                tracker = await config.abegin(
+                    view, self._request_factory(scope), path=scope.get("path")
+                )
+            state[STATE_KEY] = tracker
+        except Exception:
+            logger.error("A-Track middleware failed; the request goes on untracked", exc_info=True)
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_cookie(message: Message) -> None:
+            if message["type"] == "http.response.start" and tracker._cookie_out is not None:
+                message = _with_cookie(config, tracker, message)
+            await send(message)
+
+        # The app's exceptions propagate from here unchanged.
+        await self.app(scope, receive, send_with_cookie)
+
+    def _view(self, scope: Scope) -> RequestView:
+        wanted = self._wanted
+        picked: dict[str, str] = {}
+        host = None
+        for name, value in scope["headers"]:
+            key = wanted.get(name)
+            if key is not None:
+                text = value.decode("latin-1")
+                previous = picked.get(key)
+                if previous is None:
+                    picked[key] = text
+                else:
+                    picked[key] = previous + ("; " if key == "cookie" else ", ") + text
+            elif name == b"host":
+                host = value.decode("latin-1")
+        client = scope.get("client")
+        raw_path = scope.get("raw_path")
+        return RequestView(
+            scope["method"],
+            scope.get("scheme", "http"),
+            host,
+            raw_path.decode("latin-1") if raw_path else scope.get("path", "/"),
+            scope.get("query_string", b"").decode("latin-1"),
+            picked,
+            client[0] if client else None,
+        )
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        flushed = False
+        shutting_down = False
+
+        async def flush() -> None:
+            nonlocal flushed
+            if flushed:
+                return
+            flushed = True
+            try:
+                timeout = self.sdk.options.shutdown_timeout
+                if not await self.sdk.aflush(timeout):
+                    logger.warning(
+                        "A-Track flush at shutdown timed out after %ss; undelivered calls "
+                        "are dropped",
+                        timeout,
+                    )
+            except Exception:
+                logger.error("A-Track flush at shutdown failed", exc_info=True)
+
+        async def lifespan_receive() -> Message:
+            nonlocal shutting_down
+            message = await receive()
+            if message.get("type") == "lifespan.shutdown":
+                shutting_down = True
+            return message
+
+        async def lifespan_send(message: Message) -> None:
+            # Flush after the app's own shutdown handlers ran (they may track events),
+            # before the server is told it may exit.
+            if message.get("type") in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+                await flush()
+            await send(message)
+
+        try:
+            await self.app(scope, lifespan_receive, lifespan_send)
+        finally:
+            if shutting_down:
+                await flush()
+
+
+def _with_cookie(config: IntegrationConfig, tracker: RequestTracker, message: Message) -> Message:
+    try:
+        cookie = config.set_cookie_header(tracker)
+        if cookie is None:
+            return message
+        # A new message, not an edit: the app may reuse its headers list.
+        headers = list(message.get("headers", ()))
+        headers.append((b"set-cookie", cookie.encode("latin-1")))
+        return {**message, "headers": headers}
+    except Exception:
+        logger.error("A-Track could not set its cookie on this response", exc_info=True)
+        return message
+
+
+def _request_factory() -> Callable[[Scope], Any]:
+    """What the identify hook receives: a Starlette ``Request`` when Starlette is
+    installed (it is also a mapping over the scope), else the ASGI scope itself."""
+    try:
+        from starlette.requests import Request
+    except ImportError:
+        return lambda scope: scope
+    return Request
