@@ -1,0 +1,125 @@
+"""``ATrackMiddleware`` for Django's ``MIDDLEWARE``: sync- and async-capable, native in
+both modes (no ``sync_to_async`` hop under ASGI)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.core.exceptions import ImproperlyConfigured
+
+from atrack_core._request import RequestView
+
+from .._lifecycle import STATE_KEY, IntegrationConfig, RequestTracker
+from .._wsgi_common import environ_path, view_from_environ
+from . import conf
+
+__all__ = ["ATrackMiddleware"]
+
+logger = logging.getLogger("atrack.django")
+
+
+class ATrackMiddleware:
+    """A-Track for Django: one ``/init`` per user session, a uuid cookie, and a
+    :class:`~atrack_integrations._lifecycle.RequestTracker` as ``request.atrack``.
+
+    Settings come from ``settings.ATRACK`` (see :mod:`atrack_integrations.django.conf`)
+    and are validated when the middleware is loaded, so a bad value stops the server at
+    start-up with ``ImproperlyConfigured``. The ``identify`` hook receives the
+    ``HttpRequest``; under ASGI an ``async def`` hook is awaited (use
+    ``await request.auser()``) and ``request.user`` is never touched on the event loop.
+
+    Listed twice, the second instance sees ``request.atrack`` and does nothing. Its own
+    failures are logged and the request goes on; the app's exceptions are untouched.
+    """
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[Any], Any]) -> None:
+        self.get_response = get_response
+        self.async_mode = iscoroutinefunction(get_response)
+        if self.async_mode:
+            # Tells Django's handler to call us without a thread hop under ASGI.
+            markcoroutinefunction(self)
+        # Validate now: a bad ATRACK setting stops the server at start-up
+        # (ImproperlyConfigured), not at the first request.
+        try:
+            conf.get_config()
+        except ImproperlyConfigured:
+            raise
+        except Exception:
+            logger.error("A-Track could not start; requests go on untracked", exc_info=True)
+
+    def __repr__(self) -> str:
+        return f"<ATrackMiddleware get_response={self.get_response!r}>"
+
+    def __call__(self, request: Any) -> Any:
+        if self.async_mode:
+            return self.__acall__(request)
+        if STATE_KEY in request.__dict__:
+            return self.get_response(request)  # installed twice: the outer one works
+        try:
+            config = conf.get_config()
+            tracker = config.begin(_view(request), request, path=request.path_info)
+            request.atrack = tracker
+        except Exception:
+            logger.error("A-Track middleware failed; the request goes on untracked", exc_info=True)
+            return self.get_response(request)
+        response = self.get_response(request)
+        _set_cookie(config, tracker, response)
+        return response
+
+    async def __acall__(self, request: Any) -> Any:
+        get_response: Callable[[Any], Awaitable[Any]] = self.get_response
+        if STATE_KEY in request.__dict__:
+            return await get_response(request)
+        try:
+            config = conf.get_config()
+            view = _view(request)
+            if config.identify is None:
+                tracker = config.begin(view, request, path=request.path_info)
+            else:
+                tracker = await config.abegin(view, request, path=request.path_info)
+            request.atrack = tracker
+        except Exception:
+            logger.error("A-Track middleware failed; the request goes on untracked", exc_info=True)
+            return await get_response(request)
+        response = await get_response(request)
+        _set_cookie(config, tracker, response)
+        return response
+
+
+def _view(request: Any) -> RequestView:
+    meta = request.META
+    scope = request.__dict__.get("scope")
+    cookie = None
+    if scope is not None:
+        # ASGI: the raw path is in the scope (META's PATH_INFO is decoded).
+        raw = scope.get("raw_path")
+        path = raw.decode("latin-1") if raw else environ_path(meta)
+        if "," in meta.get("HTTP_COOKIE", ""):
+            # Django joins repeated headers with "," (HTTP/2 clients may split Cookie
+            # in several); cookies are joined with "; ". A comma is not valid in a
+            # cookie, so it only shows up in this case.
+            cookie = "; ".join(
+                value.decode("latin-1") for name, value in scope["headers"] if name == b"cookie"
+            )
+    else:
+        path = environ_path(meta)
+    # request.scheme honours SECURE_PROXY_SSL_HEADER: the Secure flag follows it.
+    return view_from_environ(meta, scheme=request.scheme, path=path, cookie=cookie)
+
+
+def _set_cookie(config: IntegrationConfig, tracker: RequestTracker, response: Any) -> None:
+    cookie = config.set_cookie_header(tracker)  # never raises
+    if cookie is None:
+        return
+    try:
+        # Through response.cookies (Django keeps Set-Cookie apart from other headers);
+        # parsing the lifecycle's header keeps one definition of the cookie.
+        response.cookies.load(cookie)
+    except Exception:
+        logger.error("A-Track could not set its cookie on this response", exc_info=True)

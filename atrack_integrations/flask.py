@@ -1,0 +1,152 @@
+"""Flask extension.
+
+::
+
+    from atrack_integrations.flask import ATrack
+
+    atrack = ATrack()                      # module level, for the app factory pattern
+
+    def create_app():
+        app = Flask(__name__)
+        app.config["ATRACK_PUBLIC_KEY"] = "pub_xxxxx"     # or ATRACK_* environment
+        atrack.init_app(app)
+        return app
+
+    @app.post("/orders")
+    def create_order():
+        request.atrack.track("order_created", {"amount": 12})   # or g.atrack
+
+Settings are the integration settings of the spec as Flask config keys ``ATRACK_<NAME>``
+(``ATRACK_PUBLIC_KEY``, ``ATRACK_IDENTIFY``, ``ATRACK_COOKIE_NAME`` …). Keyword
+arguments of :class:`ATrack` are defaults for them; the app's config wins.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import TYPE_CHECKING, Any
+
+try:
+    from flask import g, request
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "atrack_integrations.flask needs Flask: pip install 'a-track-sdk[flask]'"
+    ) from exc
+
+from atrack_core import ATrackSdk
+
+from ._lifecycle import SETTING_NAMES, STATE_KEY, IntegrationConfig, RequestTracker
+from ._wsgi_common import view_from_environ
+
+if TYPE_CHECKING:
+    from flask import Flask
+    from flask.wrappers import Response
+
+__all__ = ["ATrack", "ATrackState"]
+
+logger = logging.getLogger("atrack")
+
+EXTENSION_KEY = "atrack"
+CONFIG_PREFIX = "ATRACK_"
+# environ key marking a request whose tracker this extension started, so that only the
+# installation that started it sets the cookie (a WSGI middleware outside does its own).
+_OWNED_KEY = "atrack.flask"
+
+# Every setting's default, read from IntegrationConfig itself so the two cannot drift;
+# the SDK settings default to None ("not given": built from the ATRACK_* environment).
+_DEFAULTS: dict[str, Any] = {
+    name: (param.default if param.default is not inspect.Parameter.empty else None)
+    for name, param in inspect.signature(IntegrationConfig.__init__).parameters.items()
+    if name in SETTING_NAMES
+}
+
+
+class ATrackState:
+    """What :class:`ATrack` keeps per app, in ``app.extensions["atrack"]``.
+
+    ``sdk`` is the SDK in use (for flushing and tests); ``config`` the validated
+    settings.
+    """
+
+    __slots__ = ("config", "extension", "sdk")
+
+    def __init__(self, extension: ATrack, config: IntegrationConfig) -> None:
+        self.extension = extension
+        self.config = config
+        self.sdk: ATrackSdk = config.sdk
+
+    def __repr__(self) -> str:
+        return f"ATrackState(config={self.config!r})"
+
+
+class ATrack:
+    """A-Track for Flask: one ``/init`` per user session, a uuid cookie, and a
+    :class:`~atrack_integrations._lifecycle.RequestTracker` as ``request.atrack`` and
+    ``g.atrack``.
+
+    ``ATrack(app)`` or ``ATrack().init_app(app)``; one ``ATrack`` may serve several
+    apps (each gets its own state and, unless ``sdk`` is shared, its own SDK).
+    Registering twice on the same app raises ``RuntimeError``. The ``identify`` hook
+    receives the Flask request. Under the :class:`~atrack_integrations.wsgi.
+    ATrackWSGIMiddleware` as well, the work is done once (by the middleware).
+    """
+
+    def __init__(self, app: Flask | None = None, *, sdk: ATrackSdk | None = None, **config: Any):
+        unknown = sorted(set(config) - set(SETTING_NAMES))
+        if unknown:
+            raise TypeError(f"unknown A-Track settings {unknown}; known: {sorted(SETTING_NAMES)}")
+        self._defaults = {**config, "sdk": sdk}
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Register on ``app``: read (and default) its ``ATRACK_*`` config, build the
+        SDK, install the request hooks. Raises ``RuntimeError`` if A-Track is already
+        registered on ``app``, ``ValueError``/``TypeError`` for a bad setting."""
+        if EXTENSION_KEY in app.extensions:
+            raise RuntimeError(
+                "A-Track is already registered on this Flask app; call ATrack(app) or "
+                "init_app(app) once per app (use app.extensions['atrack'] to reach it)"
+            )
+        for name in SETTING_NAMES:
+            app.config.setdefault(
+                CONFIG_PREFIX + name.upper(), self._defaults.get(name, _DEFAULTS.get(name))
+            )
+        config = IntegrationConfig.from_settings(app.config, prefix=CONFIG_PREFIX)
+        state = ATrackState(self, config)
+        app.extensions[EXTENSION_KEY] = state
+
+        def before_request() -> None:
+            environ = request.environ
+            tracker = environ.get(STATE_KEY)
+            if tracker is None:
+                # begin() never raises: its own failures give a no-op tracker.
+                tracker = config.begin(
+                    view_from_environ(environ),
+                    request._get_current_object(),  # type: ignore[attr-defined]
+                    path=environ.get("PATH_INFO") or "/",
+                )
+                environ[STATE_KEY] = environ[_OWNED_KEY] = tracker
+            request.atrack = tracker  # type: ignore[attr-defined]
+            g.atrack = tracker
+
+        def after_request(response: Response) -> Response:
+            tracker: RequestTracker | None = request.environ.get(_OWNED_KEY)
+            if tracker is not None:
+                cookie = config.set_cookie_header(tracker)  # never raises
+                if cookie is not None:
+                    response.headers.add("Set-Cookie", cookie)
+            return response
+
+        # First in line, so that the app's own before_request hooks can use the tracker.
+        app.before_request_funcs.setdefault(None, []).insert(0, before_request)
+        app.after_request(after_request)
+
+    @staticmethod
+    def state(app: Flask) -> ATrackState:
+        """``app.extensions["atrack"]``, with a clear error when it is missing."""
+        try:
+            return app.extensions[EXTENSION_KEY]  # type: ignore[no-any-return]
+        except KeyError:
+            raise RuntimeError("A-Track is not registered on this app: ATrack(app)") from None

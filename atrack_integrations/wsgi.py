@@ -1,0 +1,99 @@
+"""WSGI middleware: works under any WSGI framework or server (PEP 3333).
+
+::
+
+    from atrack_integrations.wsgi import ATrackWSGIMiddleware
+
+    app = ATrackWSGIMiddleware(app, sdk=sdk)
+
+    # in the app
+    environ["atrack"].track("order_created", {"amount": 12})
+
+Imports no framework.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol, TypeAlias
+
+from atrack_core import ATrackSdk
+
+from ._lifecycle import STATE_KEY, IntegrationConfig, RequestTracker
+from ._wsgi_common import view_from_environ
+
+__all__ = ["ATrackWSGIMiddleware", "StartResponse", "WSGIApp", "WSGIEnviron"]
+
+logger = logging.getLogger("atrack")
+
+WSGIEnviron: TypeAlias = dict[str, Any]
+
+
+class StartResponse(Protocol):
+    def __call__(
+        self, status: str, headers: list[tuple[str, str]], exc_info: Any = ..., /
+    ) -> Callable[[bytes], object]: ...
+
+
+WSGIApp: TypeAlias = Callable[[WSGIEnviron, StartResponse], Iterable[bytes]]
+
+
+class ATrackWSGIMiddleware:
+    """A-Track for any WSGI app: one ``/init`` per user session, a uuid cookie, and a
+    :class:`~atrack_integrations._lifecycle.RequestTracker` in ``environ["atrack"]``.
+
+    ``ATrackWSGIMiddleware(app, *, sdk=None, **settings)``: the settings are the
+    integration settings of the spec (``identify``, ``cookie_name``, ``init``,
+    ``exclude_paths``, ``trusted_proxies`` …), validated here. Without ``sdk`` one is
+    built from ``public_key``/``geo``/``endpoint``/``delivery`` or the ``ATRACK_*``
+    environment. The ``identify`` hook receives the WSGI environ.
+
+    ``Set-Cookie`` is added through ``start_response``; the app's response iterable is
+    returned as it is (never consumed, buffered or wrapped), so streaming and its
+    ``close()`` are exactly the app's. Installed twice (or under the Flask extension),
+    the inner installation sees ``environ["atrack"]`` and does nothing. Its own failures
+    are logged; the app's exceptions propagate unchanged.
+    """
+
+    def __init__(self, app: WSGIApp, *, sdk: ATrackSdk | None = None, **settings: Any) -> None:
+        self.app = app
+        self.config = IntegrationConfig(sdk=sdk, **settings)
+        self.sdk = self.config.sdk
+
+    def __repr__(self) -> str:
+        return f"ATrackWSGIMiddleware({self.app!r}, config={self.config!r})"
+
+    def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
+        if STATE_KEY in environ:
+            # Installed twice: the outer installation owns this request.
+            return self.app(environ, start_response)
+        config = self.config
+        try:
+            view = view_from_environ(environ)
+            # Excluded paths are matched against the app's own (decoded) path.
+            tracker = config.begin(view, environ, path=environ.get("PATH_INFO") or "/")
+            environ[STATE_KEY] = tracker
+        except Exception:
+            logger.error("A-Track middleware failed; the request goes on untracked", exc_info=True)
+            return self.app(environ, start_response)
+        return self.app(environ, _start_response_with_cookie(config, tracker, start_response))
+
+
+def _start_response_with_cookie(
+    config: IntegrationConfig, tracker: RequestTracker, start_response: StartResponse
+) -> StartResponse:
+    def start_response_with_cookie(
+        status: str, headers: list[tuple[str, str]], exc_info: Any = None, /
+    ) -> Callable[[bytes], object]:
+        # Read at start_response time, not before: the view may have switched the user
+        # (tracker.identify at login), which changes the cookie.
+        cookie = config.set_cookie_header(tracker)  # never raises
+        if cookie is not None:
+            # A new list: the app may reuse its headers list between responses.
+            headers = [*headers, ("Set-Cookie", cookie)]
+        if exc_info is None:
+            return start_response(status, headers)
+        return start_response(status, headers, exc_info)
+
+    return start_response_with_cookie

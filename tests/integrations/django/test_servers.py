@@ -1,0 +1,66 @@
+"""Django under real servers on loopback: ASGI under uvicorn, WSGI under gunicorn."""
+
+from __future__ import annotations
+
+import http.client
+import time
+
+import pytest
+
+from tests.fake_api import FakeApi
+from tests.integrations.test_wsgi_servers import check_isolation, request, serve
+
+pytestmark = pytest.mark.slow
+
+BASE_ENV = {
+    "DJANGO_SETTINGS_MODULE": "tests.django_settings",
+    "ATRACK_PUBLIC_KEY": "pub_test_key_1234",
+}
+ASYNC_HOOK = "tests.integrations.django.testapp.aidentify"
+
+
+def test_wsgi_under_gunicorn_isolation(fake_api: FakeApi) -> None:
+    env = {**BASE_ENV, "ATRACK_ENDPOINT": fake_api.url}
+    with serve("gunicorn", "tests.integrations.django.wsgi:application", env) as port:
+        check_isolation(port, fake_api, "/slow")
+
+
+def test_asgi_under_uvicorn_isolation(fake_api: FakeApi) -> None:
+    env = {**BASE_ENV, "ATRACK_ENDPOINT": fake_api.url, "ATRACK_TEST_IDENTIFY": ASYNC_HOOK}
+    with serve("uvicorn", "tests.integrations.django.asgi:application", env) as port:
+        check_isolation(port, fake_api, "/aslow")
+
+
+def test_asgi_identify_and_forged_forwarded_for(fake_api: FakeApi) -> None:
+    env = {**BASE_ENV, "ATRACK_ENDPOINT": fake_api.url, "ATRACK_TEST_IDENTIFY": ASYNC_HOOK}
+    with serve("uvicorn", "tests.integrations.django.asgi:application", env) as port:
+        status, _, body = request(
+            port, "/aslow?tag=x", headers={"X-Test-User": "user-5", "X-Forwarded-For": "1.2.3.4"}
+        )
+        assert status == 200, body
+        init, event = sorted(fake_api.wait_for(2), key=lambda r: r.path)
+    assert (event.body["uuid"], init.body["uuid"]) == ("user-5", "user-5")
+    assert event.body["context"]["ipAddress"] == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    ("kind", "target", "path"),
+    [
+        ("gunicorn", "tests.integrations.django.wsgi:application", "/slow?s=0&tag=t"),
+        ("uvicorn", "tests.integrations.django.asgi:application", "/aslow?s=0&tag=t"),
+    ],
+)
+def test_api_hanging_does_not_slow_requests(
+    fake_api: FakeApi, kind: str, target: str, path: str
+) -> None:
+    fake_api.latency = 2.0  # every call to the API takes 2 s
+    env = {**BASE_ENV, "ATRACK_ENDPOINT": fake_api.url, "ATRACK_TEST_IDENTIFY": ASYNC_HOOK}
+    with serve(kind, target, env) as port:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        started = time.monotonic()
+        for _ in range(20):
+            status, _, _ = request(port, path, conn=conn)
+            assert status == 200
+        elapsed = time.monotonic() - started
+        conn.close()
+    assert elapsed < 1.5, elapsed

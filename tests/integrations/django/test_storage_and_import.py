@@ -1,0 +1,100 @@
+"""DjangoCacheStorage, and importing the package without configured settings."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from django.test import override_settings
+
+from atrack_core import Storage
+from atrack_integrations.django.storage import DjangoCacheStorage
+from tests.integrations.test_wsgi_servers import ROOT
+
+
+def test_storage_contract() -> None:
+    storage = DjangoCacheStorage()
+    assert isinstance(storage, Storage)
+    assert storage.get("k") is None
+    assert storage.add("k", "v", ttl=60) is True
+    assert storage.add("k", "w", ttl=60) is False
+    assert storage.get("k") == "v"
+    storage.set("k", "x")
+    assert storage.get("k") == "x"
+    storage.delete("k")
+    assert storage.get("k") is None
+
+
+def test_storage_uses_the_named_alias() -> None:
+    caches = {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+        "shared": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "s"},
+    }
+    with override_settings(CACHES=caches):
+        from django.core.cache import caches as django_caches
+
+        DjangoCacheStorage("shared").set("k", "v")
+        assert django_caches["shared"].get("atrack:k") == "v"
+        assert django_caches["default"].get("atrack:k") is None
+
+
+class BrokenCache:
+    def __getattr__(self, name: str) -> Any:
+        def fail(*args: Any, **kwargs: Any) -> Any:
+            raise ConnectionError("cache server down")
+
+        return fail
+
+
+def test_failing_cache_is_a_logged_miss(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    storage = DjangoCacheStorage()
+    monkeypatch.setattr(DjangoCacheStorage, "cache", property(lambda self: BrokenCache()))
+    with caplog.at_level(logging.WARNING, logger="atrack"):
+        assert storage.get("k") is None
+        assert storage.add("k", "v") is True  # a miss: the caller goes ahead
+        storage.set("k", "v")
+        storage.delete("k")
+    assert len([r for r in caplog.records if r.name == "atrack.django"]) == 4
+
+
+def run_python(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_import_needs_no_configured_settings() -> None:
+    result = run_python(
+        "import atrack_integrations.django as d; "
+        "from django.conf import settings; assert not settings.configured; "
+        "print(d.ATrackMiddleware.__name__)"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ATrackMiddleware"
+
+
+def test_missing_django_names_the_extra() -> None:
+    result = run_python(
+        "import sys; sys.modules['django'] = None\n"
+        "try:\n    import atrack_integrations.django\n"
+        "except ImportError as exc:\n    print(exc)\n"
+    )
+    assert "pip install 'a-track-sdk[django]'" in result.stdout, result.stderr
+
+
+def test_flask_and_wsgi_modules_import_no_django() -> None:
+    result = run_python(
+        "import sys, atrack_integrations.wsgi, atrack_integrations.flask; "
+        "print('django' in sys.modules)"
+    )
+    assert result.stdout.strip() == "False", result.stderr

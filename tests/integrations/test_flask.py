@@ -1,0 +1,258 @@
+"""The Flask extension: test client, app factory, double registration, a real server."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+flask = pytest.importorskip("flask")
+
+from atrack_core import ATrackSdk, Options  # noqa: E402
+from atrack_core.testing import CapturedCalls, capture_calls  # noqa: E402
+from atrack_integrations.flask import ATrack  # noqa: E402
+from atrack_integrations.wsgi import ATrackWSGIMiddleware  # noqa: E402
+from tests.fake_api import FakeApi, closed_port_url  # noqa: E402
+from tests.integrations.test_wsgi_servers import (  # noqa: E402
+    atrack_log_guard,  # noqa: F401
+    check_isolation,
+    serve,
+)
+
+UA = "Mozilla/5.0 (X11; Linux x86_64) Firefox/133.0"
+
+
+@pytest.fixture
+def sdk() -> Iterator[ATrackSdk]:
+    sdk = ATrackSdk(Options("pub_test_key_1234", endpoint=closed_port_url()))
+    yield sdk
+    sdk.shutdown(timeout=0.5)
+
+
+@pytest.fixture
+def calls() -> Iterator[CapturedCalls]:
+    with capture_calls() as captured:
+        yield captured
+
+
+def add_views(app: Any) -> None:
+    from flask import g, jsonify, request
+
+    @app.get("/")
+    def landing() -> Any:
+        request.atrack.track("landing_viewed", {"source": request.args.get("source")})
+        return jsonify(uuid=request.atrack.uuid, same=g.atrack is request.atrack)
+
+    @app.get("/health")
+    def health() -> Any:
+        return "ok"
+
+    @app.post("/login")
+    def login() -> Any:
+        request.atrack.identify(request.args.get("as", "user-42"), {"plan": "pro"})
+        return jsonify(uuid=request.atrack.uuid)
+
+    @app.get("/boom")
+    def boom() -> Any:
+        raise ValueError("boom from the view")
+
+    @app.get("/stream")
+    def stream() -> Any:
+        def chunks() -> Iterator[str]:
+            yield "a"
+            yield "b"
+
+        return app.response_class(chunks())
+
+
+@pytest.fixture
+def app(sdk: ATrackSdk) -> Any:
+    app = flask.Flask(__name__)
+    ATrack(app, sdk=sdk)
+    add_views(app)
+    return app
+
+
+def get_cookie(client: Any, name: str = "atrack_uuid") -> Any:
+    return client.get_cookie(name)
+
+
+def test_new_visitor_gets_cookie_and_init(app: Any, calls: CapturedCalls) -> None:
+    client = app.test_client()
+    resp = client.get("/?source=google", headers={"User-Agent": UA})
+    assert resp.status_code == 200
+    uuid = resp.json["uuid"]
+    assert resp.json["same"] is True
+    set_cookie = resp.headers.getlist("Set-Cookie")
+    assert len(set_cookie) == 1
+    assert set_cookie[0].startswith(f"atrack_uuid={uuid};")
+    assert "HttpOnly" in set_cookie[0]
+    assert "SameSite=Lax" in set_cookie[0]
+    (init,) = calls.inits
+    assert init["uuid"] == uuid
+    assert init["isNewUser"] is True
+    assert init["context"]["url"] == "/?source=google"
+    (event,) = calls.events
+    assert event["event"] == "landing_viewed"
+    assert event["attributes"] == {"source": "google"}
+    assert event["context"]["userAgent"] == UA
+
+
+def test_cookie_round_trip_one_init_per_session(app: Any, calls: CapturedCalls) -> None:
+    client = app.test_client()
+    uuid = client.get("/").json["uuid"]
+    for _ in range(3):
+        resp = client.get("/")
+        assert resp.json["uuid"] == uuid
+        assert resp.headers.getlist("Set-Cookie") == []
+    assert len(calls.inits) == 1
+    assert {e["uuid"] for e in calls.events} == {uuid}
+
+
+def test_forged_x_forwarded_for_is_ignored(app: Any, calls: CapturedCalls) -> None:
+    client = app.test_client()
+    client.get(
+        "/", headers={"X-Forwarded-For": "1.2.3.4"}, environ_base={"REMOTE_ADDR": "203.0.113.9"}
+    )
+    assert calls.events[0]["context"]["ipAddress"] == "203.0.113.9"
+
+
+def test_excluded_path_has_tracker_but_no_init(app: Any, calls: CapturedCalls) -> None:
+    resp = app.test_client().get("/health")
+    assert resp.status_code == 200
+    assert resp.headers.getlist("Set-Cookie") == []
+    assert calls.inits == []
+
+
+def test_login_switches_user_and_sets_cookie(app: Any, calls: CapturedCalls) -> None:
+    client = app.test_client()
+    client.get("/")
+    known = "3f1c3a52-8f4b-4c1e-9a55-0c7a9d1b2e11"
+    resp = client.post(f"/login?as={known}")
+    assert resp.json["uuid"] == known
+    assert get_cookie(client).value == known
+    # Ids that are not canonical UUIDs are never written to the cookie.
+    resp = client.post("/login?as=user-42")
+    assert resp.json["uuid"] == "user-42"
+    assert resp.headers.getlist("Set-Cookie") == []
+    assert get_cookie(client).value == known
+
+
+def test_view_exceptions_propagate_unchanged(app: Any, calls: CapturedCalls) -> None:
+    app.testing = True  # PROPAGATE_EXCEPTIONS: the test client re-raises
+    with pytest.raises(ValueError, match="boom from the view"):
+        app.test_client().get("/boom")
+
+
+def test_error_responses_still_get_the_cookie(app: Any, calls: CapturedCalls) -> None:
+    resp = app.test_client().get("/boom")
+    assert resp.status_code == 500
+    assert len(resp.headers.getlist("Set-Cookie")) == 1
+
+
+def test_streaming_response_is_not_buffered(app: Any, calls: CapturedCalls) -> None:
+    resp = app.test_client().get("/stream", buffered=False)
+    assert resp.is_streamed
+    assert b"".join(resp.response) == b"ab"
+    resp.close()
+
+
+def test_config_keys_and_identify_hook(sdk: ATrackSdk, calls: CapturedCalls) -> None:
+    app = flask.Flask(__name__)
+    app.config["ATRACK_COOKIE_NAME"] = "visitor"
+    app.config["ATRACK_IDENTIFY"] = lambda request: request.headers.get("X-User")
+    ATrack(app, sdk=sdk)
+    add_views(app)
+    client = app.test_client()
+    assert client.get("/", headers={"X-User": "u-7"}).json["uuid"] == "u-7"
+    resp = client.get("/")
+    assert resp.headers["Set-Cookie"].startswith("visitor=")
+    assert app.config["ATRACK_INIT"] == "eager"  # defaults are visible in app.config
+
+
+def test_factory_pattern_with_init_app(
+    calls: CapturedCalls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ATRACK_PUBLIC_KEY", "pub_env_key_5678")
+    monkeypatch.setenv("ATRACK_ENDPOINT", closed_port_url())
+    atrack = ATrack()
+
+    def create_app(**config: Any) -> Any:
+        app = flask.Flask(__name__)
+        app.config.update(config)
+        atrack.init_app(app)
+        add_views(app)
+        return app
+
+    one = create_app()
+    two = create_app(ATRACK_COOKIE_NAME="second")
+    try:
+        assert one.extensions["atrack"].sdk is not two.extensions["atrack"].sdk
+        assert one.test_client().get("/").headers["Set-Cookie"].startswith("atrack_uuid=")
+        assert two.test_client().get("/").headers["Set-Cookie"].startswith("second=")
+        assert len(calls.inits) == 2
+    finally:
+        one.extensions["atrack"].sdk.shutdown(timeout=0.5)
+        two.extensions["atrack"].sdk.shutdown(timeout=0.5)
+
+
+def test_double_registration_is_an_error(app: Any, sdk: ATrackSdk) -> None:
+    with pytest.raises(RuntimeError, match="already registered"):
+        ATrack(app, sdk=sdk)
+
+
+def test_extension_plus_wsgi_middleware_do_the_work_once(
+    sdk: ATrackSdk, calls: CapturedCalls
+) -> None:
+    app = flask.Flask(__name__)
+    ATrack(app, sdk=sdk)
+    add_views(app)
+    app.wsgi_app = ATrackWSGIMiddleware(app.wsgi_app, sdk=sdk)  # type: ignore[method-assign]
+    resp = app.test_client().get("/")
+    assert len(resp.headers.getlist("Set-Cookie")) == 1
+    assert len(calls.inits) == 1
+    assert calls.events[0]["uuid"] == resp.json["uuid"]
+
+
+def test_sdk_reachable_from_extensions(app: Any, sdk: ATrackSdk) -> None:
+    assert app.extensions["atrack"].sdk is sdk
+
+
+def test_api_down_does_not_slow_requests(app: Any) -> None:
+    client = app.test_client()
+    started = time.perf_counter()
+    for _ in range(30):
+        assert client.get("/").status_code == 200
+    assert time.perf_counter() - started < 1.0
+
+
+@pytest.mark.slow
+def test_under_gunicorn_threads_each_see_their_own_user(fake_api: FakeApi) -> None:
+    env = {"ATRACK_PUBLIC_KEY": "pub_test_key_1234", "ATRACK_ENDPOINT": fake_api.url}
+    with serve("gunicorn", "tests.integrations.test_flask:create_app()", env) as port:
+        check_isolation(port, fake_api, "/slow")
+
+
+def create_app() -> Any:
+    """The app gunicorn serves (``module:create_app()``): configured from ``ATRACK_*``
+    environment variables through ``Options.from_env()``."""
+    import threading
+
+    from flask import jsonify, request
+
+    app = flask.Flask(__name__)
+    ATrack(app)
+
+    @app.get("/health")
+    def health() -> Any:
+        return "ok"
+
+    @app.get("/slow")
+    def slow() -> Any:
+        threading.Event().wait(0.005)  # interleave the threads
+        request.atrack.track("slow_event", {"tag": request.args["tag"]})
+        return jsonify(uuid=request.atrack.uuid)
+
+    return app
