@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any, Final
@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ._keys import resolve_key_filter
+from ._keys import key_id, mask_key, resolve_key_filter
 from ._store import Store, utc_now
 from ._validate import MAX_BODY_BYTES, PATHS, BodyError, parse_body
 
@@ -80,7 +80,7 @@ async def _read_capped(request: Request) -> bytes | None:
 
 
 def _ingest_endpoint(
-    store: Store, path: str, latency: float
+    store: Store, path: str, latency: float, accepted: frozenset[str] | None
 ) -> Callable[[Request], Awaitable[Response]]:
     async def ingest(request: Request) -> Response:
         if latency > 0:
@@ -94,6 +94,8 @@ def _ingest_endpoint(
         body: dict[str, Any] | None = None
         if key is None:
             status, message = 401, f"missing {KEY_HEADER} header: every call needs a public key"
+        elif accepted is not None and key_id(key) not in accepted:
+            status, message = 401, f"public key {mask_key(key)} is not accepted by this collector"
         elif raw is None:
             status, message = 413, f"body is larger than {MAX_BODY_BYTES} bytes"
         else:
@@ -146,13 +148,16 @@ def create_app(
     db_path: str | os.PathLike[str] | None = None,
     *,
     latency: float = 0.0,
+    keys: Iterable[str] | None = None,
     store: Store | None = None,
 ) -> Starlette:
     """Build the collector's ASGI app.
 
     ``db_path``: SQLite file to keep data in across restarts; ``None`` keeps it in
     memory. ``latency``: seconds each ingest call waits before it is handled, to
-    imitate a distant API in delivery tests and benchmarks. ``store``: an existing
+    imitate a distant API in delivery tests and benchmarks. ``keys``: when given, only
+    these public keys are accepted and any other gets a 401, as the hosted API answers
+    a wrong key; by default every non-empty key is. ``store``: an existing
     :class:`Store` to use instead (then the caller closes it). The store is reachable
     as ``app.state.store``.
 
@@ -161,6 +166,7 @@ def create_app(
     """
     if latency < 0:
         raise ValueError(f"latency must be >= 0 seconds, got {latency!r}")
+    accepted = None if keys is None else frozenset(key_id(key) for key in keys)
     owns_store = store is None
     the_store = Store(db_path) if store is None else store
     static_dir = resources.files(__package__) / "static"
@@ -230,7 +236,7 @@ def create_app(
 
     routes = [
         *(
-            Route(path, _ingest_endpoint(the_store, path, latency), methods=["POST"])
+            Route(path, _ingest_endpoint(the_store, path, latency, accepted), methods=["POST"])
             for path in PATHS
         ),
         Route("/", page, methods=["GET"]),

@@ -6,7 +6,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
@@ -35,17 +35,27 @@ def serve(
     db_path: str | os.PathLike[str] | None = None,
     *,
     latency: float = 0.0,
+    keys: Iterable[str] | None = None,
     log_level: str = "info",
     access_log: bool = False,
+    on_listening: Callable[[str], object] | None = None,
 ) -> None:
     """Run the collector in the foreground until interrupted (Ctrl-C).
 
-    The access log is off by default: at benchmark rates it would cost more than the
-    requests themselves.
+    The other arguments are those of :func:`create_app`. The socket is bound first, so
+    a port in use raises ``OSError`` here; then ``on_listening`` receives the base URL
+    (with the real port when ``port=0``). The access log is off by default: at
+    benchmark rates it would cost more than the requests themselves.
     """
-    app = create_app(db_path, latency=latency)
-    config = _config(app, host=host, port=port, log_level=log_level, access_log=access_log)
-    uvicorn.Server(config).run()
+    sock = _listen(host, port)
+    try:
+        app = create_app(db_path, latency=latency, keys=keys)
+        config = _config(app, log_level=log_level, access_log=access_log)
+        if on_listening is not None:
+            on_listening(_format_url(host, sock.getsockname()[1]))
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
 
 
 def _format_url(host: str, port: int) -> str:
@@ -76,6 +86,7 @@ class Collector:
     """A collector served by uvicorn in a daemon thread, for tests and benchmarks.
 
     ``port=0`` picks a free port; :attr:`url` is known once :meth:`start` returns.
+    ``db_path``, ``latency`` and ``keys`` are those of :func:`create_app`.
     :attr:`store` gives direct access to what arrived; it stays open until
     :meth:`stop`. Use it as a context manager::
 
@@ -90,11 +101,14 @@ class Collector:
         port: int = 0,
         db_path: str | os.PathLike[str] | None = None,
         latency: float = 0.0,
+        keys: Iterable[str] | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.db_path = db_path
         self.latency = latency
+        # Kept as given: the app hashes them; this object never shows them.
+        self._keys = None if keys is None else tuple(keys)
         self._store: Store | None = None
         self._app: Starlette | None = None
         self._server: uvicorn.Server | None = None
@@ -127,7 +141,7 @@ class Collector:
         sock = _listen(self.host, self.port)
         self.port = sock.getsockname()[1]
         store = Store(self.db_path)
-        app = create_app(latency=self.latency, store=store)
+        app = create_app(latency=self.latency, keys=self._keys, store=store)
         # log_config=None leaves the host process's logging configuration alone.
         server = uvicorn.Server(
             _config(app, log_level="warning", access_log=False, log_config=None)
@@ -217,8 +231,10 @@ def run_in_thread(
     port: int = 0,
     db_path: str | os.PathLike[str] | None = None,
     latency: float = 0.0,
+    keys: Iterable[str] | None = None,
 ) -> Iterator[Collector]:
-    """Run a :class:`Collector` for the duration of a ``with`` block.
+    """Run a :class:`Collector` for the duration of a ``with`` block; the arguments are
+    those of :class:`Collector`.
 
     ::
 
@@ -227,7 +243,7 @@ def run_in_thread(
             ...
             assert collector.store.events(event="signup")
     """
-    collector = Collector(host, port, db_path, latency).start()
+    collector = Collector(host, port, db_path, latency, keys).start()
     try:
         yield collector
     finally:

@@ -8,9 +8,9 @@ from typing import Any
 import httpx
 import pytest
 
-from atrack_core.collector import MAX_BODY_BYTES, Collector
+from atrack_core.collector import MAX_BODY_BYTES, Collector, run_in_thread
 
-from .conftest import KEY, VALID, body, post
+from .conftest import KEY, OTHER_KEY, VALID, body, post
 
 PATHS = list(VALID)
 
@@ -341,3 +341,16 @@ def test_unknown_path_is_404_json(client: httpx.Client) -> None:
 def test_a_base_path_prefix_is_not_served(client: httpx.Client) -> None:
     # The SDK appends paths to the endpoint's path; this collector serves at the root.
     assert post(client, "/atrack/event", body("/event")).status_code == 404
+
+
+def test_keys_limits_the_accepted_keys() -> None:
+    with (
+        run_in_thread(keys=[KEY]) as strict,
+        httpx.Client(base_url=strict.url) as http,
+    ):
+        assert post(http, "/event", body("/event")).status_code == 200
+        rejected = post(http, "/event", body("/event"), key=OTHER_KEY)
+        message = assert_rejected(rejected, 401, "pub_…zzzz", "not accepted")
+        assert OTHER_KEY not in message
+        assert len(strict.store.events()) == 1
+        assert [c["status"] for c in strict.store.calls()] == [200, 401]

@@ -1,0 +1,371 @@
+"""The ``atrack`` command.
+
+::
+
+    atrack collector [--host 127.0.0.1] [--port 8787] [--db PATH] [--latency SECONDS]
+    atrack send-event NAME --uuid U [--attr k=v ...] [--key K] [--endpoint URL]
+    atrack --version
+
+``send-event`` makes one synchronous call through the SDK, to check a key and a
+network path from the shell. Exit status: 0 when the call was accepted, 1 when it was
+not (network error, HTTP error status), 2 for bad input or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sqlite3
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Final
+
+from ._version import __version__
+
+__all__ = ["main"]
+
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_USAGE: Final = 2
+
+_COLLECTOR_EXTRA_HINT: Final = (
+    "the collector needs Starlette and uvicorn: pip install 'a-track-sdk[collector]'"
+)
+
+
+def _masked(key: str) -> str:
+    # Only ever the last 4 characters, and none of a short key.
+    return "…" + key[-4:] if len(key) > 8 else "…"
+
+
+def _error(message: str) -> None:
+    print(f"atrack: error: {message}", file=sys.stderr)
+
+
+# -- argument parsing ---------------------------------------------------------------
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(name)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
+
+
+def parse_attribute(text: str) -> tuple[str, Any]:
+    """``k=v`` to ``("k", value)``: the value as JSON when it parses as JSON (numbers,
+    ``true``, ``null``, ``[1,2]``, ``"quoted"``), otherwise as the plain string."""
+    name, sep, raw = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    if not name:
+        raise argparse.ArgumentTypeError(f"the attribute name is empty in {text!r}")
+    try:
+        # NaN/Infinity are Python's JSON extensions, not JSON: keep them as strings.
+        value: Any = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+    except ValueError:
+        value = raw
+    return name, value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _non_negative_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"not a TCP port: {text!r}")
+    return value
+
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``atrack`` argument parser (exposed for documentation and tests)."""
+    parser = argparse.ArgumentParser(
+        prog="atrack",
+        description="A-Track SDK tools: a local collector and a one-shot event sender.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"atrack (a-track-sdk) {__version__}"
+    )
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+
+    collector = commands.add_parser(
+        "collector",
+        help="run a local A-Track-compatible collector with an inspector page",
+        description=(
+            "Run a local collector that checks every call as the hosted API would, keeps "
+            "users and events in SQLite and shows them at http://HOST:PORT/. Point "
+            "ATRACK_ENDPOINT at it. Needs the 'collector' extra."
+        ),
+    )
+    collector.add_argument("--host", default="127.0.0.1", help="address to bind (%(default)s)")
+    collector.add_argument("--port", type=_port, default=8787, help="port (%(default)s)")
+    collector.add_argument(
+        "--db",
+        metavar="PATH",
+        help="SQLite file to keep data in across restarts (default: in memory)",
+    )
+    collector.add_argument(
+        "--latency",
+        type=_non_negative_float,
+        default=0.0,
+        metavar="SECONDS",
+        help="delay added to every ingest call, to imitate a distant API (%(default)s)",
+    )
+    collector.add_argument(
+        "--accept-key",
+        dest="keys",
+        action="append",
+        metavar="KEY",
+        help="accept only this public key, answering 401 to others as the hosted API "
+        "does (repeatable; default: any non-empty key)",
+    )
+    collector.add_argument(
+        "--access-log", action="store_true", help="log every request (off: it is costly)"
+    )
+    collector.set_defaults(handler=_run_collector)
+
+    send = commands.add_parser(
+        "send-event",
+        help="send one event synchronously, to check a key and a network path",
+        description=(
+            "Send one event through the SDK and wait for the answer. Exits 0 when it was "
+            "accepted, 1 when not (the reason goes to stderr), 2 for bad input."
+        ),
+    )
+    send.add_argument("name", metavar="NAME", help="event name")
+    send.add_argument("--uuid", required=True, help="the user's id")
+    send.add_argument(
+        "--attr",
+        dest="attrs",
+        action="append",
+        default=[],
+        type=parse_attribute,
+        metavar="KEY=VALUE",
+        help="an event attribute; VALUE is JSON when it parses as JSON, else a string "
+        "(repeatable; a repeated KEY keeps the last value)",
+    )
+    send.add_argument("--key", help="public key (default: $ATRACK_PUBLIC_KEY)")
+    send.add_argument(
+        "--endpoint",
+        metavar="URL",
+        help="base URL, e.g. http://127.0.0.1:8787 (default: $ATRACK_ENDPOINT, else the "
+        "hosted API)",
+    )
+    send.add_argument("--geo", help="API region (default: $ATRACK_GEO)")
+    send.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=5.0,
+        metavar="SECONDS",
+        help="per attempt (%(default)s)",
+    )
+    send.add_argument(
+        "--retries",
+        type=_non_negative_int,
+        default=0,
+        help="retries of a retryable failure; a check wants the first answer (%(default)s)",
+    )
+    send.add_argument(
+        "--allow-insecure-http",
+        action="store_true",
+        help="allow plain http:// to a host other than loopback (the key travels in clear)",
+    )
+    send.add_argument("-v", "--verbose", action="store_true", help="show the SDK's log lines")
+    send.set_defaults(handler=_send_event)
+    return parser
+
+
+# -- commands -----------------------------------------------------------------------
+
+
+def _run_collector(args: argparse.Namespace) -> int:
+    try:
+        from .collector import serve
+    except ImportError as exc:
+        _error(f"{_COLLECTOR_EXTRA_HINT} ({exc.__cause__ or exc})")
+        return EXIT_FAILED
+    host = args.host
+
+    def banner(url: str) -> None:
+        storage = os.path.abspath(args.db) if args.db else "memory (lost on exit; --db keeps it)"
+        print(f"A-Track collector on {url}", flush=True)
+        print(f"  inspector:  {url}/", flush=True)
+        print(f"  storage:    {storage}", flush=True)
+        print(f"  try:        export ATRACK_ENDPOINT={url}", flush=True)
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            print(
+                "  warning:    the inspector and read API have no authentication; anyone "
+                f"who can reach {host} can read what was sent",
+                flush=True,
+            )
+
+    try:
+        serve(
+            host=host,
+            port=args.port,
+            db_path=args.db,
+            latency=args.latency,
+            keys=args.keys,
+            access_log=args.access_log,
+            on_listening=banner,
+        )
+    except OSError as exc:
+        _error(f"cannot serve on {host} port {args.port}: {exc}")
+        return EXIT_FAILED
+    except sqlite3.Error as exc:
+        _error(f"cannot use the database {args.db!r}: {exc}")
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        # uvicorn re-raises the Ctrl-C it handled; by then shutdown was clean, and
+        # `make` would call a 130 a failure.
+        pass
+    print("collector stopped", flush=True)
+    return EXIT_OK
+
+
+def _send_event(args: argparse.Namespace) -> int:
+    # Imported here: `atrack collector` and `--help` do not need the SDK loaded.
+    from . import ATrackSdk, DeliveryError, EventPayload, Options
+
+    key = args.key or os.environ.get("ATRACK_PUBLIC_KEY", "")
+    if not key:
+        _error("no public key: pass --key or set ATRACK_PUBLIC_KEY")
+        return EXIT_USAGE
+    endpoint = args.endpoint or os.environ.get("ATRACK_ENDPOINT") or None
+    geo = args.geo or os.environ.get("ATRACK_GEO") or None
+    if args.verbose:
+        logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
+
+    sent: list[tuple[str, dict[str, Any]]] = []
+
+    def record(path: str, body: dict[str, Any]) -> dict[str, Any]:
+        sent.append((path, body))
+        return body
+
+    try:
+        sdk = ATrackSdk(
+            Options(
+                key,
+                endpoint=endpoint,
+                geo=geo,
+                delivery="sync",
+                timeout=args.timeout,
+                max_retries=args.retries,
+                before_send=record,
+                allow_insecure_http=args.allow_insecure_http,
+            )
+        )
+    except (ValueError, TypeError) as exc:
+        message = str(exc)
+        if "allow_insecure_http" in message:
+            message += " (here: --allow-insecure-http)"
+        _error(message)
+        return EXIT_USAGE
+
+    with sdk, _sdk_logs(shown=args.verbose):
+        try:
+            sdk.track(EventPayload(event=args.name, uuid=args.uuid, attributes=dict(args.attrs)))
+        except (ValueError, TypeError) as exc:
+            _error(str(exc))
+            return EXIT_USAGE
+        except DeliveryError as exc:
+            _print_sent(sdk.base_url, key, sent)
+            _error(_failure(exc, sdk.base_url))
+            return EXIT_FAILED
+    _print_sent(sdk.base_url, key, sent)
+    print("accepted")
+    return EXIT_OK
+
+
+@contextmanager
+def _sdk_logs(*, shown: bool) -> Iterator[None]:
+    """Hide the SDK's log lines unless ``shown``: the reason for a failure is printed
+    anyway, and Python's last-resort handler would print it a second time."""
+    logger = logging.getLogger("atrack")
+    if shown:
+        yield
+        return
+    # A handler of its own, or Python's last-resort handler would still print it.
+    null = logging.NullHandler()
+    propagate = logger.propagate
+    logger.addHandler(null)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.propagate = propagate
+        logger.removeHandler(null)
+
+
+def _print_sent(base_url: str, key: str, sent: list[tuple[str, dict[str, Any]]]) -> None:
+    for path, body in sent:
+        print(f"POST {base_url}{path}  (key {_masked(key)})")
+        print(json.dumps(body, indent=2, ensure_ascii=False))
+
+
+def _failure(exc: Exception, base_url: str) -> str:
+    status = getattr(exc, "status", None)
+    body = getattr(exc, "body", None)
+    if status is None:
+        return f"no answer from {base_url}: {exc}"
+    message = f"{base_url} answered HTTP {status}"
+    if status in (401, 403):
+        message += " (the public key was rejected)"
+    if body:
+        message += f": {body.strip()}"
+    return message
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``atrack`` command with ``argv`` (default: ``sys.argv[1:]``); return the
+    exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
