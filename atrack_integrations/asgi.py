@@ -26,7 +26,7 @@ from atrack_core._request import RequestView
 
 from ._lifecycle import STATE_KEY, IntegrationConfig, RequestTracker
 
-__all__ = ["ASGIApp", "ATrackMiddleware", "Message", "Receive", "Scope", "Send"]
+__all__ = ["ASGIApp", "ATrackMiddleware", "Message", "Receive", "Scope", "Send", "get_tracker"]
 
 logger = logging.getLogger("atrack")
 
@@ -183,6 +183,23 @@ class ATrackMiddleware:
         finally:
             if shutting_down:
                 await flush()
+
+
+def get_tracker(scope: Scope) -> RequestTracker:
+    """The tracker the middleware attached to an ASGI ``scope``.
+
+    Raises ``RuntimeError`` when there is none (the middleware is not installed, or this
+    is not an ``http`` scope), so the mistake shows on the first request.
+    """
+    state = scope.get("state")
+    tracker = state.get(STATE_KEY) if state is not None else None
+    if not isinstance(tracker, RequestTracker):
+        raise RuntimeError(
+            "no A-Track tracker on this request: install the middleware with "
+            "app.add_middleware(ATrackMiddleware, sdk=...) "
+            "(from atrack_integrations.asgi import ATrackMiddleware)"
+        )
+    return tracker
 
 
 def _with_cookie(config: IntegrationConfig, tracker: RequestTracker, message: Message) -> Message:

@@ -32,7 +32,9 @@ class AppError(Exception):
 
 
 async def home(request: Request) -> PlainTextResponse:
-    tracker = request.state.atrack
+    tracker = getattr(request.state, "atrack", None)  # also served without the middleware
+    if tracker is None:
+        return PlainTextResponse("untracked")
     tracker.track("page_viewed", {"source": request.query_params.get("source")})
     return PlainTextResponse(tracker.uuid)
 
@@ -99,8 +101,15 @@ ROUTES = [
 ]
 
 
-def make_app(sdk: ATrackSdk | None, *, middleware: bool = True, **settings: Any) -> Starlette:
-    app = Starlette(routes=ROUTES)
+def make_app(
+    sdk: ATrackSdk | None,
+    *,
+    middleware: bool = True,
+    lifespan: Any = None,
+    exception_handlers: Any = None,
+    **settings: Any,
+) -> Starlette:
+    app = Starlette(routes=ROUTES, lifespan=lifespan, exception_handlers=exception_handlers)
     if middleware:
         app.add_middleware(ATrackMiddleware, sdk=sdk, **settings)
     return app
@@ -115,6 +124,7 @@ def call(
     cookie: str | None = None,
     scheme: str = "http",
     client: tuple[str, int] = ("127.0.0.1", 50000),
+    json: Any = None,
 ) -> httpx.Response:
     """One request through ``app`` in-process (httpx's ASGI transport)."""
     all_headers = dict(headers or {})
@@ -126,7 +136,7 @@ def call(
         async with httpx.AsyncClient(
             transport=transport, base_url=f"{scheme}://shop.example"
         ) as http:
-            return await http.request(method, path, headers=all_headers)
+            return await http.request(method, path, headers=all_headers, json=json)
 
     return asyncio.run(go())
 

@@ -651,3 +651,45 @@ def test_sdk_is_built_from_the_environment(
         assert call(mw).text == "tracker"
     finally:
         mw.sdk.shutdown()
+
+
+# ------------------------------------------------------------------ client address
+
+
+def test_forged_forwarded_for_is_ignored_by_default(sdk: ATrackSdk, calls: CapturedCalls) -> None:
+    call(
+        make_app(sdk),
+        headers={"x-forwarded-for": "6.6.6.6", "forwarded": "for=7.7.7.7"},
+        client=("203.0.113.9", 4000),
+    )
+    assert calls.inits[0]["context"]["ipAddress"] == "203.0.113.9"
+    assert calls.events[0]["context"]["ipAddress"] == "203.0.113.9"
+
+
+def test_forwarded_for_is_honoured_only_through_a_trusted_proxy(
+    sdk: ATrackSdk, calls: CapturedCalls
+) -> None:
+    app = make_app(sdk, trusted_proxies=["10.0.0.0/8"], init="off")
+    xff = {"x-forwarded-for": "6.6.6.6, 198.51.100.7, 10.0.0.3"}
+    call(app, headers=xff, client=("10.0.0.2", 4000))
+    call(app, headers=xff, client=("203.0.113.9", 4000))  # not a proxy: header ignored
+    assert [e["context"]["ipAddress"] for e in calls.events] == ["198.51.100.7", "203.0.113.9"]
+
+
+def test_ip_modes(sdk: ATrackSdk, calls: CapturedCalls) -> None:
+    call(make_app(sdk, ip="anonymize", init="off"), client=("198.51.100.7", 1))
+    call(make_app(sdk, ip="none", init="off"), client=("198.51.100.7", 1))
+    assert calls.events[0]["context"]["ipAddress"] == "198.51.100.0"
+    assert "ipAddress" not in calls.events[1]["context"]
+
+
+def test_timezone_from_cookie_or_header(sdk: ATrackSdk, calls: CapturedCalls) -> None:
+    app = make_app(sdk, init="off", timezone_header="x-tz")
+    call(app, cookie=f"atrack_uuid={KNOWN}; atrack_tz=Europe%2FBerlin")
+    call(app, headers={"x-tz": "America/New_York"})
+    call(app, headers={"x-tz": "../../etc/passwd"})
+    assert [e["context"].get("timezone") for e in calls.events] == [
+        "Europe/Berlin",
+        "America/New_York",
+        None,
+    ]

@@ -1,0 +1,108 @@
+"""A small FastAPI shop tracked with A-Track.
+
+Run it (from the repository root)::
+
+    ATRACK_PUBLIC_KEY=pub_xxxxx uvicorn example_apps.fastapi_shop.app:app
+
+Point it at the local collector with ``ATRACK_ENDPOINT=http://127.0.0.1:8787`` (see
+``atrack collector``). Without ``ATRACK_PUBLIC_KEY`` it runs with tracking disabled.
+
+- ``GET /?source=...``: the landing page; tracks ``landing_viewed`` with the source.
+- ``POST /signup`` ``{"email": ..., "plan": ...}``: sets the user's attributes.
+- ``POST /login`` ``{"user_id": ...}``: switches the tracker to a known user.
+- ``POST /orders`` ``{"amount": ..., "currency": ...}``: tracks ``order_created``.
+- ``GET /health``: excluded from tracking by default.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI
+from fastapi.responses import HTMLResponse
+from pydantic import BaseModel, Field
+
+from atrack_core import ATrackSdk, Options
+from atrack_integrations.fastapi import ATrackMiddleware, ATrackTracker
+
+logger = logging.getLogger("example_apps.fastapi_shop")
+
+
+def build_sdk() -> ATrackSdk:
+    """The SDK from ``ATRACK_*`` environment variables (disabled without a key)."""
+    try:
+        return ATrackSdk(Options.from_env())
+    except ValueError as exc:
+        logger.warning("A-Track disabled: %s", exc)
+        return ATrackSdk(Options.from_env(disabled=True))
+
+
+sdk = build_sdk()
+app = FastAPI(title="A-Track example shop (FastAPI)")
+# The middleware also flushes the SDK when the server shuts down (lifespan).
+app.add_middleware(ATrackMiddleware, sdk=sdk)
+
+
+class Signup(BaseModel):
+    email: str = Field(min_length=3, max_length=254)
+    plan: str = "free"
+
+
+class Login(BaseModel):
+    user_id: str = Field(min_length=1, max_length=255)
+
+
+class Order(BaseModel):
+    amount: float = Field(gt=0)
+    currency: str = Field(default="EUR", min_length=3, max_length=3)
+
+
+LANDING = """<!doctype html>
+<html><head><meta charset="utf-8"><title>A-Track shop</title></head>
+<body>
+<h1>A-Track example shop</h1>
+<p>Your visitor id: <code>{uuid}</code> ({visitor})</p>
+<button onclick="post('/signup', {{email: 'ada@example.com', plan: 'pro'}})">Sign up</button>
+<button onclick="post('/orders', {{amount: 42.5, currency: 'EUR'}})">Order</button>
+<pre id="out"></pre>
+<script>
+async function post(path, body) {{
+  const r = await fetch(path, {{method: 'POST', headers: {{'content-type': 'application/json'}},
+                               body: JSON.stringify(body)}});
+  document.getElementById('out').textContent = path + ' -> ' + await r.text();
+}}
+</script>
+</body></html>
+"""
+
+
+@app.get("/", response_class=HTMLResponse)
+def landing(tracker: ATrackTracker, source: str | None = None) -> str:
+    tracker.track("landing_viewed", {"source": source})
+    visitor = "new visitor" if tracker.is_new_user else "returning visitor"
+    return LANDING.format(uuid=tracker.uuid, visitor=visitor)
+
+
+@app.post("/signup")
+def signup(body: Signup, tracker: ATrackTracker) -> dict[str, str]:
+    tracker.set_attributes({"plan": body.plan, "email_domain": body.email.rpartition("@")[2]})
+    tracker.track("signed_up", {"plan": body.plan})
+    return {"uuid": tracker.uuid, "plan": body.plan}
+
+
+@app.post("/login")
+def login(body: Login, tracker: ATrackTracker) -> dict[str, str]:
+    tracker.identify(body.user_id)
+    tracker.track("logged_in")
+    return {"uuid": tracker.uuid}
+
+
+@app.post("/orders", status_code=201)
+def create_order(order: Order, tracker: ATrackTracker) -> dict[str, object]:
+    tracker.track("order_created", {"amount": order.amount, "currency": order.currency})
+    return {"status": "created", "amount": order.amount, "currency": order.currency}
+
+
+@app.get("/health")
+def health() -> dict[str, str]:
+    return {"status": "ok"}

@@ -1,0 +1,309 @@
+"""The shared lifecycle directly: configuration checks and the adapter-facing API."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from atrack_core import ATrackSdk, MemoryStorage, Options
+from atrack_core._request import RequestView
+from atrack_core.testing import CapturedCalls, capture_calls
+from atrack_integrations import DEFAULT_EXCLUDE_PATHS, IntegrationConfig, RequestTracker
+from atrack_integrations._lifecycle import SETTING_NAMES, is_canonical_uuid, resolve_sdk
+from tests.integrations.asgi_helpers import KNOWN, LogRecorder, record_atrack_logs
+
+
+@pytest.fixture
+def sdk() -> Iterator[ATrackSdk]:
+    sdk = ATrackSdk(Options("pub_test_1234", disabled=True))
+    yield sdk
+    sdk.shutdown()
+
+
+@pytest.fixture
+def calls() -> Iterator[CapturedCalls]:
+    with capture_calls() as captured:
+        yield captured
+
+
+@pytest.fixture
+def logs() -> Iterator[LogRecorder]:
+    with record_atrack_logs() as recorder:
+        yield recorder
+
+
+def view(
+    path: str = "/",
+    *,
+    method: str = "GET",
+    cookie: str | None = None,
+    scheme: str = "http",
+    **headers: str,
+) -> RequestView:
+    h = {k.replace("_", "-"): v for k, v in headers.items()}
+    if cookie is not None:
+        h["cookie"] = cookie
+    return RequestView(method, scheme, "shop.example", path, "", h, "127.0.0.1")
+
+
+# ------------------------------------------------------------------ configuration
+
+
+@pytest.mark.parametrize(
+    ("settings", "error", "match"),
+    [
+        ({"cookie_name": "bad name"}, ValueError, "cookie_name"),
+        ({"cookie_name": "a;b"}, ValueError, "cookie_name"),
+        ({"cookie_name": ""}, TypeError, "cookie_name"),
+        ({"cookie_name": 5}, TypeError, "cookie_name"),
+        ({"cookie_max_age": 0}, ValueError, "cookie_max_age"),
+        ({"cookie_max_age": -1}, ValueError, "cookie_max_age"),
+        ({"cookie_max_age": 1.5}, ValueError, "cookie_max_age"),
+        ({"cookie_max_age": True}, ValueError, "cookie_max_age"),
+        ({"cookie_domain": "shop.example; Secure"}, ValueError, "cookie_domain"),
+        ({"cookie_domain": "-bad-.example"}, ValueError, "cookie_domain"),
+        ({"cookie_domain": 7}, TypeError, "cookie_domain"),
+        ({"cookie_secure": "maybe"}, TypeError, "cookie_secure"),
+        ({"cookie_samesite": "lenient"}, ValueError, "cookie_samesite"),
+        ({"cookie_samesite": "None", "cookie_secure": False}, ValueError, "Secure"),
+        ({"init": "always"}, ValueError, "init"),
+        ({"init_ttl": 0}, ValueError, "init_ttl"),
+        ({"init_ttl": "soon"}, ValueError, "init_ttl"),
+        ({"init_ttl": float("inf")}, ValueError, "init_ttl"),
+        ({"exclude_paths": ["health"]}, ValueError, "exclude_paths"),
+        ({"exclude_paths": [1]}, TypeError, "exclude_paths"),
+        ({"exclude_paths": 5}, TypeError, "exclude_paths"),
+        ({"trusted_proxies": ["not-an-ip"]}, ValueError, "trusted_proxies"),
+        ({"ip": "partial"}, ValueError, "ip"),
+        ({"scrub_params": ["a*b"]}, ValueError, "scrub_params"),
+        ({"timezone_cookie": "a b"}, ValueError, "timezone_cookie"),
+        ({"timezone_header": "x:tz"}, ValueError, "timezone_header"),
+        ({"respect_dnt": "sometimes"}, TypeError, "respect_dnt"),
+        ({"identify": 42}, TypeError, "identify"),
+        ({"identify": "no.such.module.hook"}, ValueError, "identify"),
+        ({"public_key": "pub_other_5678"}, TypeError, "not both"),
+    ],
+)
+def test_bad_settings_fail_at_setup(
+    sdk: ATrackSdk, settings: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        IntegrationConfig(sdk=sdk, **settings)
+
+
+def test_unknown_setting_is_a_type_error(sdk: ATrackSdk) -> None:
+    with pytest.raises(TypeError, match="cookie_nam"):
+        IntegrationConfig(sdk=sdk, cookie_nam="x")  # type: ignore[call-arg]
+
+
+def test_settings_from_strings(sdk: ATrackSdk) -> None:
+    # As they arrive from environment variables or .ini files.
+    config = IntegrationConfig(
+        sdk=sdk,
+        cookie_max_age="600",  # type: ignore[arg-type]
+        init_ttl="60",  # type: ignore[arg-type]
+        respect_dnt="true",  # type: ignore[arg-type]
+        cookie_secure="0",  # type: ignore[arg-type]
+        exclude_paths="/a, /b/",
+        trusted_proxies="10.0.0.0/8, 192.168.0.1",
+    )
+    assert config.cookie_max_age == 600
+    assert config.init_ttl == 60.0
+    assert config.respect_dnt is True
+    assert config.cookie_secure is False
+    assert config.exclude_paths == ("/a", "/b/")
+
+
+def test_from_settings_django_and_flask_styles(sdk: ATrackSdk) -> None:
+    django = IntegrationConfig.from_settings({"COOKIE_NAME": "v", "INIT": "lazy"}, sdk=sdk)
+    assert (django.cookie_name, django.init) == ("v", "lazy")
+    flask = IntegrationConfig.from_settings(
+        {"ATRACK_COOKIE_NAME": "w", "SECRET_KEY": "ignored", "DEBUG": True},
+        prefix="ATRACK_",
+        sdk=sdk,
+    )
+    assert flask.cookie_name == "w"
+    with pytest.raises(TypeError, match="ATRACK_COOKIE_NAME"):
+        IntegrationConfig.from_settings({"ATRACK_COOKIES": "w"}, prefix="ATRACK_", sdk=sdk)
+    assert "sdk" in SETTING_NAMES
+
+
+def test_identify_as_a_dotted_path(sdk: ATrackSdk) -> None:
+    config = IntegrationConfig(sdk=sdk, identify="tests.integrations.test_lifecycle.hook")
+    assert config.identify is hook
+
+
+def hook(request: Any) -> str:
+    return "user-1"
+
+
+def test_resolve_sdk(monkeypatch: pytest.MonkeyPatch, sdk: ATrackSdk) -> None:
+    assert resolve_sdk(sdk) is sdk
+    with pytest.raises(TypeError, match="ATrackSdk"):
+        resolve_sdk("pub_xxx")  # type: ignore[arg-type]
+    monkeypatch.delenv("ATRACK_PUBLIC_KEY", raising=False)
+    monkeypatch.delenv("ATRACK_DISABLED", raising=False)
+    with pytest.raises(ValueError, match="ATRACK_PUBLIC_KEY"):
+        resolve_sdk()
+    built = resolve_sdk(
+        public_key="pub_given_1234",
+        geo="fra",
+        delivery="sync",
+        storage="atrack_core.MemoryStorage",
+    )
+    try:
+        assert built.base_url == "https://fra.api.a-track.io"
+        assert built.options.delivery == "sync"
+        assert isinstance(built.storage, MemoryStorage)
+    finally:
+        built.shutdown()
+    env = resolve_sdk(environ={"ATRACK_PUBLIC_KEY": "pub_env_1234", "ATRACK_DISABLED": "1"})
+    try:
+        assert env.options.public_key == "pub_env_1234"
+        assert env.options.disabled
+    finally:
+        env.shutdown()
+
+
+def test_repr_hides_the_key(sdk: ATrackSdk) -> None:
+    text = repr(IntegrationConfig(sdk=sdk))
+    assert "pub_test_1234" not in text
+    assert "1234" in text
+
+
+# ------------------------------------------------------------------ the adapter API
+
+
+def test_exclusion_rules(sdk: ATrackSdk) -> None:
+    config = IntegrationConfig(sdk=sdk, exclude_paths=[*DEFAULT_EXCLUDE_PATHS, "/api/internal*"])
+    excluded = ["/health", "/health/", "/static", "/static/", "/static/a/b.css", "/favicon.ico"]
+    excluded += ["/api/internal", "/api/internal/jobs", "/metrics"]
+    tracked = ["/", "/healthcheck", "/statics", "/api/interna", "/Health"]
+    assert all(config.is_excluded("GET", p) for p in excluded)
+    assert not any(config.is_excluded("GET", p) for p in tracked)
+    assert config.is_excluded("HEAD", "/")
+    assert config.is_excluded("OPTIONS", "/")
+
+
+def test_begin_and_cookie_header_for_an_adapter(sdk: ATrackSdk, calls: CapturedCalls) -> None:
+    config = IntegrationConfig(sdk=sdk)
+    first = config.begin(view("/"))
+    assert isinstance(first, RequestTracker)
+    assert first.is_new_user
+    assert is_canonical_uuid(first.uuid)
+    header = config.set_cookie_header(first)
+    assert header == (f"atrack_uuid={first.uuid}; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax")
+    again = config.begin(view("/", cookie=f"atrack_uuid={first.uuid}"))
+    assert again.uuid == first.uuid
+    assert not again.is_new_user
+    assert config.set_cookie_header(again) is None
+    # Frameworks that parsed the cookies already pass them in.
+    parsed = config.begin(view("/"), cookies={"atrack_uuid": KNOWN})
+    assert parsed.uuid == KNOWN
+    assert [c.body["uuid"] for c in calls.calls] == [first.uuid, KNOWN]
+
+
+def test_sync_begin_with_an_async_hook_falls_back(
+    sdk: ATrackSdk, calls: CapturedCalls, logs: LogRecorder
+) -> None:
+    async def identify(request: Any) -> str:
+        return "user-1"
+
+    config = IntegrationConfig(sdk=sdk, identify=identify)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "coroutine was never awaited"
+        tracker = config.begin(view("/", cookie=f"atrack_uuid={KNOWN}"), object())
+    assert tracker.uuid == KNOWN
+    assert any("identify hook failed" in m for m in logs.messages())
+
+
+def test_abegin_with_sync_and_async_hooks(sdk: ATrackSdk, calls: CapturedCalls) -> None:
+    import asyncio
+
+    async def ahook(request: Any) -> str:
+        return f"async-{request}"
+
+    for identify, expected in ((lambda r: f"sync-{r}", "sync-7"), (ahook, "async-7")):
+        config = IntegrationConfig(sdk=sdk, identify=identify)
+        tracker = asyncio.run(config.abegin(view("/"), 7))
+        assert tracker.uuid == expected
+        assert config.set_cookie_header(tracker) is None
+
+
+def test_passive_trackers_make_no_uuid_until_asked(sdk: ATrackSdk, calls: CapturedCalls) -> None:
+    config = IntegrationConfig(sdk=sdk)
+    tracker = config.begin(view("/health"))
+    assert tracker.passive
+    assert tracker._uuid is None
+    assert is_canonical_uuid(tracker.uuid)
+    tracker.identify(KNOWN)
+    assert config.set_cookie_header(tracker) is None
+    assert calls.calls == []
+
+
+def test_tracker_validation_errors_propagate(sdk: ATrackSdk, calls: CapturedCalls) -> None:
+    tracker = IntegrationConfig(sdk=sdk).begin(view("/"))
+    with pytest.raises(TypeError):
+        tracker.track("x", {1: "non-string key"})  # type: ignore[dict-item]
+    with pytest.raises(ValueError, match="NaN"):
+        tracker.track("x", {"v": float("nan")})
+    with pytest.raises(TypeError):
+        tracker.set_attributes({"a": 1}, replace="yes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="uuid"):
+        tracker.identify("")
+
+
+def test_set_attributes_replace(sdk: ATrackSdk, calls: CapturedCalls) -> None:
+    tracker = IntegrationConfig(sdk=sdk, init="off").begin(view("/"))
+    tracker.set_attributes({"plan": "pro"}, replace=True)
+    assert calls.attributes[0]["mode"] == "replace"
+
+
+def test_init_off_identify_with_attributes_sends_attributes(
+    sdk: ATrackSdk, calls: CapturedCalls
+) -> None:
+    tracker = IntegrationConfig(sdk=sdk, init="off").begin(view("/"))
+    tracker.identify("user-9", {"plan": "pro"})
+    assert [(c.path, c.body["uuid"]) for c in calls.calls] == [("/attributes", "user-9")]
+
+
+def test_lazy_identify_defers_init(sdk: ATrackSdk, calls: CapturedCalls) -> None:
+    tracker = IntegrationConfig(sdk=sdk, init="lazy").begin(view("/"))
+    tracker.identify("user-9")
+    assert calls.calls == []
+    tracker.track("clicked")
+    assert [(c.path, c.body["uuid"]) for c in calls.calls] == [
+        ("/init", "user-9"),
+        ("/event", "user-9"),
+    ]
+
+
+def test_before_send_cannot_corrupt_the_request_context(calls: CapturedCalls) -> None:
+    def scrub(path: str, body: dict[str, Any]) -> dict[str, Any]:
+        body["context"].pop("userAgent", None)
+        body["context"]["mutated"] = True
+        return body
+
+    sdk = ATrackSdk(Options("pub_test_1234", disabled=True, before_send=scrub))
+    try:
+        tracker = IntegrationConfig(sdk=sdk, init="off").begin(view("/", user_agent="UA"))
+        tracker.track("a")
+        assert tracker.context == {"url": "/", "ipAddress": "127.0.0.1", "userAgent": "UA"}
+    finally:
+        sdk.shutdown()
+
+
+def test_local_init_memory_is_bounded(
+    sdk: ATrackSdk, calls: CapturedCalls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from atrack_integrations import _lifecycle
+
+    monkeypatch.setattr(_lifecycle, "_LOCAL_SEEN_MAX", 10)
+    config = IntegrationConfig(sdk=sdk)
+    for _ in range(25):
+        config.begin(view("/"))
+    assert len(config._seen) <= 10
+    assert len(calls.inits) == 25
