@@ -1,0 +1,153 @@
+"""The inspector page in a real headless Chromium, driven by Playwright.
+
+Needs Debian's ``chromium`` at /usr/bin/chromium (no browser download): skipped when it
+is missing, except on CI (``ATRACK_REQUIRE_BROWSER=1``), where that is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from atrack_core import ATrackSdk, EventPayload, InitPayload, Options, UserContext
+from atrack_core.collector import Collector, key_id
+from tests.conftest import require_or_skip
+
+from .conftest import KEY, OTHER_KEY
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TIMEOUT_MS = 15_000
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    available = os.access(CHROMIUM, os.X_OK)
+    require_or_skip("Chromium at /usr/bin/chromium", available, "ATRACK_REQUIRE_BROWSER")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
+    page.on(
+        "console",
+        lambda msg: errors.append(f"console: {msg.text}") if msg.type == "error" else None,
+    )
+    try:
+        yield page
+    finally:
+        context.close()
+    assert errors == []
+
+
+def sdk_for(collector: Collector, key: str = KEY) -> ATrackSdk:
+    return ATrackSdk(Options(key, endpoint=collector.url, delivery="sync"))
+
+
+def test_new_events_appear_live_and_filter(page: Any, collector: Collector, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(collector.url)
+    expect(page.locator("#live")).to_have_attribute("data-state", "live", timeout=TIMEOUT_MS)
+    expect(page.locator("#empty")).to_be_visible()
+    # Marks this document: a reload would lose it.
+    page.evaluate("window.__sameDocument = true")
+
+    with sdk_for(collector) as sdk:
+        sdk.init(InitPayload(user=UserContext(uuid="browser-user", attributes={"plan": "pro"})))
+        sdk.track(EventPayload(event="signup", uuid="browser-user", attributes={"via": "ads"}))
+        sdk.track(EventPayload(event="order_created", uuid="browser-user",
+                               attributes={"amount": 12}))  # fmt: skip
+    with sdk_for(collector, OTHER_KEY) as other:
+        other.track(EventPayload(event="job_processed", uuid="worker-7"))
+
+    user = page.locator('article.user[data-uuid="browser-user"]')
+    expect(user.locator('li.event[data-event="order_created"]')).to_be_visible(timeout=TIMEOUT_MS)
+    expect(page.locator('article.user[data-uuid="worker-7"]')).to_be_visible()
+    assert page.evaluate("window.__sameDocument") is True
+    expect(page.locator("#empty")).to_be_hidden()
+
+    # The user's attributes, and their events newest first.
+    expect(user.locator("table.attributes")).to_contain_text("plan")
+    expect(user.locator("table.attributes")).to_contain_text('"pro"')
+    assert user.locator("li.event").evaluate_all("els => els.map(e => e.dataset.event)") == [
+        "order_created",
+        "signup",
+    ]
+    expect(page.locator("#stat-events")).to_have_text("3")
+
+    # A later event shows up too, at the top, still without a reload.
+    with sdk_for(collector) as sdk:
+        sdk.track(EventPayload(event="checkout", uuid="browser-user"))
+    expect(user.locator("li.event").first).to_have_attribute("data-event", "checkout")
+    assert page.evaluate("window.__sameDocument") is True
+
+    # Filter by event name: only users with such an event, and only those events.
+    expect(page.locator('#filter-event option[value="signup"]')).to_have_count(1)
+    page.select_option("#filter-event", "signup")
+    expect(page.locator("li.event")).to_have_count(1)
+    expect(page.locator("li.event")).to_have_attribute("data-event", "signup")
+    expect(page.locator('article.user[data-uuid="worker-7"]')).to_have_count(0)
+    page.screenshot(path=str(tmp_path / "inspector-filtered.png"), full_page=True)
+
+    # Filter by key (its id; the page never holds the full key).
+    page.select_option("#filter-event", "")
+    page.select_option("#filter-key", key_id(OTHER_KEY))
+    expect(page.locator("article.user")).to_have_count(1)
+    expect(page.locator("article.user")).to_have_attribute("data-uuid", "worker-7")
+    expect(page.locator("article.user .badge.key")).to_have_text("pub_…zzzz")
+    page.select_option("#filter-key", "")
+    expect(page.locator("article.user")).to_have_count(2)
+
+    html = page.content()
+    assert KEY not in html
+    assert OTHER_KEY not in html
+
+    screenshot = tmp_path / "inspector.png"
+    page.screenshot(path=str(screenshot), full_page=True)
+    assert screenshot.stat().st_size > 0
+    assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_call_log_shows_rejected_calls(page: Any, collector: Collector, tmp_path: Path) -> None:
+    import httpx
+    from playwright.sync_api import expect
+
+    page.goto(collector.url)
+    expect(page.locator("#live")).to_have_attribute("data-state", "live")
+    response = httpx.post(f"{collector.url}/event", json={"uuid": "x"},
+                          headers={"x-a-track-key": KEY})  # fmt: skip
+    assert response.status_code == 400
+    page.click("#tab-calls")
+    row = page.locator("#calls tr.bad")
+    expect(row).to_have_count(1)
+    expect(row).to_contain_text("400")
+    expect(row).to_contain_text("missing keys")
+    expect(page.locator("#stat-rejected")).to_have_text("1")
+    page.screenshot(path=str(tmp_path / "call-log.png"), full_page=True)
+    assert (tmp_path / "call-log.png").stat().st_size > 0
