@@ -51,6 +51,10 @@ _BASE_HEADERS = (
 )
 
 
+# Stands in for a request the middleware could not read (see the failure path).
+_UNKNOWN_REQUEST = RequestView("GET", "http", None, "/", "", {}, None)
+
+
 class ATrackMiddleware:
     """A-Track for any ASGI app: one ``/init`` per user session, a uuid cookie, and a
     :class:`~atrack_integrations.RequestTracker` in ``scope["state"]["atrack"]``.
@@ -106,6 +110,8 @@ class ATrackMiddleware:
             state[STATE_KEY] = tracker
         except Exception:
             logger.error("A-Track middleware failed; the request goes on untracked", exc_info=True)
+            # A no-op tracker still, so that view code using it keeps working.
+            state[STATE_KEY] = config._disabled(_UNKNOWN_REQUEST)
             await self.app(scope, receive, send)
             return
 

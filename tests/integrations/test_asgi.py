@@ -534,12 +534,22 @@ def test_middleware_failure_before_the_app_is_contained(
         scope = {k: v for k, v in scope.items() if k != "headers"}
         await inner(scope, receive, send)
 
-    inner = ATrackMiddleware(_ok_app, sdk=sdk)
+    inner = ATrackMiddleware(_tracking_app, sdk=sdk)
     response = call(raw)
     assert response.status_code == 200
-    assert response.text == "no tracker"
+    assert response.text == "no-op"  # a no-op tracker: the view's code still works
+    assert cookie_value(response) is None
+    assert calls.calls == []
     assert any("middleware failed" in m for m in logs.messages(logging.ERROR))
     del app
+
+
+async def _tracking_app(scope: Any, receive: Any, send: Any) -> None:
+    tracker = scope["state"]["atrack"]
+    tracker.track("viewed")
+    text = b"active" if tracker.enabled else b"no-op"
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": text})
 
 
 async def _ok_app(scope: Any, receive: Any, send: Any) -> None:
@@ -693,3 +703,30 @@ def test_timezone_from_cookie_or_header(sdk: ATrackSdk, calls: CapturedCalls) ->
         "America/New_York",
         None,
     ]
+
+
+def test_split_cookie_headers_are_joined(sdk: ATrackSdk, calls: CapturedCalls) -> None:
+    # HTTP/2 clients may send one cookie header per cookie.
+    mw = ATrackMiddleware(_ok_app, sdk=sdk, init="off")
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/",
+        "headers": [
+            (b"cookie", b"a=1"),
+            (b"cookie", f"atrack_uuid={KNOWN}".encode()),
+            (b"cookie", b"atrack_tz=Europe%2FParis"),
+        ],
+    }
+    asyncio.run(mw(scope, receive, send))
+    assert sent[0]["headers"] == []  # the cookie was found: nothing to set
+    assert scope["state"]["atrack"].uuid == KNOWN
+    assert scope["state"]["atrack"].context["timezone"] == "Europe/Paris"
