@@ -164,6 +164,8 @@ def create_app(
     Run it with any ASGI server, for example
     ``uvicorn --factory atrack_core.collector:create_app``.
     """
+    if store is not None and db_path is not None:
+        raise ValueError("pass db_path or store, not both")
     if latency < 0:
         raise ValueError(f"latency must be >= 0 seconds, got {latency!r}")
     accepted = None if keys is None else frozenset(key_id(key) for key in keys)

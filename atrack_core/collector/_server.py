@@ -149,7 +149,7 @@ class Collector:
         thread = threading.Thread(
             target=server.run,
             kwargs={"sockets": [sock]},
-            name=f"atrack-collector-{self.port}",
+            name=f"collector-http-{self.port}",
             daemon=True,
         )
         self._store, self._app, self._server, self._thread = store, app, server, thread

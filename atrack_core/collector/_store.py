@@ -146,7 +146,7 @@ class Store:
         self._boot = uuid_module.uuid4().hex[:8]
         self._changes = 0
         self._committer = threading.Thread(
-            target=self._commit_periodically, name="atrack-collector-commit", daemon=True
+            target=self._commit_periodically, name="collector-commit", daemon=True
         )
         self._committer.start()
 

@@ -50,7 +50,7 @@ def body(path: str, **changes: Any) -> dict[str, Any]:
     return result
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def shared_collector() -> Iterator[Collector]:
     with run_in_thread() as running:
         yield running
@@ -60,7 +60,7 @@ def shared_collector() -> Iterator[Collector]:
 def collector(shared_collector: Collector) -> Collector:
     """A running in-memory collector, empty at the start of the test.
 
-    One server serves the whole session (starting one per test would dominate the run
+    One server serves a whole test module (starting one per test would dominate the run
     time); tests that need their own, e.g. to restart it, start it themselves.
     """
     shared_collector.store.reset()

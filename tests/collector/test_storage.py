@@ -284,3 +284,15 @@ def test_negative_latency_is_refused() -> None:
 
     with pytest.raises(ValueError, match="latency"):
         create_app(latency=-1)
+
+
+def test_create_app_takes_a_path_or_a_store_not_both(tmp_path: Path) -> None:
+    from atrack_core.collector import create_app
+
+    store = Store()
+    try:
+        with pytest.raises(ValueError, match="not both"):
+            create_app(tmp_path / "db.sqlite3", store=store)
+        assert create_app(store=store).state.store is store
+    finally:
+        store.close()
