@@ -43,6 +43,11 @@ _PAGE_HEADERS: Final = {
 }
 
 
+def _is_number(text: str) -> bool:
+    # str.isdigit() alone accepts "²" and other digits int() refuses.
+    return text.isascii() and text.isdigit()
+
+
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
@@ -67,7 +72,7 @@ def _media_type_problem(content_type: str | None) -> str | None:
 async def _read_capped(request: Request) -> bytes | None:
     """The body, or ``None`` as soon as it is known to exceed the size limit."""
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+    if _is_number(declared) and int(declared) > MAX_BODY_BYTES:
         return None
     chunks: list[bytes] = []
     size = 0
@@ -130,7 +135,7 @@ def _int_param(request: Request, name: str, default: int, maximum: int) -> int:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or not 0 < int(raw) <= maximum:
+    if not _is_number(raw) or not 0 < int(raw) <= maximum:
         raise HTTPException(400, f"{name!r} must be an integer from 1 to {maximum}")
     return int(raw)
 
@@ -195,7 +200,7 @@ def create_app(
 
     async def events(request: Request) -> Response:
         after = request.query_params.get("after_id")
-        if after is not None and not after.isdigit():
+        if after is not None and not _is_number(after):
             raise HTTPException(400, "'after_id' must be a non-negative integer")
         rows = the_store.events(
             key_id=_key_param(request),

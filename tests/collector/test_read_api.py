@@ -116,6 +116,9 @@ def test_version_changes_on_every_write(client: httpx.Client) -> None:
         ("/api/users?limit=x", "'limit'"),
         ("/api/calls?limit=1.5", "'limit'"),
         ("/api/events?after_id=x", "'after_id'"),
+        ("/api/events?after_id=%C2%B2", "'after_id'"),
+        ("/api/events?limit=%C2%B2", "'limit'"),
+        ("/api/events?limit=%EF%BC%91", "'limit'"),
     ],
 )
 def test_bad_query_parameters_are_400(client: httpx.Client, url: str, fragment: str) -> None:

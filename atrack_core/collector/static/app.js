@@ -42,8 +42,9 @@ function h(tag, attrs, ...children) {
   return el;
 }
 
+// Attribute values are shown as JSON, so "12" and 12 look different, as they are.
 function jsonText(value) {
-  return typeof value === "string" ? JSON.stringify(value) : JSON.stringify(value, null, 0);
+  return JSON.stringify(value);
 }
 
 function shortTime(iso) {
