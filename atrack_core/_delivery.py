@@ -1,7 +1,10 @@
-"""Getting calls to the API: the call record, retry policy, counters and the senders.
+"""Getting calls to the API: the call record, retry policy, counters, reporting.
 
-``SyncDelivery`` sends in the caller's thread. ``BackgroundDelivery`` hands calls to a
-worker thread. Both share one retry policy and one pooled ``httpx`` client per process.
+``SyncDelivery`` sends in the caller's thread. ``BackgroundDelivery`` (the engine, in
+``_engine.py``) hands calls to sender threads. Both share one retry policy
+(:func:`classify`, :func:`attempt`) and one way of reporting failures (:class:`Reporter`).
+
+Module constants are read at call time, so the test suite can shrink the backoff.
 """
 
 from __future__ import annotations
@@ -10,17 +13,18 @@ import email.utils
 import json
 import logging
 import os
-import queue
 import random
+import ssl
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from ._errors import DeliveryError, KeyRejectedError, QueueFullError
+from ._errors import ATrackError, DeliveryError, KeyRejectedError, QueueFullError
 from ._options import Options, mask_key
 from ._wire import headers, new_request_id
 
@@ -44,6 +48,8 @@ class Call:
     # by every retry so the API can deduplicate.
     request_id: str = ""
     attempts: int = 0
+    # Position in the SDK's call order; flush() waits for the calls below its own.
+    seq: int = 0
 
     def json(self) -> dict[str, Any]:
         """The body as a dict."""
@@ -58,18 +64,22 @@ class Stats:
     """Thread-safe delivery counters; :meth:`snapshot` is what ``ATrackSdk.stats()`` returns."""
 
     __slots__ = (
+        "__weakref__",
         "_lock",
+        "_pid",
         "dropped",
         "enqueued",
         "failed",
         "filtered",
         "in_flight",
+        "queued_fn",
         "retried",
         "sent",
     )
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._pid = os.getpid()
         self.enqueued = 0
         self.sent = 0
         self.failed = 0
@@ -77,6 +87,21 @@ class Stats:
         self.dropped = 0
         self.in_flight = 0
         self.filtered = 0
+        # Set by the background engine, which shares ``_lock`` and keeps its queue
+        # under it: the snapshot then reads the queue length in the same critical section.
+        self.queued_fn: Callable[[], int] | None = None
+        _fork_reset(self)
+
+    def after_fork_in_child(self) -> None:
+        """Fresh lock and zero counters: the child starts with none of the parent's calls.
+
+        Idempotent per process, so every holder of this object may call it."""
+        if self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self.enqueued = self.sent = self.failed = self.retried = 0
+        self.dropped = self.in_flight = self.filtered = 0
 
     def add(self, name: str, n: int = 1) -> None:
         with self._lock:
@@ -84,6 +109,8 @@ class Stats:
 
     def snapshot(self, queued: int) -> dict[str, int]:
         with self._lock:
+            if self.queued_fn is not None:
+                queued = self.queued_fn()
             return {
                 "enqueued": self.enqueued,
                 "sent": self.sent,
@@ -138,10 +165,18 @@ class Reporter:
         self._stats = stats
         self._key_logged = False
         self._last_drop_log = -DROP_LOG_INTERVAL
+        self._last_closed_log = -DROP_LOG_INTERVAL
+        self._lock = threading.Lock()
+        _fork_reset(self)
+
+    def after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
 
-    def failed(self, call: Call, error: DeliveryError) -> None:
-        self._stats.add("failed")
+    def failed(self, call: Call, error: DeliveryError, *, count: bool = True) -> None:
+        """Report a call given up on. ``count=False`` when the caller already counted
+        it in ``stats().failed`` (the engine does, under its own lock)."""
+        if count:
+            self._stats.add("failed")
         if isinstance(error, KeyRejectedError):
             with self._lock:
                 first = not self._key_logged
@@ -157,19 +192,34 @@ class Reporter:
             logger.warning("A-Track call %s for uuid %r dropped: %s", call.path, call.uuid, error)
         self.hook(call, error)
 
-    def dropped(self, call: Call) -> None:
+    def dropped(self, call: Call, *, closed: bool = False) -> None:
+        """Report a call refused at submit: the queue was full, or the SDK shut down.
+        Counted in ``stats().dropped``; logged at most once per 10 s."""
         self._stats.add("dropped")
         now = time.monotonic()
         with self._lock:
-            log = now - self._last_drop_log >= DROP_LOG_INTERVAL
+            if closed:
+                log = now - self._last_closed_log >= DROP_LOG_INTERVAL
+                if log:
+                    self._last_closed_log = now
+            else:
+                log = now - self._last_drop_log >= DROP_LOG_INTERVAL
+                if log:
+                    self._last_drop_log = now
+        error: ATrackError
+        if closed:
             if log:
-                self._last_drop_log = now
-        if log:
-            logger.warning(
-                "A-Track queue is full (%d calls waiting); dropping calls (see stats().dropped)",
-                self._options.max_queue_size,
-            )
-        self.hook(call, QueueFullError(f"queue full ({self._options.max_queue_size}); dropped"))
+                logger.warning("A-Track SDK is shut down; dropping calls made after shutdown()")
+            error = ATrackError("the SDK was shut down; call dropped")
+        else:
+            if log:
+                logger.warning(
+                    "A-Track queue is full (%d calls waiting); dropping calls "
+                    "(see stats().dropped)",
+                    self._options.max_queue_size,
+                )
+            error = QueueFullError(f"queue full ({self._options.max_queue_size}); dropped")
+        self.hook(call, error)
 
     def hook(self, call: Call, error: BaseException) -> None:
         on_error = self._options.on_error
@@ -207,11 +257,16 @@ def classify(call: Call, response: httpx.Response | None, exc: Exception | None)
     )
 
 
-def make_client(options: Options, base_url: str, **limits: int) -> httpx.Client:
+def make_client(
+    options: Options, base_url: str, verify: ssl.SSLContext | None = None, **limits: int
+) -> httpx.Client:
+    """A client for ``base_url``. Pass a shared ``verify`` context when making many:
+    building one from the CA bundle costs ~20 ms of CPU, a client around it ~0.5 ms."""
     return httpx.Client(
         base_url=base_url + "/",
         timeout=options.timeout,
         http2=options.http2,
+        verify=verify if verify is not None else True,
         limits=httpx.Limits(**limits) if limits else httpx.Limits(),
         follow_redirects=False,
     )
@@ -241,6 +296,13 @@ class SyncDelivery:
         self._reporter = reporter
         self._client: httpx.Client | None = None
         self._pid = os.getpid()
+        self._lock = threading.Lock()
+        _fork_reset(self)
+
+    def after_fork_in_child(self) -> None:
+        # Another thread may have held the lock at fork time; the inherited client
+        # shares its sockets with the parent and is replaced on next use (PID check).
+        self._stats.after_fork_in_child()
         self._lock = threading.Lock()
 
     def _get_client(self) -> httpx.Client:
@@ -283,116 +345,40 @@ class SyncDelivery:
                 self._client = None
 
 
-_STOP = object()
+# Objects whose locks (and, for the engine, queues and threads) must be rebuilt in a
+# forked child: a lock held by another thread at fork time stays locked forever there.
+_fork_safe: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
-class BackgroundDelivery:
-    """A worker thread draining a bounded queue with retries.
+def _fork_reset(obj: Any) -> None:
+    _fork_safe.add(obj)
 
-    The first version: one worker, one call at a time. Fork-safe: after ``os.fork`` the
-    child starts a fresh queue and worker, and never sends what the parent had queued.
-    """
 
-    def __init__(self, options: Options, base_url: str, stats: Stats, reporter: Reporter) -> None:
-        self._options = options
-        self._base_url = base_url
-        self._stats = stats
-        self._reporter = reporter
-        self._lock = threading.Lock()
-        self._closed = False
-        self._start()
-
-    def _start(self) -> None:
-        self._pid = os.getpid()
-        self._queue: queue.Queue[Any] = queue.Queue(self._options.max_queue_size)
-        self._pending = 0
-        self._cond = threading.Condition()
-        self._thread = threading.Thread(target=self._run, name="atrack-delivery", daemon=True)
-        self._thread.start()
-
-    def _ensure_process(self) -> None:
-        if self._pid != os.getpid():
-            with self._lock:
-                if self._pid != os.getpid():
-                    self._start()
-
-    def submit(self, call: Call) -> bool:
-        if self._closed:
-            self._reporter.dropped(call)
-            return False
-        self._ensure_process()
-        with self._cond:
-            self._pending += 1
+def _after_fork_in_child() -> None:
+    for obj in list(_fork_safe):
         try:
-            self._queue.put_nowait(call)
-        except queue.Full:
-            self._done()
-            self._reporter.dropped(call)
-            return False
-        self._stats.add("enqueued")
-        return True
+            obj.after_fork_in_child()
+        except Exception:
+            logger.exception("A-Track could not reset %s after fork", type(obj).__name__)
 
-    def queued(self) -> int:
-        return self._queue.qsize()
 
-    def _done(self) -> None:
-        with self._cond:
-            self._pending -= 1
-            if self._pending == 0:
-                self._cond.notify_all()
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
-    def _run(self) -> None:
-        client = make_client(self._options, self._base_url)
-        try:
-            while True:
-                item = self._queue.get()
-                if item is _STOP:
-                    return
-                try:
-                    self._send(client, item)
-                except Exception:  # the worker must survive anything a single call does
-                    logger.exception("A-Track delivery worker failed on %r", item)
-                finally:
-                    self._done()
-        finally:
-            client.close()
 
-    def _send(self, client: httpx.Client, call: Call) -> None:
-        self._stats.add("in_flight")
-        try:
-            while True:
-                outcome = attempt(client, call, self._options.public_key)
-                if outcome.ok:
-                    self._stats.add("sent")
-                    return
-                assert outcome.error is not None
-                if outcome.delay is None or call.attempts > self._options.max_retries:
-                    self._reporter.failed(call, outcome.error)
-                    return
-                self._stats.add("retried")
-                time.sleep(outcome.delay)
-        finally:
-            self._stats.add("in_flight", -1)
+# The engine lives in its own module; re-exported here, where the SDK imports it from.
+from ._engine import BackgroundDelivery  # noqa: E402
 
-    def flush(self, timeout: float | None = None) -> bool:
-        self._ensure_process()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while self._pending:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._cond.wait(remaining)
-        return True
-
-    def shutdown(self, timeout: float | None = None) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self.flush(timeout)
-        if self._pid == os.getpid():
-            try:
-                self._queue.put_nowait(_STOP)
-            except queue.Full:
-                return  # the daemon thread dies with the process
-            self._thread.join(0.5)
+__all__ = [
+    "BackgroundDelivery",
+    "Call",
+    "Outcome",
+    "Reporter",
+    "Stats",
+    "SyncDelivery",
+    "attempt",
+    "backoff_delay",
+    "classify",
+    "make_client",
+    "parse_retry_after",
+]

@@ -14,6 +14,8 @@ import socket
 import threading
 import time
 from collections import defaultdict, deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -25,6 +27,8 @@ class Received:
     headers: dict[str, str]
     raw: bytes
     at: float = field(default_factory=time.monotonic)
+    # The status answered (0 for a dropped connection), set when the answer is decided.
+    status: int = 0
 
     @property
     def body(self) -> Any:
@@ -39,6 +43,8 @@ class Plan:
     retry_after: str | None = None
     drop: bool = False
     delay: float = 0.0
+    # Hold the request unanswered until the server closes (a blackholed API).
+    hang: bool = False
 
 
 class FakeApi:
@@ -48,6 +54,8 @@ class FakeApi:
         self.uuid_plans: dict[str, deque[Plan]] = defaultdict(deque)
         self.latency = 0.0
         self.default_status = 200
+        # Answer for requests no plan matches; None means ``Plan(default_status)``.
+        self.default: Plan | None = None
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         api = self
@@ -63,28 +71,43 @@ class FakeApi:
                 raw = self.rfile.read(length)
                 rec = Received(self.path, {k.lower(): v for k, v in self.headers.items()}, raw)
                 plan = api._next_plan(rec)
+                rec.status = 0 if plan.drop or plan.hang else plan.status
+                # Recorded on arrival, before any delay or answer: a client that got its
+                # response, or gave up waiting for it, finds its request recorded.
+                api._record(rec)
+                if plan.hang:
+                    api._closing.wait()
+                    self.close_connection = True
+                    return
                 if plan.delay or api.latency:
-                    time.sleep(plan.delay or api.latency)
+                    # Interruptible, so closing the server does not wait for sleepers.
+                    api._closing.wait(plan.delay or api.latency)
                 if plan.drop:
-                    api._record(rec)
                     # Close without answering: the client sees a connection error.
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
                     return
                 payload = json.dumps({"ok": plan.status < 300}).encode()
-                # Recorded before answering: a sync client that got its response must
-                # find its request recorded.
-                api._record(rec)
-                self.send_response(plan.status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(payload)))
-                if plan.retry_after is not None:
-                    self.send_header("retry-after", plan.retry_after)
-                self.end_headers()
-                self.wfile.write(payload)
+                try:
+                    self.send_response(plan.status)
+                    self.send_header("content-type", "application/json")
+                    self.send_header("content-length", str(len(payload)))
+                    if plan.retry_after is not None:
+                        self.send_header("retry-after", plan.retry_after)
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except OSError:
+                    # The client timed out and went away (a test of timeouts).
+                    self.close_connection = True
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        class Server(ThreadingHTTPServer):
+            # The default backlog of 5 refuses connections when a hundred senders
+            # connect at once; the engine would see that as connection errors.
+            request_queue_size = 512
+            daemon_threads = True
+
+        self._closing = threading.Event()
+        self.server = Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(
             target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
@@ -95,6 +118,7 @@ class FakeApi:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._closing.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -123,7 +147,7 @@ class FakeApi:
             queue = self.plans.get(rec.path)
             if queue:
                 return queue.popleft()
-            return Plan(self.default_status)
+            return self.default if self.default is not None else Plan(self.default_status)
 
     def _record(self, rec: Received) -> None:
         with self._cond:
@@ -143,6 +167,11 @@ class FakeApi:
                 self._cond.wait(remaining)
             return list(self.received)
 
+    def request_ids(self) -> list[str]:
+        """The ``x-a-track-request-id`` of every request received, in arrival order."""
+        with self._lock:
+            return [r.headers["x-a-track-request-id"] for r in self.received]
+
     def bodies(self, path: str | None = None) -> list[Any]:
         with self._lock:
             return [r.body for r in self.received if path is None or r.path == path]
@@ -155,3 +184,16 @@ def closed_port_url() -> str:
     port = sock.getsockname()[1]
     sock.close()
     return f"http://127.0.0.1:{port}"
+
+
+@contextmanager
+def blackhole_url() -> Iterator[str]:
+    """A loopback URL that accepts TCP connections (the kernel completes the handshake)
+    and never answers: a client waits until its own timeout."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(512)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        sock.close()

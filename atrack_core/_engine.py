@@ -1,0 +1,396 @@
+"""The background delivery engine (``delivery="background"``, the default).
+
+The A-Track API has no batch endpoint, so every call is one HTTP request, and a 50 ms
+round trip limits one connection to ~20 calls a second. The engine keeps up to
+``max_concurrency`` requests in flight, each on a thread of its own with its own
+keep-alive ``httpx.Client`` (one connection), rather than one shared pool: a blocked
+socket costs a thread nothing, sync httpx is the cheapest httpx per request, and a
+shared httpcore pool (sync or async) slows down sharply as requests queue in it.
+``docs/delivery.md`` has the measurements behind that choice.
+
+Scheduling, all under one lock (the ``Stats`` lock, so counters and queues change in
+the same critical section and ``stats()`` is always consistent):
+
+- ``_lanes``: one FIFO of calls per uuid. A uuid is *active* while its lane exists: its
+  head call is either in ``_ready``, being sent, or waiting to be retried. Later calls
+  of that uuid wait behind it, which gives per-user order even across retries.
+- ``_ready``: uuids whose head call may be sent now; sender threads take from it.
+- ``_delayed``: a heap of (due time, seq, uuid) for heads waiting to be retried. A
+  timer thread moves them back to ``_ready``; no sender sleeps through a backoff, so
+  other users keep flowing while one user's call waits.
+- Back-pressure counts calls not in flight (waiting to be sent or to be retried);
+  ``max_queue_size`` of those, and a new call is dropped at once.
+- ``flush()`` registers a waiter with the number of calls outstanding at that moment;
+  only calls with a lower ``seq`` count it down, so calls made later never hold it.
+
+Sender threads are started on demand, up to ``max_concurrency``, and exit after a
+minute idle. They are daemon threads: the exit flush (``atexit`` in ``_sdk.py``) bounds
+the wait by ``shutdown_timeout``, and a sender stuck on an unreachable API cannot keep
+the interpreter alive. After ``os.fork()`` the child rebuilds all of this empty
+(``after_fork_in_child``); what the parent had queued stays the parent's.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import ssl
+import threading
+import time
+from collections import deque
+
+import httpx
+
+from ._delivery import (
+    Call,
+    Outcome,
+    Reporter,
+    Stats,
+    _fork_reset,
+    attempt,
+    make_client,
+)
+from ._errors import DeliveryError
+from ._options import Options
+
+logger = logging.getLogger("atrack")
+
+# An idle sender (and its keep-alive connection) goes away after this long; the same
+# for the retry timer thread when nothing waits.
+IDLE_EXIT = 60.0
+
+
+class _FlushWaiter:
+    __slots__ = ("remaining", "seq")
+
+    def __init__(self, seq: int, remaining: int) -> None:
+        self.seq = seq
+        self.remaining = remaining
+
+
+class BackgroundDelivery:
+    """Sends calls from sender threads; see the module docstring for the design."""
+
+    def __init__(self, options: Options, base_url: str, stats: Stats, reporter: Reporter) -> None:
+        self._options = options
+        self._base_url = base_url
+        self._stats = stats
+        self._reporter = reporter
+        self._key = options.public_key
+        self._max_queue = options.max_queue_size
+        self._max_senders = options.max_concurrency
+        self._max_retries = options.max_retries
+        self._closed = False
+        self._init_state()
+        # Done here, in the thread building the SDK, not lazily in a sender: a thread
+        # importing a module (httpx imports httpcore on first use) or loading the CA
+        # bundle when the process forks leaves that module lock (or OpenSSL's) held
+        # forever in the child, whose first sender would then hang.
+        import httpcore  # noqa: F401
+
+        if options.http2:
+            try:
+                import h2  # noqa: F401
+            except ImportError:
+                raise ImportError(
+                    "http2=True needs the h2 package: pip install 'a-track-sdk[http2]'"
+                ) from None
+        self._ssl: ssl.SSLContext | None = httpx.create_ssl_context()
+        _fork_reset(self)
+
+    def _init_state(self) -> None:
+        self._lock = self._stats._lock
+        self._work = threading.Condition(self._lock)  # senders wait here for _ready
+        self._tick = threading.Condition(self._lock)  # the timer waits here for _delayed
+        self._done = threading.Condition(self._lock)  # flush() waits here
+        self._lanes: dict[str, deque[Call]] = {}
+        self._ready: deque[str] = deque()
+        self._delayed: list[tuple[float, int, str]] = []
+        self._waiters: list[_FlushWaiter] = []
+        self._outstanding = 0  # accepted and not yet delivered or given up
+        self._seq = 0
+        self._senders = 0
+        self._idle = 0
+        self._threads: set[threading.Thread] = set()
+        self._timer: threading.Thread | None = None
+        self._stopping = False
+        self._ssl = None
+        self._shared: httpx.Client | None = None
+        self._stats.queued_fn = self._queued_locked
+
+    def after_fork_in_child(self) -> None:
+        # The parent's threads do not exist here and its queue is the parent's to send;
+        # the inherited clients share sockets with the parent, so they are abandoned
+        # (not closed: closing could disturb the parent's connections).
+        self._stats.after_fork_in_child()
+        self._init_state()
+
+    # -- the interface ATrackSdk uses ---------------------------------------------------
+
+    def submit(self, call: Call) -> bool:
+        """Enqueue without blocking; ``False`` (counted, reported) when it does not fit."""
+        stats = self._stats
+        with self._lock:
+            closed = self._closed
+            accepted = not closed and self._outstanding - stats.in_flight < self._max_queue
+            if accepted:
+                call.seq = self._seq
+                self._seq += 1
+                self._outstanding += 1
+                stats.enqueued += 1
+                lane = self._lanes.get(call.uuid)
+                if lane is None:
+                    self._lanes[call.uuid] = deque((call,))
+                    self._ready.append(call.uuid)
+                    self._wake_locked()
+                else:
+                    lane.append(call)  # the uuid is active: this call waits its turn
+        if not accepted:
+            self._reporter.dropped(call, closed=closed)
+        return accepted
+
+    def queued(self) -> int:
+        with self._lock:
+            return self._queued_locked()
+
+    def _queued_locked(self) -> int:
+        return self._outstanding - self._stats.in_flight
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every call accepted before this one is delivered or given up."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            if self._outstanding == 0:
+                return True
+            # Every outstanding call has a seq below self._seq, and every later call a
+            # seq at or above it: the waiter counts down only for the former.
+            waiter = _FlushWaiter(self._seq, self._outstanding)
+            self._waiters.append(waiter)
+            try:
+                while waiter.remaining > 0:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return False
+                    self._done.wait(remaining)
+                return True
+            finally:
+                self._waiters.remove(waiter)
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Flush (bounded by ``timeout``), then stop the threads. Idempotent."""
+        start = time.monotonic()
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        flushed = self.flush(timeout)
+        with self._lock:
+            self._stopping = True
+            self._work.notify_all()
+            self._tick.notify_all()
+            left = self._outstanding
+            threads = list(self._threads)
+            timer = self._timer
+        if not flushed:
+            logger.warning(
+                "A-Track shut down with %d calls not delivered (shutdown timeout %.1f s)",
+                left,
+                timeout if timeout is not None else float("inf"),
+            )
+        # After a flush the senders are idle and exit at once. After a timeout some are
+        # stuck on a slow or unreachable API: they are daemons and finish (or die with
+        # the process) on their own, so waiting for them would only break the bound.
+        deadline = time.monotonic() + 0.5 if flushed else start + (timeout or 0.0)
+        for thread in [*threads, *([timer] if timer is not None else [])]:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            shared, self._shared = self._shared, None
+            alive = any(t.is_alive() for t in threads)
+        if shared is not None and not alive:
+            shared.close()
+
+    # -- scheduling (all *_locked methods run with self._lock held) ---------------------
+
+    def _wake_locked(self) -> None:
+        """A uuid became ready: wake an idle sender, or start one if under the limit."""
+        if self._idle:
+            self._work.notify()
+        elif self._senders < self._max_senders and not self._stopping:
+            self._start_thread_locked(sender=True)
+
+    def _start_thread_locked(self, *, sender: bool) -> threading.Thread | None:
+        thread = threading.Thread(
+            target=self._sender_main if sender else self._timer_main,
+            name="atrack-sender" if sender else "atrack-retry",
+            daemon=True,
+        )
+        try:
+            thread.start()
+        except RuntimeError:
+            # "can't create new thread at interpreter shutdown": existing threads (if
+            # any) carry on; otherwise the calls stay queued and flush() times out.
+            logger.debug("A-Track could not start a thread", exc_info=True)
+            return None
+        self._threads.add(thread)
+        if sender:
+            self._senders += 1
+        return thread
+
+    def _take_locked(self) -> Call | None:
+        """The next call to send, waiting for one; ``None`` tells the thread to exit."""
+        while True:
+            if self._stopping:
+                return None
+            if self._ready:
+                uuid = self._ready.popleft()
+                call = self._lanes[uuid][0]
+                self._stats.in_flight += 1
+                if self._ready:  # more work than this thread: pass it on
+                    self._wake_locked()
+                return call
+            self._idle += 1
+            try:
+                woken = self._work.wait(IDLE_EXIT)
+            finally:
+                self._idle -= 1
+            if not woken and not self._ready:
+                return None
+
+    def _settle_locked(self, call: Call, outcome: Outcome) -> DeliveryError | None:
+        """Record an attempt's outcome. When the call is given up on, returns the error:
+        the caller reports it, then calls :meth:`_give_up_locked`. Until then the call
+        counts as in flight and its uuid stays blocked, so ``flush()`` returns only after
+        ``on_error`` has seen it, and the user's next call waits for the report."""
+        stats = self._stats
+        if outcome.ok:
+            stats.in_flight -= 1
+            stats.sent += 1
+            self._finish_locked(call)
+            return None
+        if outcome.delay is not None and call.attempts <= self._max_retries and not self._stopping:
+            stats.in_flight -= 1
+            stats.retried += 1
+            heapq.heappush(self._delayed, (time.monotonic() + outcome.delay, call.seq, call.uuid))
+            if self._timer is None:
+                self._timer = self._start_thread_locked(sender=False)
+            else:
+                self._tick.notify()
+            return None
+        return outcome.error or DeliveryError(f"{call.path} failed")
+
+    def _give_up_locked(self, call: Call) -> None:
+        self._stats.in_flight -= 1
+        self._stats.failed += 1
+        self._finish_locked(call)
+
+    def _finish_locked(self, call: Call) -> None:
+        lane = self._lanes[call.uuid]
+        lane.popleft()
+        if lane:
+            self._ready.append(call.uuid)  # this sender takes it (or another) next
+        else:
+            del self._lanes[call.uuid]
+        self._outstanding -= 1
+        if self._waiters:
+            notify = False
+            for waiter in self._waiters:
+                if call.seq < waiter.seq:
+                    waiter.remaining -= 1
+                    notify = notify or waiter.remaining == 0
+            if notify:
+                self._done.notify_all()
+
+    # -- threads ------------------------------------------------------------------------
+
+    def _sender_main(self) -> None:
+        lock = self._lock
+        client: httpx.Client | None = None
+        done: tuple[Call, Outcome] | None = None  # the last attempt, not yet settled
+        failed: Call | None = None  # given up on and reported, not yet finished
+        try:
+            while True:
+                error: DeliveryError | None = None
+                call: Call | None = None
+                with lock:
+                    if failed is not None:
+                        self._give_up_locked(failed)
+                        failed = None
+                    if done is not None:
+                        call, outcome = done
+                        done = None
+                        error = self._settle_locked(call, outcome)
+                    if error is None:
+                        call = self._take_locked()
+                if error is not None:
+                    # Outside the lock: logging and the user's on_error may be slow.
+                    assert call is not None
+                    failed = call
+                    self._reporter.failed(call, error, count=False)
+                    continue
+                if call is None:
+                    return
+                if client is None:
+                    client = self._client()
+                try:
+                    outcome = attempt(client, call, self._key)
+                except Exception as exc:  # a bug must not kill the sender or lose the call
+                    logger.exception("A-Track sender failed on %r", call)
+                    outcome = Outcome(False, error=DeliveryError(f"{call.path} failed: {exc!r}"))
+                done = (call, outcome)
+        finally:
+            with lock:
+                # Only set when an exception escaped the loop: never strand a call.
+                if failed is not None:
+                    self._give_up_locked(failed)
+                if done is not None and self._settle_locked(*done) is not None:
+                    self._give_up_locked(done[0])
+                self._senders -= 1
+                self._threads.discard(threading.current_thread())
+            if client is not None and client is not self._shared:
+                client.close()
+
+    def _timer_main(self) -> None:
+        with self._lock:
+            try:
+                while not self._stopping:
+                    if not self._delayed:
+                        if not self._tick.wait(IDLE_EXIT) and not self._delayed:
+                            return
+                        continue
+                    now = time.monotonic()
+                    due = self._delayed[0][0]
+                    if due > now:
+                        self._tick.wait(due - now)
+                        continue
+                    while self._delayed and self._delayed[0][0] <= now:
+                        _, _, uuid = heapq.heappop(self._delayed)
+                        self._ready.append(uuid)
+                        self._wake_locked()
+            finally:
+                self._timer = None
+                self._threads.discard(threading.current_thread())
+
+    def _client(self) -> httpx.Client:
+        if self._options.http2:
+            # HTTP/2 multiplexes every sender's requests over one connection.
+            with self._lock:
+                if self._shared is None:
+                    self._shared = make_client(
+                        self._options,
+                        self._base_url,
+                        verify=self._ssl,
+                        max_connections=self._max_senders,
+                    )
+                return self._shared
+        ssl_context = self._ssl
+        if ssl_context is None:
+            # Built once and shared: loading the CA bundle per client would cost
+            # ~20 ms of CPU for each of up to max_concurrency threads.
+            ssl_context = self._ssl = httpx.create_ssl_context()
+        return make_client(
+            self._options,
+            self._base_url,
+            verify=ssl_context,
+            max_connections=1,
+            max_keepalive_connections=1,
+        )

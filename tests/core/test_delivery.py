@@ -1,0 +1,467 @@
+"""The background delivery engine over real loopback HTTP, with injected faults."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import atrack_core._delivery as delivery
+from atrack_core import ATrackError, ATrackSdk, Options
+from atrack_core._delivery import Call
+from atrack_core._errors import DeliveryError, KeyRejectedError, QueueFullError
+from tests.fake_api import FakeApi, Plan, Received, blackhole_url, closed_port_url
+
+KEY = "pub_live_secretkey_9z8y"
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture(autouse=True)
+def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Backoff is uniform in [0, base * 2**n): a tiny base keeps retries fast while the
+    # code path (jitter, cap, timer thread) stays the real one.
+    monkeypatch.setattr(delivery, "BACKOFF_BASE", 0.005)
+
+
+class Errors:
+    """An on_error hook that records what it is given."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.items: list[tuple[Call, BaseException]] = []
+
+    def __call__(self, call: Call, error: BaseException) -> None:
+        with self.lock:
+            self.items.append((call, error))
+
+
+@pytest.fixture
+def sdk_factory() -> Iterator[Any]:
+    made: list[ATrackSdk] = []
+
+    def make(url: str, **kwargs: Any) -> ATrackSdk:
+        kwargs.setdefault("shutdown_timeout", 2.0)
+        sdk = ATrackSdk(Options(KEY, endpoint=url, **kwargs))
+        made.append(sdk)
+        return sdk
+
+    yield make
+    for sdk in made:
+        sdk.shutdown()
+
+
+def per_uuid(received: list[Received]) -> dict[str, list[Received]]:
+    out: dict[str, list[Received]] = defaultdict(list)
+    for rec in received:
+        out[rec.body["uuid"]].append(rec)
+    return out
+
+
+# -- delivery and retries ------------------------------------------------------------
+
+
+def test_delivers_each_call_with_the_wire_headers(fake_api: FakeApi, sdk_factory: Any) -> None:
+    sdk = sdk_factory(fake_api.url)
+    sdk.send_init("u1", True)
+    sdk.track("signed_up", {"plan": "pro"}, uuid="u1")
+    assert sdk.flush(5) is True
+    got = fake_api.received
+    assert [r.path for r in got] == ["/init", "/event"]
+    assert got[1].body["attributes"] == {"plan": "pro"}
+    assert got[1].headers["x-a-track-key"] == KEY
+    assert got[1].headers["content-type"] == "application/json"
+    assert got[1].headers["user-agent"].startswith("a-track-sdk-python/")
+    assert len({r.headers["x-a-track-request-id"] for r in got}) == 2
+    assert sdk.stats() | {"filtered": 0} == {
+        "enqueued": 2,
+        "sent": 2,
+        "failed": 0,
+        "retried": 0,
+        "dropped": 0,
+        "queued": 0,
+        "in_flight": 0,
+        "filtered": 0,
+    }
+
+
+@pytest.mark.parametrize("status", [408, 425, 429, 500, 502, 503, 504])
+def test_retried_statuses_keep_one_request_id(
+    fake_api: FakeApi, sdk_factory: Any, status: int
+) -> None:
+    fake_api.plan("/event", status, status)
+    sdk = sdk_factory(fake_api.url)
+    sdk.track("e", uuid="u")
+    assert sdk.flush(5) is True
+    assert [r.status for r in fake_api.received] == [status, status, 200]
+    assert len(set(fake_api.request_ids())) == 1
+    stats = sdk.stats()
+    assert (stats["sent"], stats["retried"], stats["failed"]) == (1, 2, 0)
+
+
+def test_dropped_connection_and_timeout_are_retried(fake_api: FakeApi, sdk_factory: Any) -> None:
+    fake_api.plan("/event", Plan(drop=True), Plan(delay=1.0))
+    sdk = sdk_factory(fake_api.url, timeout=0.3)
+    sdk.track("e", uuid="u")
+    assert sdk.flush(5) is True
+    assert len(fake_api.received) == 3
+    assert len(set(fake_api.request_ids())) == 1
+    assert sdk.stats()["retried"] == 2
+    assert sdk.stats()["sent"] == 1
+
+
+def test_gives_up_after_max_retries_and_reports(fake_api: FakeApi, sdk_factory: Any) -> None:
+    errors = Errors()
+    fake_api.default = Plan(503)
+    sdk = sdk_factory(fake_api.url, max_retries=3, on_error=errors)
+    sdk.track("e", uuid="u")
+    assert sdk.flush(5) is True
+    assert len(fake_api.received) == 4  # the first attempt and 3 retries
+    stats = sdk.stats()
+    assert (stats["sent"], stats["retried"], stats["failed"]) == (0, 3, 1)
+    [(call, error)] = errors.items
+    assert isinstance(error, DeliveryError)
+    assert error.status == 503
+    assert call.path == "/event"
+    assert call.uuid == "u"
+    assert call.attempts == 4
+
+
+def test_max_retries_zero_sends_once(fake_api: FakeApi, sdk_factory: Any) -> None:
+    fake_api.plan("/event", 500)
+    sdk = sdk_factory(fake_api.url, max_retries=0)
+    sdk.track("e", uuid="u")
+    assert sdk.flush(5) is True
+    assert len(fake_api.received) == 1
+    assert sdk.stats()["failed"] == 1
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 413, 422])
+def test_other_statuses_are_not_retried(fake_api: FakeApi, sdk_factory: Any, status: int) -> None:
+    errors = Errors()
+    fake_api.plan("/event", status)
+    sdk = sdk_factory(fake_api.url, on_error=errors)
+    sdk.track("e", uuid="u")
+    assert sdk.flush(5) is True
+    assert len(fake_api.received) == 1
+    assert sdk.stats()["failed"] == 1
+    assert sdk.stats()["retried"] == 0
+    [(_, error)] = errors.items
+    assert isinstance(error, DeliveryError)
+    assert error.status == status
+    assert isinstance(error, KeyRejectedError) == (status in (401, 403))
+
+
+def test_retry_after_seconds_is_respected(fake_api: FakeApi, sdk_factory: Any) -> None:
+    fake_api.plan("/event", Plan(429, retry_after="1"))
+    sdk = sdk_factory(fake_api.url)
+    sdk.track("e", uuid="u")
+    assert sdk.flush(5) is True
+    first, second = fake_api.received
+    assert 0.9 <= second.at - first.at < 3.0
+
+
+def test_retry_after_http_date_is_respected(fake_api: FakeApi, sdk_factory: Any) -> None:
+    # HTTP dates have whole seconds: 2 s ahead means a wait of 1-2 s.
+    when = email.utils.formatdate(time.time() + 2, usegmt=True)
+    fake_api.plan("/event", Plan(503, retry_after=when))
+    sdk = sdk_factory(fake_api.url)
+    sdk.track("e", uuid="u")
+    assert sdk.flush(6) is True
+    first, second = fake_api.received
+    assert 0.9 <= second.at - first.at < 3.5
+
+
+def test_retry_after_is_capped(
+    fake_api: FakeApi, sdk_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(delivery, "RETRY_AFTER_CAP", 0.2)
+    fake_api.plan("/event", Plan(503, retry_after="3600"))
+    sdk = sdk_factory(fake_api.url)
+    sdk.track("e", uuid="u")
+    assert sdk.flush(5) is True
+    first, second = fake_api.received
+    assert second.at - first.at < 1.5
+
+
+def test_backoff_is_full_jitter_exponential_and_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(delivery, "BACKOFF_BASE", 0.5)
+    assert delivery.backoff_delay(0, lambda: 0.999) == pytest.approx(0.4995)
+    assert delivery.backoff_delay(3, lambda: 0.5) == pytest.approx(2.0)
+    assert delivery.backoff_delay(20, lambda: 1.0) == delivery.BACKOFF_CAP == 30.0
+    assert delivery.backoff_delay(4, lambda: 0.0) == 0.0
+
+
+# -- ordering and isolation ----------------------------------------------------------
+
+
+def test_per_user_order_holds_under_concurrency_and_retries(
+    fake_api: FakeApi, sdk_factory: Any
+) -> None:
+    users = [f"user-{n}" for n in range(30)]
+    for n, uuid in enumerate(users):
+        if n % 3 == 0:  # a third of the users see failures in the middle of their calls
+            fake_api.plan_uuid(uuid, 200, 200, 503, Plan(drop=True), 200, 429)
+    fake_api.latency = 0.002
+    sdk = sdk_factory(fake_api.url, max_concurrency=16)
+    for uuid in users:
+        sdk.send_init(uuid, True)
+    for i in range(12):
+        for uuid in users:
+            sdk.track("step", {"i": i}, uuid=uuid)
+    assert sdk.flush(20) is True
+    assert sdk.stats()["sent"] == 30 * 13
+    assert sdk.stats()["failed"] == 0
+    for uuid, recs in per_uuid(fake_api.received).items():
+        delivered = [r for r in recs if 200 <= r.status < 300]
+        assert delivered[0].path == "/init", uuid
+        assert [r.body["attributes"]["i"] for r in delivered[1:]] == list(range(12)), uuid
+        # Every attempt of a call comes before any attempt of the next one.
+        order = [r.body.get("attributes", {}).get("i", -1) for r in recs]
+        assert order == sorted(order), uuid
+
+
+def test_a_retrying_user_does_not_hold_back_others(fake_api: FakeApi, sdk_factory: Any) -> None:
+    # One sender slot only: a retry that sat in it would block everyone for 2 s.
+    fake_api.plan_uuid("slow", Plan(503, retry_after="2"))
+    sdk = sdk_factory(fake_api.url, max_concurrency=1)
+    sdk.track("first", uuid="slow")
+    sdk.track("second", uuid="slow")
+    fake_api.wait_for(1)
+    start = time.monotonic()
+    for i in range(20):
+        sdk.track("e", {"i": i}, uuid=f"other-{i}")
+    fake_api.wait_for(21)
+    assert time.monotonic() - start < 1.5
+    assert sdk.stats()["queued"] == 2  # both of slow's calls still wait
+    assert sdk.flush(6) is True
+    slow = [r.body["event"] for r in per_uuid(fake_api.received)["slow"]]
+    assert slow == ["first", "first", "second"]
+
+
+def test_concurrency_is_bounded_by_max_concurrency(fake_api: FakeApi, sdk_factory: Any) -> None:
+    fake_api.latency = 0.1
+    sdk = sdk_factory(fake_api.url, max_concurrency=4)
+    for i in range(12):
+        sdk.track("e", uuid=f"u{i}")
+    fake_api.wait_for(4)
+    time.sleep(0.03)
+    stats = sdk.stats()
+    assert stats["in_flight"] == 4
+    assert stats["queued"] == 8
+    assert sdk.flush(5) is True
+    assert len(fake_api.received) == 12
+
+
+def test_many_users_are_sent_concurrently(fake_api: FakeApi, sdk_factory: Any) -> None:
+    # 200 users at 100 ms each: one at a time would take 20 s.
+    fake_api.latency = 0.1
+    sdk = sdk_factory(fake_api.url)
+    start = time.monotonic()
+    for i in range(200):
+        sdk.track("e", uuid=f"u{i}")
+    assert sdk.flush(10) is True
+    assert time.monotonic() - start < 4.0
+    assert len(fake_api.received) == 200
+
+
+# -- back-pressure, flush, shutdown --------------------------------------------------
+
+
+def test_back_pressure_drops_without_blocking(
+    fake_api: FakeApi, sdk_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake_api.default = Plan(hang=True)
+    errors = Errors()
+    sdk = sdk_factory(
+        fake_api.url, max_queue_size=10, max_concurrency=2, on_error=errors, shutdown_timeout=0.1
+    )
+    caplog.set_level(logging.WARNING, logger="atrack")
+    start = time.monotonic()
+    for i in range(500):
+        sdk.track("e", uuid=f"u{i}")
+    elapsed = time.monotonic() - start
+    assert elapsed < 1.0  # 500 calls against a hanging API return at once
+    fake_api.wait_for(2)
+    stats = sdk.stats()
+    # 10 wait; up to 2 had been taken by the senders when later calls came.
+    assert 10 <= stats["enqueued"] <= 12
+    assert stats["queued"] == 10
+    assert stats["enqueued"] + stats["dropped"] == 500
+    assert len(errors.items) == stats["dropped"]
+    assert all(isinstance(e, QueueFullError) for _, e in errors.items)
+    full = [r for r in caplog.records if "queue is full" in r.getMessage()]
+    assert len(full) == 1
+    assert full[0].levelno == logging.WARNING
+
+
+def test_flush_waits_only_for_calls_made_before_it(fake_api: FakeApi, sdk_factory: Any) -> None:
+    fake_api.plan_uuid("early", Plan(delay=0.3))
+    fake_api.plan_uuid("late", Plan(hang=True))
+    sdk = sdk_factory(fake_api.url, shutdown_timeout=0.1)
+    sdk.track("e", uuid="early")
+    result: list[bool] = []
+    flusher = threading.Thread(target=lambda: result.append(sdk.flush(5)))
+    start = time.monotonic()
+    flusher.start()
+    time.sleep(0.05)
+    sdk.track("e", uuid="late")  # made after flush() started: not waited for
+    flusher.join(5)
+    assert result == [True]
+    assert time.monotonic() - start < 2.0
+    assert sdk.stats()["in_flight"] == 1  # "late" still hangs
+
+
+def test_flush_times_out_and_reports_false(fake_api: FakeApi, sdk_factory: Any) -> None:
+    fake_api.default = Plan(hang=True)
+    sdk = sdk_factory(fake_api.url, shutdown_timeout=0.1)
+    sdk.track("e", uuid="u")
+    start = time.monotonic()
+    assert sdk.flush(0.3) is False
+    assert 0.25 <= time.monotonic() - start < 2.0
+    assert sdk.flush(0) is False
+
+
+def test_flush_with_nothing_queued_returns_true_at_once(sdk_factory: Any) -> None:
+    sdk = sdk_factory(closed_port_url())
+    start = time.monotonic()
+    assert sdk.flush(5) is True
+    assert time.monotonic() - start < 0.1
+
+
+def test_aflush_and_ashutdown(fake_api: FakeApi, sdk_factory: Any) -> None:
+    sdk = sdk_factory(fake_api.url)
+    sdk.track("e", uuid="u")
+
+    async def main() -> bool:
+        ok = await sdk.aflush(5)
+        await sdk.ashutdown()
+        await sdk.ashutdown()
+        return ok
+
+    assert asyncio.run(main()) is True
+    assert len(fake_api.received) == 1
+
+
+def test_shutdown_is_idempotent_and_later_calls_are_dropped(
+    fake_api: FakeApi, sdk_factory: Any
+) -> None:
+    errors = Errors()
+    sdk = sdk_factory(fake_api.url, on_error=errors)
+    sdk.track("e", uuid="u")
+    sdk.shutdown()
+    sdk.shutdown()
+    assert len(fake_api.received) == 1
+    sdk.track("after", uuid="u")
+    assert sdk.stats()["dropped"] == 1
+    [(call, error)] = errors.items
+    assert call.uuid == "u"
+    assert isinstance(error, ATrackError)
+    assert not isinstance(error, QueueFullError)
+
+
+def test_shutdown_against_unreachable_api_is_bounded(sdk_factory: Any) -> None:
+    with blackhole_url() as url:
+        sdk = sdk_factory(url, timeout=5.0)
+        for i in range(20):
+            sdk.track("e", uuid=f"u{i}")
+        start = time.monotonic()
+        sdk.shutdown(timeout=0.5)
+        assert time.monotonic() - start < 2.0
+        assert sdk.stats()["sent"] == 0
+
+
+def test_shutdown_stops_the_threads(fake_api: FakeApi, sdk_factory: Any) -> None:
+    sdk = sdk_factory(fake_api.url)
+    for i in range(50):
+        sdk.track("e", uuid=f"u{i}")
+    fake_api.plan("/event", 503)
+    sdk.flush(5)
+    before = {t for t in threading.enumerate() if t.name.startswith("atrack-")}
+    assert before
+    sdk.shutdown()
+    time.sleep(0.05)
+    assert not any(t.is_alive() for t in before)
+
+
+def test_http2_option_works_against_an_http1_server(fake_api: FakeApi, sdk_factory: Any) -> None:
+    sdk = sdk_factory(fake_api.url, http2=True)
+    for i in range(20):
+        sdk.track("e", uuid=f"u{i % 5}")
+    assert sdk.flush(5) is True
+    assert len(fake_api.received) == 20
+
+
+# -- threads and counters ------------------------------------------------------------
+
+
+def test_many_threads_tracking_at_once_lose_nothing(fake_api: FakeApi, sdk_factory: Any) -> None:
+    fake_api.plan("/event", *([503] * 20))  # some retries in the mix
+    sdk = sdk_factory(fake_api.url, max_concurrency=32)
+    barrier = threading.Barrier(16)
+
+    def work(t: int) -> None:
+        barrier.wait()
+        for i in range(100):
+            sdk.track("e", {"t": t, "i": i}, uuid=f"u{(t * 100 + i) % 40}")
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(16)]
+    for thread in threads:
+        thread.start()
+    seen_inconsistent = []
+    while any(t.is_alive() for t in threads):
+        s = sdk.stats()
+        if s["enqueued"] != s["sent"] + s["failed"] + s["queued"] + s["in_flight"]:
+            seen_inconsistent.append(s)
+        time.sleep(0.001)
+    for thread in threads:
+        thread.join()
+    assert sdk.flush(20) is True
+    stats = sdk.stats()
+    assert seen_inconsistent == []
+    assert stats["enqueued"] == stats["sent"] == 1600
+    assert (stats["failed"], stats["dropped"], stats["queued"], stats["in_flight"]) == (0, 0, 0, 0)
+    assert stats["retried"] == 20
+    delivered = {(r.body["attributes"]["t"], r.body["attributes"]["i"]) for r in fake_api.received}
+    assert len(delivered) == 1600
+    assert len(set(fake_api.request_ids())) == 1600
+
+
+# -- logging -------------------------------------------------------------------------
+
+
+def test_key_never_appears_in_a_log_line(
+    fake_api: FakeApi, sdk_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    fake_api.plan_uuid("rejected", 401, 403, 401)
+    fake_api.plan_uuid("retried", 503, Plan(drop=True))
+    fake_api.plan_uuid("bad", 422)
+    sdk = sdk_factory(fake_api.url, max_queue_size=3, max_retries=1)
+    for _ in range(3):
+        sdk.track("e", uuid="rejected")
+    sdk.track("e", uuid="retried")
+    sdk.track("e", uuid="bad")
+    for i in range(50):
+        sdk.track("e", uuid=f"flood-{i}")
+    sdk.flush(5)
+    down = sdk_factory(closed_port_url(), max_retries=1)
+    down.track("e", uuid="down")
+    down.flush(5)
+    down.shutdown()
+    sdk.shutdown()
+    assert caplog.records
+    for record in caplog.records:
+        text = record.getMessage() + (caplog.text if record.exc_info else "")
+        assert KEY not in text
+        assert KEY[:-4] not in text
+    rejected = [r for r in caplog.records if r.levelno == logging.ERROR and "key" in r.getMessage()]
+    assert len(rejected) == 1  # once per SDK, however many 401/403s
+    assert KEY[-4:] in rejected[0].getMessage()
+    assert "sdk" not in repr(sdk).lower() or KEY not in repr(sdk)
