@@ -438,7 +438,7 @@ class IntegrationConfig:
         self._cookie_prefix = cookie_name + "="
         self._cookie_attrs_http = attrs + ("; Secure" if secure else "")
         self._cookie_attrs_https = attrs + ("" if secure is False else "; Secure")
-        self._identify_is_async = identify is not None and _is_async_callable(identify)
+        self._plain = identify is None and not dnt
         self._seen: dict[str, float] = {}
         self._storage_warned_at = -_STORAGE_WARN_EVERY
         self._warn_lock = threading.Lock()
@@ -502,6 +502,17 @@ class IntegrationConfig:
         is used; async adapters call :meth:`abegin`. Never raises.
         """
         try:
+            if self._plain:
+                # The common configuration (no hook, no DNT): steps 1 and 2 inline.
+                if path is None:
+                    path = view.path
+                if (
+                    view.method in _SKIPPED_METHODS
+                    or path in self._exclude_exact
+                    or path.startswith(self._exclude_prefixes)
+                ):
+                    return self._passive(view, cookies)
+                return self._start(view, cookies, None)
             skipped = self._skipped(view, cookies, path)
             if skipped is not None:
                 return skipped
@@ -566,7 +577,7 @@ class IntegrationConfig:
             or path in self._exclude_exact
             or path.startswith(self._exclude_prefixes)
         ):
-            return RequestTracker(self, view, self._read_cookie(view, cookies), False, None, True)
+            return self._passive(view, cookies)
         if self.respect_dnt:
             headers = view.headers
             if headers.get("dnt", "").strip() == "1" or headers.get("sec-gpc", "").strip() == "1":
@@ -577,10 +588,21 @@ class IntegrationConfig:
                 return tracker
         return None
 
+    def _passive(self, view: RequestView, cookies: Mapping[str, str] | None) -> RequestTracker:
+        return RequestTracker(self, view, self._read_cookie(view, cookies), False, None, True)
+
     def _start(
         self, view: RequestView, cookies: Mapping[str, str] | None, identified: str | None
     ) -> RequestTracker:
-        cookie_uuid = self._read_cookie(view, cookies)
+        if cookies is None:
+            cookie_uuid = find_cookie(view.headers.get("cookie"), self.cookie_name)
+        else:
+            cookie_uuid = cookies.get(self.cookie_name)
+        # Only a canonical UUID is accepted (see _read_cookie).
+        if cookie_uuid is not None and (
+            len(cookie_uuid) != 36 or _CANONICAL_UUID(cookie_uuid) is None
+        ):
+            cookie_uuid = None
         if identified is not None:
             uuid = identified
             tracker = RequestTracker(self, view, uuid, False, cookie_uuid, False)
@@ -691,12 +713,6 @@ class IntegrationConfig:
             "(logged at most once a minute)",
             exc_info=True,
         )
-
-
-def _is_async_callable(fn: object) -> bool:
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(fn, "__call__", None)  # noqa: B004 - async callable objects
-    )
 
 
 def _check_identified(value: object) -> str | None:

@@ -13,7 +13,8 @@ enqueue). Scenarios:
 - returning user: a browser request with a valid ``atrack_uuid`` cookie and one
   ``track()`` in the view (the SPEC's headline figure; target <= 15 µs added);
 - first visit: no cookie, so a uuid is generated, ``/init`` is sent and ``Set-Cookie``
-  is added, plus the same ``track()``.
+  is added, plus the same ``track()``;
+- returning user on a page that tracks nothing: the middleware's own cost.
 
 The SDK runs with background delivery towards a closed loopback port: calls are
 validated, serialised and enqueued exactly as in production, and the worker spends its
@@ -65,6 +66,13 @@ FIRST_VISIT_COOKIE = "_ga=GA1.1.123456789.1700000000"
 
 Row = tuple[str, float, float]  # scenario, bare µs, with-middleware µs
 
+# (label, cookie header, path): /products tracks an event, /about tracks nothing.
+SCENARIOS = [
+    ("returning user, cookie + track()", RETURNING_COOKIE, "/products"),
+    ("first visit: uuid, /init, Set-Cookie + track()", FIRST_VISIT_COOKIE, "/products"),
+    ("returning user, no track() in the view", RETURNING_COOKIE, "/about"),
+]
+
 
 def closed_port_url() -> str:
     sock = socket.socket()
@@ -81,7 +89,7 @@ def make_sdk() -> ATrackSdk:
 # ---------------------------------------------------------------------------- ASGI
 
 
-def asgi_scope(cookie: str) -> dict[str, Any]:
+def asgi_scope(cookie: str, path: str = "/products") -> dict[str, Any]:
     headers = [(k.encode(), v.encode()) for k, v in [*BROWSER_HEADERS, ("cookie", cookie)]]
     return {
         "type": "http",
@@ -89,8 +97,8 @@ def asgi_scope(cookie: str) -> dict[str, Any]:
         "http_version": "1.1",
         "method": "GET",
         "scheme": "https",
-        "path": "/products",
-        "raw_path": b"/products",
+        "path": path,
+        "raw_path": path.encode(),
         "query_string": b"source=google&page=2",
         "root_path": "",
         "headers": headers,
@@ -151,8 +159,11 @@ def bench_starlette(n: int, repeats: int) -> list[Row]:
             tracker.track("product_list_viewed", {"page": 2})
         return PlainTextResponse("products")
 
+    async def about(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("about")  # a page that tracks nothing
+
     def build(with_middleware: bool, sdk: ATrackSdk | None) -> Starlette:
-        app = Starlette(routes=[Route("/products", products)])
+        app = Starlette(routes=[Route("/products", products), Route("/about", about)])
         if with_middleware:
             app.add_middleware(ATrackMiddleware, sdk=sdk)
         return app
@@ -163,11 +174,8 @@ def bench_starlette(n: int, repeats: int) -> list[Row]:
         bare, tracked = build(False, None), build(True, sdk)
 
         async def run() -> None:
-            for label, cookie in (
-                ("returning user, cookie + track()", RETURNING_COOKIE),
-                ("first visit: uuid, /init, Set-Cookie + track()", FIRST_VISIT_COOKIE),
-            ):
-                b, t = await compare_asgi(bare, tracked, asgi_scope(cookie), n, repeats)
+            for label, cookie, path in SCENARIOS:
+                b, t = await compare_asgi(bare, tracked, asgi_scope(cookie, path), n, repeats)
                 rows.append((label, b, t))
 
         asyncio.run(run())
