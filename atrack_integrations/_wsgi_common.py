@@ -4,38 +4,47 @@ Shared by the WSGI middleware, the Flask extension and the Django middleware: Dj
 ``META`` is a WSGI environ under WSGI and is built with the same ``HTTP_*`` keys under
 ASGI, so one adapter serves all three.
 
-It runs on every request, so it copies nothing up front: :class:`EnvironHeaders` maps
-the lower-case header names the context builder asks for (a handful per request) onto
-``HTTP_*`` keys on access, instead of building a dict of every header.
+It runs on every request, so it reads only the headers the lifecycle uses (a handful
+of ``environ`` lookups into a small dict, keys computed once per configuration) rather
+than turning every ``HTTP_*`` key of the environ into a header.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from typing import Any, TypeVar, overload
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import quote
 
 from atrack_core._request import RequestView
 
-__all__ = ["EnvironHeaders", "environ_path", "view_from_environ", "wsgi_text"]
+from ._lifecycle import IntegrationConfig
 
-_T = TypeVar("_T")
+__all__ = ["HeaderKeys", "environ_path", "header_keys", "view_from_environ", "wsgi_text"]
 
-# Lower-case header name -> environ key, filled as names are asked for. The names come
-# from our own code (a fixed handful), never from the client, so it stays tiny.
-_KEYS: dict[str, str] = {"content-type": "CONTENT_TYPE", "content-length": "CONTENT_LENGTH"}
+HeaderKeys = tuple[tuple[str, str], ...]
+"""``(environ key, lower-case header name)`` pairs: the headers to read."""
+
+# The request headers the lifecycle reads: the uuid and timezone cookies and the
+# context (section 5 of the spec); forwarding headers only when proxies are trusted
+# (otherwise they are never looked at), DNT/GPC only with respect_dnt.
+_BASE_HEADERS = ("cookie", "referer", "user-agent", "accept-language")
+_PROXY_HEADERS = ("x-forwarded-for", "forwarded")
+_DNT_HEADERS = ("dnt", "sec-gpc")
 
 # What a decoded PATH_INFO may keep as is when it is turned back into a raw path: "?"
 # and "#" must be escaped or they would read as the start of a query or fragment.
 _PATH_SAFE = "/!$&'()*+,;=:@~-._"
 
 
-def _environ_key(name: str) -> str:
-    key = _KEYS.get(name)
-    if key is None:
-        key = "HTTP_" + name.upper().replace("-", "_")
-        _KEYS[name] = key
-    return key
+def header_keys(config: IntegrationConfig) -> HeaderKeys:
+    """The headers to read for ``config`` (its timezone header included); computed once
+    by each middleware."""
+    names = dict.fromkeys((*_BASE_HEADERS, config.context_config.timezone_header))
+    if config.context_config.trusted_proxies:
+        names.update(dict.fromkeys(_PROXY_HEADERS))
+    if config.respect_dnt:
+        names.update(dict.fromkeys(_DNT_HEADERS))
+    return tuple(("HTTP_" + name.upper().replace("-", "_"), name) for name in names)
 
 
 def wsgi_text(value: str) -> str:
@@ -52,55 +61,6 @@ def wsgi_text(value: str) -> str:
         return value.encode("latin-1").decode("utf-8")
     except UnicodeError:
         return value
-
-
-class EnvironHeaders(Mapping[str, str]):
-    """A read-only, lower-case view of the request headers held in a WSGI environ."""
-
-    __slots__ = ("_cookie", "_environ")
-
-    def __init__(self, environ: Mapping[str, Any], *, cookie: str | None = None) -> None:
-        self._environ = environ
-        self._cookie = cookie  # replaces HTTP_COOKIE when given
-
-    @overload
-    def get(self, key: str, /) -> str | None: ...
-
-    @overload
-    def get(self, key: str, /, default: str | _T) -> str | _T: ...
-
-    def get(self, key: str, /, default: object = None) -> object:
-        if key == "cookie" and self._cookie is not None:
-            return self._cookie
-        return self._get(key, default)
-
-    def _get(self, key: str, default: object) -> object:
-        value = self._environ.get(_KEYS.get(key) or _environ_key(key))
-        if value.__class__ is not str:
-            return default
-        return value if value.isascii() else wsgi_text(value)
-
-    def __getitem__(self, key: str) -> str:
-        value = self.get(key)
-        if value is None:
-            raise KeyError(key)
-        return value
-
-    def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and self.get(key) is not None
-
-    def __iter__(self) -> Iterator[str]:
-        for key in self._environ:
-            if key.startswith("HTTP_"):
-                yield key[5:].lower().replace("_", "-")
-            elif key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-                yield key.lower().replace("_", "-")
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
-
-    def __repr__(self) -> str:
-        return f"EnvironHeaders({dict(self.items())!r})"
 
 
 def environ_path(environ: Mapping[str, Any]) -> str:
@@ -127,25 +87,34 @@ def environ_path(environ: Mapping[str, Any]) -> str:
 
 def view_from_environ(
     environ: Mapping[str, Any],
+    keys: HeaderKeys,
     *,
     scheme: str | None = None,
     path: str | None = None,
     cookie: str | None = None,
 ) -> RequestView:
-    """The :class:`RequestView` of a WSGI environ.
+    """The :class:`RequestView` of a WSGI environ, with the headers named by ``keys``.
 
     ``scheme``, ``path`` and ``cookie`` (the ``Cookie`` header) override what the
     environ says, for frameworks that know better (Django's ``request.scheme`` honours
     ``SECURE_PROXY_SSL_HEADER``; under ASGI the raw path and headers are in the scope).
     """
-    query = environ.get("QUERY_STRING") or ""
-    host = environ.get("HTTP_HOST")
+    headers: dict[str, str] = {}
+    get = environ.get
+    for key, name in keys:
+        value = get(key)
+        if value is not None and value.__class__ is str:
+            headers[name] = value if value.isascii() else wsgi_text(value)
+    if cookie is not None:
+        headers["cookie"] = cookie
+    query = get("QUERY_STRING") or ""
+    host = get("HTTP_HOST")
     return RequestView(
-        method=environ.get("REQUEST_METHOD") or "GET",
-        scheme=scheme or environ.get("wsgi.url_scheme") or "http",
-        host=host if host.__class__ is str else None,
-        path=path if path is not None else environ_path(environ),
-        query_string=query if query.isascii() else wsgi_text(query),
-        headers=EnvironHeaders(environ, cookie=cookie),
-        client=environ.get("REMOTE_ADDR") or None,
+        get("REQUEST_METHOD") or "GET",
+        scheme or get("wsgi.url_scheme") or "http",
+        host if host.__class__ is str else None,
+        path if path is not None else environ_path(environ),
+        query if query.isascii() else wsgi_text(query),
+        headers,
+        get("REMOTE_ADDR") or None,
     )

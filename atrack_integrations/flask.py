@@ -37,7 +37,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from atrack_core import ATrackSdk
 
 from ._lifecycle import SETTING_NAMES, STATE_KEY, IntegrationConfig, RequestTracker
-from ._wsgi_common import view_from_environ
+from ._wsgi_common import header_keys, view_from_environ
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -117,18 +117,20 @@ class ATrack:
         state = ATrackState(self, config)
         app.extensions[EXTENSION_KEY] = state
 
+        keys = header_keys(config)
+
         def before_request() -> None:
-            environ = request.environ
+            # The real request object once: every access through the proxy costs.
+            req = request._get_current_object()  # type: ignore[attr-defined]
+            environ = req.environ
             tracker = environ.get(STATE_KEY)
             if tracker is None:
                 # begin() never raises: its own failures give a no-op tracker.
                 tracker = config.begin(
-                    view_from_environ(environ),
-                    request._get_current_object(),  # type: ignore[attr-defined]
-                    path=environ.get("PATH_INFO") or "/",
+                    view_from_environ(environ, keys), req, path=environ.get("PATH_INFO") or "/"
                 )
                 environ[STATE_KEY] = environ[_OWNED_KEY] = tracker
-            request.atrack = tracker  # type: ignore[attr-defined]
+            req.atrack = tracker
             g.atrack = tracker
 
         def after_request(response: Response) -> Response:

@@ -21,7 +21,7 @@ from typing import Any, Protocol, TypeAlias
 from atrack_core import ATrackSdk
 
 from ._lifecycle import STATE_KEY, IntegrationConfig, RequestTracker
-from ._wsgi_common import view_from_environ
+from ._wsgi_common import header_keys, view_from_environ
 
 __all__ = ["ATrackWSGIMiddleware", "StartResponse", "WSGIApp", "WSGIEnviron"]
 
@@ -60,6 +60,7 @@ class ATrackWSGIMiddleware:
         self.app = app
         self.config = IntegrationConfig(sdk=sdk, **settings)
         self.sdk = self.config.sdk
+        self._header_keys = header_keys(self.config)
 
     def __repr__(self) -> str:
         return f"ATrackWSGIMiddleware({self.app!r}, config={self.config!r})"
@@ -70,7 +71,7 @@ class ATrackWSGIMiddleware:
             return self.app(environ, start_response)
         config = self.config
         try:
-            view = view_from_environ(environ)
+            view = view_from_environ(environ, self._header_keys)
             # Excluded paths are matched against the app's own (decoded) path.
             tracker = config.begin(view, environ, path=environ.get("PATH_INFO") or "/")
             environ[STATE_KEY] = tracker

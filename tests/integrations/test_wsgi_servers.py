@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
@@ -64,16 +64,26 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(kind: str, target: str, env: Mapping[str, str], *, threads: int = 32) -> Iterator[int]:
-    """Run ``target`` under ``kind`` ("gunicorn" or "uvicorn") on a free loopback port;
-    yield the port. The process is stopped (SIGTERM, so exit flushes run) on exit."""
+def serve(
+    kind: str,
+    target: str,
+    env: Mapping[str, str],
+    *,
+    threads: int = 32,
+    args: Sequence[str] = (),
+) -> Iterator[int]:
+    """Run ``target`` under ``kind`` ("gunicorn", "uvicorn", or "runserver": ``target`` is
+    a Django ``manage.py``) on a free loopback port; yield the port. ``args`` go to the
+    server's command line. The process is stopped with SIGTERM (exit flushes run)."""
     port = free_port()
-    if kind == "gunicorn":
+    if kind == "runserver":
+        cmd = [sys.executable, target, "runserver", "--noreload", f"127.0.0.1:{port}", *args]
+    elif kind == "gunicorn":
         pytest.importorskip("gunicorn")
         cmd = [
             sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}",
             "--workers", "1", "--worker-class", "gthread", "--threads", str(threads),
-            "--graceful-timeout", "5", "--log-level", "warning", target,
+            "--graceful-timeout", "5", "--log-level", "warning", *args, target,
         ]  # fmt: skip
     elif kind == "uvicorn":
         pytest.importorskip("uvicorn")
@@ -82,7 +92,7 @@ def serve(kind: str, target: str, env: Mapping[str, str], *, threads: int = 32) 
             "--log-level", "warning", "--lifespan", "off",
             # uvicorn believes X-Forwarded-For from 127.0.0.1 by default; the tests
             # check what the middleware does with a forged one, so switch that off.
-            "--no-proxy-headers", target,
+            "--no-proxy-headers", *args, target,
         ]  # fmt: skip
     else:
         raise ValueError(kind)
@@ -123,12 +133,13 @@ def request(
     *,
     method: str = "GET",
     headers: Mapping[str, str] | None = None,
+    body: bytes | None = None,
     conn: http.client.HTTPConnection | None = None,
 ) -> tuple[int, http.client.HTTPMessage, bytes]:
     own = conn is None
     conn = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
-        conn.request(method, path, headers=dict(headers or {}))
+        conn.request(method, path, body=body, headers=dict(headers or {}))
         resp = conn.getresponse()
         return resp.status, resp.msg, resp.read()
     finally:

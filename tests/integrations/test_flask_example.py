@@ -1,0 +1,82 @@
+"""The Flask example shop, in-process and under gunicorn."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+pytest.importorskip("flask")
+
+from atrack_core import ATrackSdk, Options
+from atrack_core.testing import CapturedCalls, capture_calls
+from example_apps.flask_shop.app import create_app
+from tests.fake_api import FakeApi, closed_port_url
+from tests.integrations.test_wsgi_servers import (
+    atrack_log_guard,  # noqa: F401
+    request,
+    serve,
+    set_cookie_value,
+)
+
+
+@pytest.fixture
+def client() -> Iterator[Any]:
+    sdk = ATrackSdk(Options("pub_test_key_1234", endpoint=closed_port_url()))
+    yield create_app({"ATRACK_SDK": sdk, "TESTING": True}).test_client()
+    sdk.shutdown(timeout=0.5)
+
+
+def test_shop_flow(client: Any) -> None:
+    with capture_calls() as calls:
+        landing = client.get("/?source=newsletter")
+        assert landing.status_code == 200
+        assert b"new visitor" in landing.data
+        assert (
+            client.post("/signup", json={"email": "ada@example.com", "plan": "pro"}).json["plan"]
+            == "pro"
+        )
+        assert client.post("/orders", json={"amount": 42.5}).status_code == 201
+        assert client.post("/orders", json={"amount": "lots"}).status_code == 400
+        assert client.get("/health").json == {"status": "ok"}
+        assert b"returning visitor" in client.get("/").data
+    uuid = client.get_cookie("atrack_uuid").value
+    check_flow(calls, uuid)
+
+
+def check_flow(calls: CapturedCalls, uuid: str) -> None:
+    assert [b["uuid"] for b in calls.inits] == [uuid]
+    assert calls.inits[0]["context"]["url"] == "/?source=newsletter"
+    assert calls.event_names() == ["landing_viewed", "signed_up", "order_created", "landing_viewed"]
+    assert calls.events[0]["attributes"] == {"source": "newsletter"}
+    assert calls.events[2]["attributes"] == {"amount": 42.5, "currency": "EUR"}
+    assert calls.attributes[0]["attributes"] == {"plan": "pro", "email_domain": "example.com"}
+    assert {b["uuid"] for b in calls.events} == {uuid}
+
+
+def test_runs_without_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ATRACK_PUBLIC_KEY", raising=False)
+    app = create_app()
+    assert app.extensions["atrack"].sdk.options.disabled
+    assert app.test_client().get("/").status_code == 200
+
+
+@pytest.mark.slow
+def test_under_gunicorn(fake_api: FakeApi) -> None:
+    env = {"ATRACK_PUBLIC_KEY": "pub_test_key_1234", "ATRACK_ENDPOINT": fake_api.url}
+    with serve("gunicorn", "example_apps.flask_shop.app:app", env) as port:
+        status, headers, _ = request(port, "/?source=ads")
+        assert status == 200
+        uuid = set_cookie_value(headers)
+        status, _, _ = request(
+            port,
+            "/orders",
+            method="POST",
+            headers={"Cookie": f"atrack_uuid={uuid}", "Content-Type": "application/json"},
+            body=b'{"amount": 12}',
+        )
+        assert status == 201
+        received = fake_api.wait_for(3)
+    assert sorted(r.path for r in received) == ["/event", "/event", "/init"]
+    assert {r.body["uuid"] for r in received} == {uuid}
