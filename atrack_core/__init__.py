@@ -25,6 +25,14 @@ from ._models import (
     build_init_payload,
 )
 from ._options import Options
+from ._request import (
+    DEFAULT_SCRUB_PARAMS,
+    FILTERED,
+    ContextConfig,
+    RequestView,
+    build_request_context,
+    parse_cookies,
+)
 from ._sdk import ATrackSdk
 from ._storage import FileStorage, MemoryStorage, Storage
 from ._version import __version__
@@ -33,10 +41,13 @@ if TYPE_CHECKING:
     from .redis import RedisStorage
 
 __all__ = [
+    "DEFAULT_SCRUB_PARAMS",
+    "FILTERED",
     "ATrackError",
     "ATrackSdk",
     "Attributes",
     "Call",
+    "ContextConfig",
     "DeliveryError",
     "EventPayload",
     "FileStorage",
@@ -49,11 +60,14 @@ __all__ = [
     "QueueFullError",
     "RedisStorage",
     "RequestContextInput",
+    "RequestView",
     "Storage",
     "User",
     "UserContext",
     "__version__",
     "build_init_payload",
+    "build_request_context",
+    "parse_cookies",
 ]
 
 
