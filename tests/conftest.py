@@ -32,7 +32,8 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 
     from tests.redis_server import RedisServer
 
-    require_or_skip("redis-server", shutil.which("redis-server") is not None, "ATRACK_REQUIRE_REDIS")
+    found = shutil.which("redis-server") is not None
+    require_or_skip("redis-server", found, "ATRACK_REQUIRE_REDIS")
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     try:
         yield server

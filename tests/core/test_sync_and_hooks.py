@@ -4,7 +4,6 @@ testing helper, against the loopback fake API."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -60,17 +59,15 @@ def test_sync_mode_retries_then_succeeds_with_one_request_id(fake_api: FakeApi) 
 
 def test_sync_mode_gives_up_after_max_retries(fake_api: FakeApi) -> None:
     fake_api.default_status = 500
-    with sync_sdk(fake_api.url, max_retries=2) as sdk:
-        with pytest.raises(DeliveryError) as info:
-            sdk.track("e", uuid="u")
+    with sync_sdk(fake_api.url, max_retries=2) as sdk, pytest.raises(DeliveryError) as info:
+        sdk.track("e", uuid="u")
     assert info.value.status == 500
     assert len(fake_api.received) == 3  # the first attempt and two retries
 
 
 def test_sync_mode_connection_refused_has_no_status() -> None:
-    with sync_sdk(closed_port_url(), max_retries=1) as sdk:
-        with pytest.raises(DeliveryError) as info:
-            sdk.track("e", uuid="u")
+    with sync_sdk(closed_port_url(), max_retries=1) as sdk, pytest.raises(DeliveryError) as info:
+        sdk.track("e", uuid="u")
     assert info.value.status is None
     assert "ConnectError" in str(info.value)
 
@@ -97,9 +94,9 @@ def test_rejected_key_logged_once_at_error_with_last_four_only(
 def test_on_error_receives_the_call_and_the_exception(fake_api: FakeApi) -> None:
     seen: list[tuple[Call, BaseException]] = []
     fake_api.plan("/event", 422)
-    with sync_sdk(fake_api.url, on_error=lambda call, exc: seen.append((call, exc))) as sdk:
-        with pytest.raises(DeliveryError):
-            sdk.track("e", {"a": 1}, uuid="u-9")
+    sdk = sync_sdk(fake_api.url, on_error=lambda call, exc: seen.append((call, exc)))
+    with sdk, pytest.raises(DeliveryError):
+        sdk.track("e", {"a": 1}, uuid="u-9")
     ((call, exc),) = seen
     assert call.path == "/event" and call.uuid == "u-9"
     assert call.json()["attributes"] == {"a": 1}

@@ -134,7 +134,7 @@ def test_bad_context_and_profile(sdk: ATrackSdk) -> None:
         sdk.init(InitPayload(user=UserContext(uuid="u"), profile={"x": {1, object()}}))
     with pytest.raises(ValueError, match="mode"):
         sdk.init(InitPayload(user=UserContext(uuid="u"), mode="upsert"))  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="EventPayload.context"):
+    with pytest.raises(TypeError, match=r"EventPayload\.context"):
         sdk.track(EventPayload(event="e", uuid="u", context={"x": object()}))
 
 
@@ -237,8 +237,9 @@ json_scalars = (
 )
 json_values = st.recursive(
     json_scalars,
-    lambda children: st.lists(children, max_size=5)
-    | st.dictionaries(st.text(max_size=20), children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=20), children, max_size=5)
+    ),
     max_leaves=30,
 )
 printable_names = st.text(
