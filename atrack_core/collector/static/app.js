@@ -234,27 +234,44 @@ function setLive(ok, text) {
 // -- polling -----------------------------------------------------------------------
 
 async function refresh() {
-  const stats = await getJSON("api/stats");
-  renderStats(stats);
-  if (stats.version === state.version && !state.filtersChanged) return;
-  const f = filters();
-  if (state.tab === "users") {
-    const [users, events] = await Promise.all([
-      getJSON(query("api/users", { key: f.key, limit: "500" })),
-      getJSON(query("api/events", { key: f.key, event: f.event, limit: "1000" })),
-    ]);
-    renderUsers(users.users, events.events, stats);
-  } else {
-    const calls = await getJSON(query("api/calls", { key: f.key, limit: "200" }));
-    renderCalls(calls.calls);
-  }
-  state.version = stats.version;
+  // Take the flag now: a filter change while this runs sets it again, and poll() then
+  // runs another refresh with the new filters.
+  const filtersChanged = state.filtersChanged;
   state.filtersChanged = false;
+  try {
+    const stats = await getJSON("api/stats");
+    renderStats(stats);
+    if (stats.version === state.version && !filtersChanged) return;
+    const f = filters();
+    if (state.tab === "users") {
+      const [users, events] = await Promise.all([
+        getJSON(query("api/users", { key: f.key, limit: "500" })),
+        getJSON(query("api/events", { key: f.key, event: f.event, limit: "1000" })),
+      ]);
+      renderUsers(users.users, events.events, stats);
+    } else {
+      const calls = await getJSON(query("api/calls", { key: f.key, limit: "200" }));
+      renderCalls(calls.calls);
+    }
+    state.version = stats.version;
+  } catch (error) {
+    state.filtersChanged = state.filtersChanged || filtersChanged;
+    throw error;
+  }
 }
 
+// One refresh at a time: overlapping ones could finish out of order and show data for
+// filters that are no longer selected.
 let timer = null;
+let running = false;
+let rerun = false;
 async function poll() {
   clearTimeout(timer);
+  if (running) {
+    rerun = true;
+    return;
+  }
+  running = true;
   if (!state.paused) {
     try {
       await refresh();
@@ -262,6 +279,12 @@ async function poll() {
     } catch (error) {
       setLive(false, "collector unreachable, retrying");
     }
+  }
+  running = false;
+  if (rerun) {
+    rerun = false;
+    poll();
+    return;
   }
   timer = setTimeout(poll, document.hidden ? HIDDEN_POLL_MS : POLL_MS);
 }
