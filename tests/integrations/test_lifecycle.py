@@ -307,3 +307,17 @@ def test_local_init_memory_is_bounded(
         config.begin(view("/"))
     assert len(config._seen) <= 10
     assert len(calls.inits) == 25
+
+
+def test_public_api_of_the_package() -> None:
+    import atrack_integrations
+
+    assert atrack_integrations.__all__ == sorted(atrack_integrations.__all__)
+    assert set(atrack_integrations.__all__) == {
+        "DEFAULT_EXCLUDE_PATHS",
+        "IntegrationConfig",
+        "RequestTracker",
+        "resolve_sdk",
+    }
+    for name in atrack_integrations.__all__:
+        assert getattr(atrack_integrations, name) is not None
