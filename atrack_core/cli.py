@@ -245,6 +245,8 @@ def _run_collector(args: argparse.Namespace) -> int:
             db_path=args.db,
             latency=args.latency,
             keys=args.keys,
+            # The banner already says where it listens; uvicorn's INFO lines repeat it.
+            log_level="info" if args.access_log else "warning",
             access_log=args.access_log,
             on_listening=banner,
         )
