@@ -1,7 +1,16 @@
 """``RedisStorage``: storage shared by every worker and host (extra ``redis``).
 
-Every operation is bounded by the client's socket timeouts, and every failure is
-logged and treated as a miss, so a slow or dead Redis never breaks a request.
+A slow or dead Redis never breaks a request and never holds one for long:
+
+- the client it builds has short connect and read timeouts and no client-side retries,
+  so one operation costs at most about twice ``socket_timeout`` (connect, then read);
+- every failure is treated as a miss (``get`` -> ``None``, ``add`` -> ``True``: a
+  duplicate ``/init`` is cheaper than a user never initialised) and, for the next
+  ``retry_interval`` seconds, operations are misses at once without touching the
+  network, so an outage costs each request nothing rather than a timeout;
+- the first failure of an outage is logged at WARNING (with the exception), the rest
+  at DEBUG, and the recovery once at WARNING: an outage is a few log lines, not one per
+  request.
 """
 
 from __future__ import annotations
@@ -9,29 +18,46 @@ from __future__ import annotations
 import logging
 import math
 import os
-import threading
+import time
 from typing import Any
 
 try:
     import redis as _redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "RedisStorage needs the 'redis' package: pip install 'a-track-sdk[redis]'"
     ) from exc
 
+__all__ = ["DEFAULT_RETRY_INTERVAL", "DEFAULT_SOCKET_TIMEOUT", "RedisStorage"]
+
 logger = logging.getLogger("atrack.redis")
 
 DEFAULT_SOCKET_TIMEOUT = 0.25
+"""Seconds for connecting and for each reply."""
+DEFAULT_RETRY_INTERVAL = 1.0
+"""Seconds during which Redis is not asked again after a failure."""
 
 
 class RedisStorage:
-    """A :class:`~atrack_core.Storage` on Redis.
+    """A :class:`~atrack_core.Storage` on Redis, shared by every process and host.
 
     ``RedisStorage("redis://localhost:6379/0")`` builds its own client with short
-    socket timeouts (0.25 s); ``client=`` takes a ready ``redis.Redis``. Keys are
-    prefixed with ``prefix``. After ``os.fork`` the connection pool is re-created in
-    the child, so workers forked by gunicorn ``--preload`` never share sockets.
+    timeouts (``socket_timeout``, 0.25 s, for connecting and for each reply) and no
+    client-side retries; without ``url`` and ``client`` the URL comes from
+    ``ATRACK_REDIS_URL`` (default ``redis://localhost:6379/0``), so a dotted-path
+    setting (Django ``"STORAGE": "atrack_core.redis.RedisStorage"``) needs no argument.
+    ``client=`` takes a ready ``redis.Redis``: its own timeouts and retry policy then
+    apply, so give it a ``socket_timeout``. Keys are prefixed with ``prefix``.
+
+    Each process uses a connection pool of its own: after ``os.fork`` (gunicorn
+    ``--preload``, multiprocessing) the child builds a new client and never touches
+    the parent's sockets (a given client's pool is reset by redis-py itself).
     ``add`` is ``SET key value NX PX ttl``: atomic across every process and host.
+
+    Failures are logged and treated as misses (see the module docstring); after one,
+    Redis is left alone for ``retry_interval`` seconds.
     """
 
     def __init__(
@@ -41,75 +67,122 @@ class RedisStorage:
         client: Any | None = None,
         prefix: str = "atrack:",
         socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
+        retry_interval: float = DEFAULT_RETRY_INTERVAL,
     ) -> None:
-        if client is None and url is None:
-            url = os.environ.get("ATRACK_REDIS_URL", "redis://localhost:6379/0")
         if client is not None and url is not None:
             raise ValueError("give RedisStorage a url or a client, not both")
+        if client is None and url is None:
+            url = os.environ.get("ATRACK_REDIS_URL") or "redis://localhost:6379/0"
+        for name, value in (("socket_timeout", socket_timeout), ("retry_interval", retry_interval)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a str, got {type(prefix).__name__}")
+        if client is not None and _client_timeout(client) is None:
+            logger.warning(
+                "the Redis client given to RedisStorage has no socket_timeout: a hung "
+                "Redis would hold requests; build it with socket_timeout=0.25 or so"
+            )
         self._url = url
-        self._given_client = client
         self.prefix = prefix
-        self.socket_timeout = socket_timeout
-        self._lock = threading.Lock()
-        self._pid = -1
-        self._client: Any = None
+        self.socket_timeout = float(socket_timeout)
+        self.retry_interval = float(retry_interval)
+        # (pid, client): one attribute, replaced whole, so a thread never sees a client
+        # with another process's pid. No lock: a lock held by another thread at fork
+        # time would stay locked forever in the child.
+        self._bound: tuple[int, Any] = (-1, client)
+        self._given = client is not None
+        # Monotonic time before which Redis is not asked (after a failure).
+        self._down_until = 0.0
+        self._failing = False
 
     def __repr__(self) -> str:
         where = "client" if self._url is None else _redact(self._url)
         return f"RedisStorage({where!r}, prefix={self.prefix!r})"
 
-    def _conn(self) -> Any:
+    def _client(self) -> Any:
         pid = os.getpid()
-        if self._pid != pid:
-            with self._lock:
-                if self._pid != pid:
-                    if self._given_client is not None:
-                        if self._pid != -1:
-                            # Sockets inherited through fork belong to the parent.
-                            self._given_client.connection_pool.reset()
-                        self._client = self._given_client
-                    else:
-                        assert self._url is not None
-                        self._client = _redis.Redis.from_url(
-                            self._url,
-                            socket_timeout=self.socket_timeout,
-                            socket_connect_timeout=self.socket_timeout,
-                            decode_responses=True,
-                            health_check_interval=30,
-                        )
-                    self._pid = pid
-        return self._client
+        bound_pid, client = self._bound
+        if bound_pid == pid:
+            return client
+        if not self._given:
+            # A new client (and pool) for this process. Two threads racing here build
+            # two clients; one wins, the other is collected: no connection is made
+            # before the first command.
+            assert self._url is not None
+            client = _redis.Redis.from_url(
+                self._url,
+                socket_timeout=self.socket_timeout,
+                socket_connect_timeout=self.socket_timeout,
+                retry=Retry(NoBackoff(), 0),
+                decode_responses=True,
+                health_check_interval=30,
+            )
+        self._bound = (pid, client)
+        return client
+
+    def _call(self, what: str, op: str, *args: Any, **kwargs: Any) -> tuple[bool, Any]:
+        """``(True, result)``, or ``(False, None)`` when Redis failed or is resting."""
+        if self._down_until and time.monotonic() < self._down_until:
+            return False, None
+        try:
+            result = getattr(self._client(), op)(*args, **kwargs)
+        except Exception as exc:
+            self._down_until = time.monotonic() + self.retry_interval
+            if self._failing:
+                logger.debug("Redis %s failed again: %r", what, exc)
+            else:
+                self._failing = True
+                logger.warning(
+                    "Redis %s failed; treating it as a miss, and every operation for the "
+                    "next %.1f s too (logged once per outage)",
+                    what,
+                    self.retry_interval,
+                    exc_info=True,
+                )
+            return False, None
+        if self._failing:
+            self._failing = False
+            self._down_until = 0.0
+            logger.warning("Redis is reachable again")
+        return True, result
 
     def get(self, key: str) -> str | None:
-        try:
-            value = self._conn().get(self.prefix + key)
-        except Exception:
-            logger.warning("Redis get failed; treating as a miss", exc_info=True)
-            return None
-        if isinstance(value, bytes):
+        ok, value = self._call("get", "get", self.prefix + key)
+        if isinstance(value, bytes):  # a given client without decode_responses
             return value.decode("utf-8", "replace")
-        return value if isinstance(value, str) else None
+        return value if ok and isinstance(value, str) else None
 
     def set(self, key: str, value: str, ttl: float | None = None) -> None:
-        try:
-            self._conn().set(self.prefix + key, value, px=_ms(ttl))
-        except Exception:
-            logger.warning("Redis set failed; value not kept", exc_info=True)
+        self._call("set", "set", self.prefix + key, value, px=_ms(ttl))
 
     def add(self, key: str, value: str, ttl: float | None = None) -> bool:
-        """``True`` when this call set the key. On a Redis failure ``True`` too: a
+        """``True`` when this call set the key. When Redis fails ``True`` too: a
         duplicate ``/init`` is cheaper than a user never initialised."""
-        try:
-            return bool(self._conn().set(self.prefix + key, value, nx=True, px=_ms(ttl)))
-        except Exception:
-            logger.warning("Redis add failed; treating the key as absent", exc_info=True)
-            return True
+        ok, result = self._call("add", "set", self.prefix + key, value, nx=True, px=_ms(ttl))
+        return bool(result) if ok else True
 
     def delete(self, key: str) -> None:
-        try:
-            self._conn().delete(self.prefix + key)
-        except Exception:
-            logger.warning("Redis delete failed", exc_info=True)
+        self._call("delete", "delete", self.prefix + key)
+
+    def close(self) -> None:
+        """Close this process's connections (a given client is closed too)."""
+        pid, client = self._bound
+        if client is not None and pid == os.getpid():
+            try:
+                client.close()
+            except Exception:
+                logger.debug("closing the Redis client failed", exc_info=True)
+        if not self._given:
+            self._bound = (-1, None)
+
+
+def _client_timeout(client: Any) -> float | None:
+    try:
+        timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
+    except AttributeError:  # not a redis.Redis; trust it
+        return 0.0
+    return timeout if isinstance(timeout, (int, float)) else None
 
 
 def _ms(ttl: float | None) -> int | None:

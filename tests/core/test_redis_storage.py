@@ -91,12 +91,12 @@ def test_pool_is_recreated_after_fork(redis_server: RedisServer) -> None:
 
     storage = RedisStorage(redis_server.url, prefix="fork:")
     storage.set("parent", "1")
-    parent_client = storage._conn()
+    parent_client = storage._client()
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: must not reuse the parent's client or sockets
         try:
-            ok = storage._conn() is not parent_client and storage.get("parent") == "1"
+            ok = storage._client() is not parent_client and storage.get("parent") == "1"
             storage.set("child", "1")
             os.write(write_fd, b"1" if ok else b"0")
         finally:
@@ -107,16 +107,113 @@ def test_pool_is_recreated_after_fork(redis_server: RedisServer) -> None:
     os.close(read_fd)
     assert status == 0
     assert storage.get("child") == "1"
-    assert storage._conn() is parent_client
+    assert storage._client() is parent_client
 
 
-def test_failures_never_raise(caplog: pytest.LogCaptureFixture) -> None:
+def test_failures_never_raise_and_log_once_per_outage(caplog: pytest.LogCaptureFixture) -> None:
     from atrack_core.redis import RedisStorage
     from tests.redis_server import free_port
 
-    caplog.set_level(logging.WARNING, "atrack")
-    storage = RedisStorage(f"redis://127.0.0.1:{free_port()}/0")
-    assert storage.get("k") is None
+    caplog.set_level(logging.DEBUG, "atrack")
+    storage = RedisStorage(f"redis://127.0.0.1:{free_port()}/0", retry_interval=0)
+    for _ in range(20):
+        assert storage.get("k") is None
+        storage.set("k", "v")
+        assert storage.add("k", "v") is True
+        storage.delete("k")
+    warnings = [
+        r for r in caplog.records if r.name == "atrack.redis" and r.levelno >= logging.WARNING
+    ]
+    # One line with the exception for the whole outage, not one per operation.
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    assert warnings[0].exc_info is not None
+    assert len([r for r in caplog.records if r.levelno == logging.DEBUG]) == 79
+
+
+def test_resting_after_a_failure_costs_nothing(own_redis: RedisServer) -> None:
+    """After a failure Redis is left alone for retry_interval: an outage costs requests
+    no time, and the storage comes back by itself afterwards."""
+    from atrack_core.redis import RedisStorage
+
+    storage = RedisStorage(own_redis.url, retry_interval=0.5)
     storage.set("k", "v")
-    storage.delete("k")
-    assert len([r for r in caplog.records if r.name == "atrack.redis"]) >= 3
+    own_redis.stop()
+    assert storage.get("k") is None  # fails, starts resting
+    own_redis.start()
+    started = time.monotonic()
+    for _ in range(1000):
+        assert storage.get("k") is None  # resting: not asked
+    assert time.monotonic() - started < 0.3
+    time.sleep(0.6)
+    storage.set("k", "w")
+    assert storage.get("k") == "w"
+    storage.close()
+    own_redis.stop()
+
+
+def test_hung_redis_is_bounded_by_the_socket_timeout() -> None:
+    """A server that accepts but never answers (a hung Redis): one operation costs about
+    one socket timeout, no client-side retries."""
+    import socket
+
+    from atrack_core.redis import RedisStorage
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        port = listener.getsockname()[1]
+        storage = RedisStorage(f"redis://127.0.0.1:{port}/0", socket_timeout=0.2, retry_interval=0)
+        for op in (lambda: storage.get("k"), lambda: storage.add("k", "v", 10)):
+            started = time.monotonic()
+            op()
+            assert time.monotonic() - started < 0.6
+        storage.close()
+
+
+def test_given_client_is_fork_safe(redis_server: RedisServer) -> None:
+    """A given client keeps working in parent and child after fork (redis-py resets its
+    pool in the child), and the parent's connection is not disturbed by the child."""
+    import redis
+
+    from atrack_core.redis import RedisStorage
+
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True, socket_timeout=1)
+    storage = RedisStorage(client=client, prefix="forkc:")
+    storage.set("parent", "1")
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            ok = storage.get("parent") == "1" and storage.add("child", "1") is True
+            os.write(write_fd, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    os.waitpid(pid, 0)
+    assert os.read(read_fd, 1) == b"1"
+    os.close(read_fd)
+    assert storage.get("child") == "1"
+    assert storage.add("child", "2") is False
+    client.close()
+
+
+def test_a_given_client_without_timeout_is_warned_about(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    import redis
+
+    from atrack_core.redis import RedisStorage
+
+    client = redis.Redis.from_url(redis_server.url)
+    RedisStorage(client=client)
+    assert any("socket_timeout" in r.getMessage() for r in caplog.records)
+    client.close()
+
+
+def test_url_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from atrack_core.redis import RedisStorage
+
+    monkeypatch.setenv("ATRACK_REDIS_URL", "redis://10.0.0.9:6380/2")
+    assert "10.0.0.9:6380/2" in repr(RedisStorage())
+    with pytest.raises(ValueError, match="socket_timeout"):
+        RedisStorage(socket_timeout=-1)
