@@ -22,21 +22,13 @@ from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 
-from atrack_core import ATrackSdk, Options
 from atrack_integrations.fastapi import ATrackMiddleware, ATrackTracker
+from example_apps._sdk import build_sdk
 
 logger = logging.getLogger("example_apps.fastapi_shop")
 
 
-def build_sdk() -> ATrackSdk:
-    """The SDK from ``ATRACK_*`` environment variables (disabled without a key)."""
-    try:
-        return ATrackSdk(Options.from_env())
-    except ValueError as exc:
-        logger.warning("A-Track disabled: %s", exc)
-        return ATrackSdk(Options.from_env(disabled=True))
-
-
+# From the ATRACK_* environment; RedisStorage when ATRACK_REDIS_URL is set.
 sdk = build_sdk()
 app = FastAPI(title="A-Track example shop (FastAPI)")
 # The middleware also flushes the SDK when the server shuts down (lifespan).

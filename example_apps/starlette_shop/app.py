@@ -19,21 +19,13 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from atrack_core import ATrackSdk, Options
 from atrack_integrations.starlette import ATrackMiddleware
+from example_apps._sdk import build_sdk
 
 logger = logging.getLogger("example_apps.starlette_shop")
 
 
-def build_sdk() -> ATrackSdk:
-    """The SDK from ``ATRACK_*`` environment variables (disabled without a key)."""
-    try:
-        return ATrackSdk(Options.from_env())
-    except ValueError as exc:
-        logger.warning("A-Track disabled: %s", exc)
-        return ATrackSdk(Options.from_env(disabled=True))
-
-
+# From the ATRACK_* environment; RedisStorage when ATRACK_REDIS_URL is set.
 sdk = build_sdk()
 
 LANDING = """<!doctype html>
