@@ -154,3 +154,23 @@ def test_call_log_shows_rejected_calls(page: Any, collector: Collector, tmp_path
     expect(page.locator("#stat-rejected")).to_have_text("1")
     page.screenshot(path=str(tmp_path / "call-log.png"), full_page=True)
     assert (tmp_path / "call-log.png").stat().st_size > 0
+
+
+def test_hostile_values_are_shown_as_text(page: Any, collector: Collector) -> None:
+    from playwright.sync_api import expect
+
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    page.goto(collector.url)
+    expect(page.locator("#live")).to_have_attribute("data-state", "live")
+    hostile = "<img src=x onerror=alert(1)>"
+    with sdk_for(collector) as sdk:
+        sdk.init(InitPayload(user=UserContext(uuid="<b>bold</b>", attributes={"bio": hostile})))
+        sdk.track(EventPayload(event="<script>alert(2)</script>", uuid="<b>bold</b>",
+                               context={"url": hostile}))  # fmt: skip
+    user = page.locator("article.user")
+    expect(user.locator("h2.uuid")).to_have_text("<b>bold</b>")
+    expect(user.locator("table.attributes")).to_contain_text(hostile)
+    expect(user.locator(".event-name")).to_have_text("<script>alert(2)</script>")
+    assert page.locator("article.user img, article.user b, article.user script").count() == 0
+    assert dialogs == []
