@@ -63,6 +63,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         # No key: run with tracking disabled rather than refuse to start.
         logger.warning("A-Track disabled: ATRACK_PUBLIC_KEY is not set")
         app.config["ATRACK_SDK"] = ATrackSdk(Options.from_env(disabled=True))
+    elif app.config.get("ATRACK_SDK") is None and os.environ.get("ATRACK_REDIS_URL"):
+        # Shared by every worker: one /init per user however many workers serve them.
+        # A class named by its dotted path is built without arguments: RedisStorage
+        # then reads ATRACK_REDIS_URL.
+        app.config.setdefault("ATRACK_STORAGE", "atrack_core.redis.RedisStorage")
     atrack.init_app(app)
     app.register_blueprint(shop)
     return app

@@ -41,6 +41,11 @@ ATRACK: dict[str, object] = {
 if not os.environ.get("ATRACK_PUBLIC_KEY"):
     logging.getLogger("shop").warning("A-Track disabled: ATRACK_PUBLIC_KEY is not set")
     ATRACK["SDK"] = ATrackSdk(Options.from_env(disabled=True))
+elif os.environ.get("ATRACK_REDIS_URL"):
+    # Shared by every worker: one /init per user however many workers serve them.
+    # A class named by its dotted path is built without arguments: RedisStorage then
+    # reads ATRACK_REDIS_URL.
+    ATRACK["STORAGE"] = "atrack_core.redis.RedisStorage"
 
 LOGGING = {
     "version": 1,
