@@ -139,9 +139,17 @@ class Collector:
         if self._thread is not None:
             raise RuntimeError("the collector is already running")
         sock = _listen(self.host, self.port)
+        try:
+            store = Store(self.db_path)
+            try:
+                app = create_app(latency=self.latency, keys=self._keys, store=store)
+            except BaseException:
+                store.close()
+                raise
+        except BaseException:
+            sock.close()
+            raise
         self.port = sock.getsockname()[1]
-        store = Store(self.db_path)
-        app = create_app(latency=self.latency, keys=self._keys, store=store)
         # log_config=None leaves the host process's logging configuration alone.
         server = uvicorn.Server(
             _config(app, log_level="warning", access_log=False, log_config=None)

@@ -17,6 +17,7 @@ never corrupts the file, the right trade for a development tool.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -29,6 +30,8 @@ from typing import Any, Final
 from ._keys import key_id, mask_key
 
 __all__ = ["Store", "utc_now"]
+
+logger = logging.getLogger("atrack.collector")
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS calls (
@@ -126,7 +129,7 @@ class Store:
         self._commit_interval = commit_interval
         self._in_transaction = False
         self._stopping = threading.Event()
-        # isolation_level=None: transactions are explicit, one per ingest call.
+        # isolation_level=None: the store opens and commits transactions itself.
         self._db = sqlite3.connect(
             self.path if self.path is not None else ":memory:",
             check_same_thread=False,
@@ -176,8 +179,15 @@ class Store:
     def _commit_periodically(self) -> None:
         while not self._stopping.wait(self._commit_interval):
             with self._lock:
-                if not self._closed:
+                if self._closed:
+                    continue
+                try:
                     self._commit_locked()
+                except sqlite3.Error:
+                    # A full disk, say: keep the thread alive and try again next time,
+                    # by when the cause may be gone.
+                    logger.warning("collector: commit failed", exc_info=True)
+                    self._in_transaction = self._db.in_transaction
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:

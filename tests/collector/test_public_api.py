@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -64,3 +65,14 @@ def test_wait_for_calls_times_out_with_a_clear_message() -> None:
         pytest.raises(TimeoutError, match=r"expected 1 calls to /event within 0\.05 s, got 0"),
     ):
         collector.wait_for_calls(1, path="/event", timeout=0.05)
+
+
+def test_a_collector_that_cannot_start_raises_and_stays_stopped(tmp_path: Path) -> None:
+    collector = atrack_core.collector.Collector(latency=-1)
+    with pytest.raises(ValueError, match="latency"):
+        collector.start()
+    with pytest.raises(sqlite3.OperationalError):
+        atrack_core.collector.Collector(db_path=tmp_path / "no-such-dir" / "db").start()
+    assert "stopped" in repr(collector)
+    with pytest.raises(RuntimeError, match="not running"):
+        collector.store  # noqa: B018
