@@ -730,3 +730,92 @@ def test_split_cookie_headers_are_joined(sdk: ATrackSdk, calls: CapturedCalls) -
     assert sent[0]["headers"] == []  # the cookie was found: nothing to set
     assert scope["state"]["atrack"].uuid == KNOWN
     assert scope["state"]["atrack"].context["timezone"] == "Europe/Paris"
+
+
+# ------------------------------------------------------------------ lifespan
+
+
+class SpySdk(ATrackSdk):
+    def __init__(self, events: list[str]) -> None:
+        super().__init__(Options("pub_test_1234", disabled=True, shutdown_timeout=2.0))
+        self.events = events
+
+    async def aflush(self, timeout: float | None = 5.0) -> bool:
+        self.events.append(f"flush({timeout})")
+        return True
+
+
+def run_lifespan(app: Any, *, complete: bool = True) -> list[str]:
+    """Drive the lifespan protocol as a server does; return what happened, in order."""
+    events: list[str] = []
+    sdk = SpySdk(events)
+    messages = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+
+    async def receive() -> dict[str, Any]:
+        message = messages.pop(0)
+        events.append(message["type"])
+        return message
+
+    async def send(message: dict[str, Any]) -> None:
+        events.append("server got " + message["type"])
+
+    try:
+        asyncio.run(ATrackMiddleware(app(complete), sdk=sdk)({"type": "lifespan"}, receive, send))
+    finally:
+        sdk.shutdown()
+    return events
+
+
+def lifespan_app(complete: bool) -> Any:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            else:
+                if complete:
+                    await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    return app
+
+
+def test_lifespan_flushes_after_the_app_shut_down_before_the_server_hears() -> None:
+    assert run_lifespan(lifespan_app) == [
+        "lifespan.startup",
+        "server got lifespan.startup.complete",
+        "lifespan.shutdown",
+        "flush(2.0)",
+        "server got lifespan.shutdown.complete",
+    ]
+
+
+def test_lifespan_flushes_even_when_the_app_does_not_answer_shutdown() -> None:
+    events = run_lifespan(lifespan_app, complete=False)
+    assert events[-2:] == ["lifespan.shutdown", "flush(2.0)"]
+
+
+def test_lifespan_flush_failure_is_contained(logs: LogRecorder) -> None:
+    logs.expect_errors()
+
+    class Broken(SpySdk):
+        async def aflush(self, timeout: float | None = 5.0) -> bool:
+            raise RuntimeError("flush broke")
+
+    events: list[str] = []
+    sdk = Broken(events)
+    messages = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        events.append(message["type"])
+
+    try:
+        mw = ATrackMiddleware(lifespan_app(True), sdk=sdk)
+        asyncio.run(mw({"type": "lifespan"}, receive, send))
+    finally:
+        sdk.shutdown()
+    assert events == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert any("flush at shutdown failed" in m for m in logs.messages(logging.ERROR))
