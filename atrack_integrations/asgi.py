@@ -94,8 +94,9 @@ class ATrackMiddleware:
         state = scope.get("state")
         if state is None:
             state = scope["state"] = {}
-        elif STATE_KEY in state:
-            # Installed twice: the outer instance owns this request.
+        elif STATE_KEY in state and isinstance(state[STATE_KEY], RequestTracker):
+            # Installed twice: the outer instance owns this request. (A lifespan state
+            # that happens to use the same key is not mistaken for a tracker.)
             await self.app(scope, receive, send)
             return
         config = self.config

@@ -819,3 +819,21 @@ def test_lifespan_flush_failure_is_contained(logs: LogRecorder) -> None:
         sdk.shutdown()
     assert events == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
     assert any("flush at shutdown failed" in m for m in logs.messages(logging.ERROR))
+
+
+def test_lifespan_state_with_the_same_key_is_not_a_second_installation(
+    sdk: ATrackSdk, calls: CapturedCalls
+) -> None:
+    mw = ATrackMiddleware(_ok_app, sdk=sdk)
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": "/", "headers": [], "state": {"atrack": 1}}
+    asyncio.run(mw(scope, receive, send))
+    assert isinstance(scope["state"]["atrack"], RequestTracker)
+    assert len(calls.inits) == 1
