@@ -125,10 +125,15 @@ class ATrack:
             environ = req.environ
             tracker = environ.get(STATE_KEY)
             if tracker is None:
+                try:
+                    view = view_from_environ(environ, keys)
+                except Exception:
+                    logger.error(
+                        "A-Track extension failed; the request goes on untracked", exc_info=True
+                    )
+                    return
                 # begin() never raises: its own failures give a no-op tracker.
-                tracker = config.begin(
-                    view_from_environ(environ, keys), req, path=environ.get("PATH_INFO") or "/"
-                )
+                tracker = config.begin(view, req, path=environ.get("PATH_INFO") or "/")
                 environ[STATE_KEY] = environ[_OWNED_KEY] = tracker
             req.atrack = tracker
             g.atrack = tracker

@@ -256,3 +256,43 @@ def create_app() -> Any:
         return jsonify(uuid=request.atrack.uuid)
 
     return app
+
+
+def test_extension_failure_is_contained(
+    sdk: ATrackSdk,
+    calls: CapturedCalls,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+) -> None:
+    import atrack_integrations.flask as ext
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("adapter exploded")
+
+    request.getfixturevalue("atrack_log_guard").expect_errors()
+    monkeypatch.setattr(ext, "view_from_environ", broken)
+    app = flask.Flask(__name__)
+    ATrack(app, sdk=sdk)
+    add_views(app)
+    resp = app.test_client().get("/health")
+    assert resp.status_code == 200
+    assert resp.headers.getlist("Set-Cookie") == []
+    assert calls.inits == []
+
+
+def test_flask_module_imports_no_django() -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, atrack_integrations.flask; print('django' in sys.modules)",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.stdout.strip() == "False", result.stderr

@@ -28,7 +28,11 @@ def atrack_settings(**extra: Any) -> dict[str, Any]:
 
 
 def aget(client: AsyncClient, path: str, **kwargs: Any) -> Any:
-    return async_to_sync(client.get)(path, **kwargs)
+    # Wrapped: on Django 4.2 AsyncClient.get is a plain function returning a coroutine.
+    async def get() -> Any:
+        return await client.get(path, **kwargs)
+
+    return async_to_sync(get)()
 
 
 # --------------------------------------------------------------------------- WSGI mode

@@ -92,9 +92,9 @@ def test_missing_django_names_the_extra() -> None:
     assert "pip install 'a-track-sdk[django]'" in result.stdout, result.stderr
 
 
-def test_flask_and_wsgi_modules_import_no_django() -> None:
+def test_wsgi_module_imports_no_framework() -> None:
     result = run_python(
-        "import sys, atrack_integrations.wsgi, atrack_integrations.flask; "
-        "print('django' in sys.modules)"
+        "import sys, atrack_integrations.wsgi; "
+        "print(sorted({'django', 'flask', 'starlette'} & set(sys.modules)))"
     )
-    assert result.stdout.strip() == "False", result.stderr
+    assert result.stdout.strip() == "[]", result.stderr
