@@ -167,6 +167,8 @@ class Reporter:
         self._key_logged = False
         self._last_drop_log = -DROP_LOG_INTERVAL
         self._last_closed_log = -DROP_LOG_INTERVAL
+        self._last_fail_log = -DROP_LOG_INTERVAL
+        self._fails_not_logged = 0
         self._lock = threading.Lock()
         _fork_reset(self)
 
@@ -190,7 +192,28 @@ class Reporter:
                     error.status,
                 )
         else:
-            logger.warning("A-Track call %s for uuid %r dropped: %s", call.path, call.uuid, error)
+            # During an outage every call fails: one line per 10 s (with a count of the
+            # others) keeps the log readable; each one is still at DEBUG and on_error.
+            now = time.monotonic()
+            with self._lock:
+                log = now - self._last_fail_log >= DROP_LOG_INTERVAL
+                if log:
+                    self._last_fail_log = now
+                    others, self._fails_not_logged = self._fails_not_logged, 0
+                else:
+                    self._fails_not_logged += 1
+            if log:
+                logger.warning(
+                    "A-Track call %s for uuid %r dropped: %s%s",
+                    call.path,
+                    call.uuid,
+                    error,
+                    f" ({others} other calls dropped since the last such message)"
+                    if others
+                    else "",
+                )
+            else:
+                logger.debug("A-Track call %s for uuid %r dropped: %s", call.path, call.uuid, error)
         self.hook(call, error)
 
     def dropped(self, call: Call, *, closed: bool = False) -> None:

@@ -465,3 +465,19 @@ def test_key_never_appears_in_a_log_line(
     assert len(rejected) == 1  # once per SDK, however many 401/403s
     assert KEY[-4:] in rejected[0].getMessage()
     assert "sdk" not in repr(sdk).lower() or KEY not in repr(sdk)
+
+
+def test_failed_calls_are_logged_once_per_interval_and_all_reported(
+    fake_api: FakeApi, sdk_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="atrack")
+    errors = Errors()
+    fake_api.default = Plan(422)
+    sdk = sdk_factory(fake_api.url, on_error=errors)
+    for i in range(20):
+        sdk.track("e", uuid=f"u{i}")
+    assert sdk.flush(5) is True
+    assert len(errors.items) == 20
+    dropped = [r for r in caplog.records if "dropped:" in r.getMessage()]
+    assert [r.levelno for r in dropped].count(logging.WARNING) == 1
+    assert [r.levelno for r in dropped].count(logging.DEBUG) == 19

@@ -1,0 +1,140 @@
+"""A minimal, fast HTTP/1.1 keep-alive server for the delivery benchmarks.
+
+It answers every POST with ``200 {"ok":true}`` after an optional added latency, counts
+requests, and runs in its own process, so its CPU time is not charged to the SDK being
+measured. asyncio protocols and no framework: it costs a few tens of microseconds per
+request, so even on a 2-core machine the client, not the server, is what is measured.
+
+    python bench/_server.py --latency 0.05      # prints the port, then serves
+
+From Python: ``with BenchServer(latency=0.05) as server: server.url, server.count()``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from typing import Any
+
+_RESPONSE = (
+    b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{"ok":true}'
+)
+
+
+class _Counter:
+    requests = 0
+
+
+class _Http(asyncio.Protocol):
+    def __init__(self, latency: float) -> None:
+        self.latency = latency
+        self.buffer = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while True:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = self.buffer[:end].lower()
+            length = 0
+            pos = head.find(b"content-length:")
+            if pos >= 0:
+                length = int(head[pos + 15 :].split(b"\r\n", 1)[0])
+            total = end + 4 + length
+            if len(self.buffer) < total:
+                return
+            if head.startswith(b"get /count"):
+                body = str(_Counter.requests).encode()
+                self.buffer = self.buffer[total:]
+                self._send(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body), 0.0
+                )
+                continue
+            _Counter.requests += 1
+            self.buffer = self.buffer[total:]
+            self._send(_RESPONSE, self.latency)
+
+    def _send(self, data: bytes, delay: float) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        if delay:
+            asyncio.get_running_loop().call_later(delay, _write, transport, data)
+        else:
+            transport.write(data)
+
+
+def _write(transport: asyncio.Transport, data: bytes) -> None:
+    if not transport.is_closing():
+        transport.write(data)
+
+
+async def _serve(port: int, latency: float) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: _Http(latency), "127.0.0.1", port, backlog=4096, reuse_address=True
+    )
+    sock = server.sockets[0]
+    print(sock.getsockname()[1], flush=True)
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    async with server:
+        await stop.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds added per request")
+    args = parser.parse_args()
+    asyncio.run(_serve(args.port, args.latency))
+
+
+class BenchServer:
+    """The server in a child process (its CPU is not the benchmark's)."""
+
+    def __init__(self, latency: float = 0.0) -> None:
+        self.latency = latency
+        self.proc: subprocess.Popen[str] | None = None
+        self.url = ""
+
+    def __enter__(self) -> BenchServer:
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--latency", str(self.latency)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        port = int(self.proc.stdout.readline())
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    def count(self) -> int:
+        with urllib.request.urlopen(self.url + "/count", timeout=5) as resp:
+            return int(resp.read())
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
+
+
+if __name__ == "__main__":
+    main()
