@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -201,53 +202,49 @@ def table(rows: list[tuple[str, Result]], baseline: Result) -> None:
         )
 
 
+def run_latency(latency: float, n: int, alternatives: bool) -> None:
+    label = f"{latency * 1000:.0f} ms"
+    rows: list[tuple[str, Result]] = []
+    with BenchServer(latency=latency) as server:
+        url = server.url
+        naive_n = 2000 if latency == 0 else 100
+        baseline = measure(
+            "naive: one httpx.Client, sequential", naive_n, partial(naive_run, url, naive_n)
+        )
+        rows.append((label, baseline))
+        rows.append((label, measure("A-Track SDK, default options", n, partial(sdk_run, url, n))))
+        if alternatives:
+            m = min(n, 5000)
+            designs: list[tuple[str, Callable[[], int]]] = [
+                ("128 threads, an httpx.Client each", partial(threads_run, url, m, 128, "client")),
+                (
+                    "128 threads, one shared httpx.Client",
+                    partial(threads_run, url, m, 128, "shared"),
+                ),
+                (
+                    "128 threads, an HTTPTransport each",
+                    partial(threads_run, url, m, 128, "transport"),
+                ),
+                ("asyncio, one AsyncClient, 128 in flight", partial(async_run, url, m, 128, 1)),
+                ("asyncio, 16 AsyncClients x 8 in flight", partial(async_run, url, m, 128, 16)),
+                ("asyncio, 128 AsyncClients x 1 in flight", partial(async_run, url, m, 128, 128)),
+            ]
+            for name, fn in designs:
+                rows.append((label, measure(name, m, fn)))
+                time.sleep(0.5)
+        got = server.count()
+    table(rows, baseline)
+    print(f"(server received {got} requests)\n", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--alternatives", action="store_true", help="also the designs considered")
     parser.add_argument("--events", type=int, default=10_000, help="events per SDK run")
     args = parser.parse_args()
-    n = args.events
     print("machine: 2 shared cores; API stand-in in its own process; CPU = this process")
     for latency in (0.0, 0.05):
-        label = f"{latency * 1000:.0f} ms"
-        rows: list[tuple[str, Result]] = []
-        with BenchServer(latency=latency) as server:
-            url = server.url
-            naive_n = 2000 if latency == 0 else 100
-            baseline = measure(
-                "naive: one httpx.Client, sequential", naive_n, lambda: naive_run(url, naive_n)
-            )
-            rows.append((label, baseline))
-            rows.append(
-                (label, measure("A-Track SDK, default options", n, lambda: sdk_run(url, n)))
-            )
-            if args.alternatives:
-                m = min(n, 5000)
-                for name, fn in [
-                    (
-                        "128 threads, an httpx.Client each",
-                        lambda: threads_run(url, m, 128, "client"),
-                    ),
-                    (
-                        "128 threads, one shared httpx.Client",
-                        lambda: threads_run(url, m, 128, "shared"),
-                    ),
-                    (
-                        "128 threads, an HTTPTransport each (SDK's)",
-                        lambda: threads_run(url, m, 128, "transport"),
-                    ),
-                    ("asyncio, one AsyncClient, 128 in flight", lambda: async_run(url, m, 128, 1)),
-                    ("asyncio, 16 AsyncClients x 8 in flight", lambda: async_run(url, m, 128, 16)),
-                    (
-                        "asyncio, 128 AsyncClients x 1 in flight",
-                        lambda: async_run(url, m, 128, 128),
-                    ),
-                ]:
-                    rows.append((label, measure(name, m, fn)))
-                    time.sleep(0.5)
-            got = server.count()
-        table(rows, baseline)
-        print(f"(server received {got} requests)\n", flush=True)
+        run_latency(latency, args.events, args.alternatives)
 
 
 if __name__ == "__main__":
