@@ -88,8 +88,8 @@ class ATrack:
     ``ATrack(app)`` or ``ATrack().init_app(app)``; one ``ATrack`` may serve several
     apps (each gets its own state and, unless ``sdk`` is shared, its own SDK).
     Registering twice on the same app raises ``RuntimeError``. The ``identify`` hook
-    receives the Flask request. Under the :class:`~atrack_integrations.wsgi.
-    ATrackWSGIMiddleware` as well, the work is done once (by the middleware).
+    receives the Flask request. With :class:`~atrack_integrations.wsgi.ATrackWSGIMiddleware`
+    around the app as well, the work is done once (by the middleware).
     """
 
     def __init__(self, app: Flask | None = None, *, sdk: ATrackSdk | None = None, **config: Any):

@@ -167,3 +167,7 @@ class _CookieLine(Morsel[str]):
 
     def OutputString(self, attrs: Any = None) -> str:
         return self._header
+
+    def __reduce__(self) -> tuple[type[_CookieLine], tuple[str]]:
+        # Django's cache middleware pickles responses, cookies included.
+        return (_CookieLine, (self._header,))

@@ -296,3 +296,18 @@ def test_flask_module_imports_no_django() -> None:
         check=False,
     )
     assert result.stdout.strip() == "False", result.stderr
+
+
+def test_missing_flask_names_the_extra() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['flask'] = None\n"
+        "try:\n    import atrack_integrations.flask\n"
+        "except ImportError as exc:\n    print(exc)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert "pip install 'a-track-sdk[flask]'" in result.stdout, result.stderr

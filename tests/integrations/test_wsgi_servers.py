@@ -247,3 +247,18 @@ def test_gunicorn_api_hanging_does_not_slow_requests(fake_api: FakeApi) -> None:
         elapsed = time.monotonic() - started
         conn.close()
     assert elapsed < 1.5, elapsed
+
+
+@pytest.mark.slow
+def test_gunicorn_worker_flushes_at_exit(fake_api: FakeApi) -> None:
+    # The API answers after 1 s: the calls of the request are still in flight when the
+    # server is told to stop, and the worker's exit flush must deliver them.
+    fake_api.latency = 1.0
+    env = {"ATRACK_PUBLIC_KEY": "pub_test_key_1234", "ATRACK_ENDPOINT": fake_api.url}
+    target = "tests.integrations.test_wsgi_servers:create_app()"
+    with serve("gunicorn", target, env) as port:
+        status, _, _ = request(port, "/slow?tag=exit")
+        assert status == 200
+    # serve() has sent SIGTERM and waited for the process to exit.
+    received = fake_api.wait_for(2, timeout=1.0)
+    assert sorted(r.path for r in received) == ["/event", "/init"]

@@ -281,3 +281,15 @@ def test_sync_view_under_async_client(calls: CapturedCalls) -> None:
     with override_settings(ATRACK=atrack_settings(**AUTH_ASYNC)):
         resp = aget(AsyncClient(), "/track")
     assert resp.cookies["atrack_uuid"].value == calls.events[0]["uuid"]
+
+
+def test_cookie_survives_pickling_and_copy() -> None:
+    import copy
+    import pickle
+
+    resp = Client().get("/track", secure=True)
+    line = resp.cookies["atrack_uuid"].OutputString()
+    assert line.endswith("; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax; Secure")
+    for clone in (pickle.loads(pickle.dumps(resp.cookies)), copy.deepcopy(resp.cookies)):
+        assert clone["atrack_uuid"].OutputString() == line
+        assert clone["atrack_uuid"]["max-age"] == "31536000"
