@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import random
 import socket
 import ssl
 import threading
@@ -44,6 +45,7 @@ from typing import Any
 
 import httpx
 
+from . import _delivery
 from ._delivery import Call, Outcome, Reporter, Stats, _fork_reset, classify
 from ._errors import DeliveryError
 from ._options import Options
@@ -54,6 +56,11 @@ logger = logging.getLogger("atrack")
 # An idle sender (and its keep-alive connection) goes away after this long; the same
 # for the retry timer thread when nothing waits.
 IDLE_EXIT = 60.0
+# After this many attempts in a row got no HTTP response at all (refused, reset, timed
+# out), the API is taken to be unreachable: one probe at a time, spaced by backoff, until
+# one gets an answer. Without it, an outage with thousands of users queued costs most of
+# a core in connection attempts (measured: 0.76 CPU s per second, 10,000 users queued).
+OUTAGE_AFTER = 10
 
 
 class _FlushWaiter:
@@ -110,6 +117,11 @@ class BackgroundDelivery:
         self._threads: set[threading.Thread] = set()
         self._timer: threading.Thread | None = None
         self._stopping = False
+        self._outage = False  # see OUTAGE_AFTER
+        self._no_response = 0  # attempts in a row without an HTTP response
+        self._probe: Call | None = None  # the one call in flight during an outage
+        self._probe_at = 0.0
+        self._probes_failed = 0
         self._ssl = None
         self._shared: httpx.HTTPTransport | None = None
         self._stats.queued_fn = self._queued_locked
@@ -237,19 +249,29 @@ class BackgroundDelivery:
         while True:
             if self._stopping:
                 return None
+            wait: float | None = IDLE_EXIT
             if self._ready:
-                uuid = self._ready.popleft()
-                call = self._lanes[uuid][0]
-                self._stats.in_flight += 1
-                if self._ready:  # more work than this thread: pass it on
-                    self._wake_locked()
-                return call
+                if self._outage:
+                    # One probe at a time; the others wait (without using up attempts).
+                    now = time.monotonic()
+                    if self._probe is None and now >= self._probe_at:
+                        call = self._lanes[self._ready.popleft()][0]
+                        self._probe = call
+                        self._stats.in_flight += 1
+                        return call
+                    wait = None if self._probe is not None else self._probe_at - now
+                else:
+                    call = self._lanes[self._ready.popleft()][0]
+                    self._stats.in_flight += 1
+                    if self._ready:  # more work than this thread: pass it on
+                        self._wake_locked()
+                    return call
             self._idle += 1
             try:
-                woken = self._work.wait(IDLE_EXIT)
+                woken = self._work.wait(wait)
             finally:
                 self._idle -= 1
-            if not woken and not self._ready:
+            if not woken and not self._ready and wait == IDLE_EXIT:
                 return None
 
     def _settle_locked(self, call: Call, outcome: Outcome) -> DeliveryError | None:
@@ -258,6 +280,7 @@ class BackgroundDelivery:
         counts as in flight and its uuid stays blocked, so ``flush()`` returns only after
         ``on_error`` has seen it, and the user's next call waits for the report."""
         stats = self._stats
+        self._track_reachability_locked(call, outcome)
         if outcome.ok:
             stats.in_flight -= 1
             stats.sent += 1
@@ -273,6 +296,36 @@ class BackgroundDelivery:
                 self._tick.notify()
             return None
         return outcome.error or DeliveryError(f"{call.path} failed")
+
+    def _track_reachability_locked(self, call: Call, outcome: Outcome) -> None:
+        was_probe = call is self._probe
+        if was_probe:
+            self._probe = None
+        if outcome.ok or (outcome.error is not None and outcome.error.status is not None):
+            # Any HTTP answer, even an error status: the API is reachable.
+            self._no_response = 0
+            if self._outage:
+                self._outage = False
+                self._work.notify_all()
+                logger.info("A-Track API reachable again; resuming normal sending")
+            return
+        self._no_response += 1
+        if self._no_response < OUTAGE_AFTER:
+            return
+        if not self._outage:
+            self._outage = True
+            self._probes_failed = 0
+            logger.warning(
+                "A-Track API unreachable (%d attempts in a row without a response); "
+                "probing with one call at a time until it answers",
+                self._no_response,
+            )
+        elif was_probe:
+            self._probes_failed += 1
+        # Exponential in failed probes, capped, half-jittered: never 0 (that would spin).
+        step = min(_delivery.BACKOFF_CAP, _delivery.BACKOFF_BASE * 2.0**self._probes_failed)
+        self._probe_at = time.monotonic() + step * (0.5 + random.random() / 2)
+        self._work.notify()  # a waiting sender takes the next probe when it is due
 
     def _give_up_locked(self, call: Call) -> None:
         self._stats.in_flight -= 1

@@ -481,3 +481,29 @@ def test_failed_calls_are_logged_once_per_interval_and_all_reported(
     dropped = [r for r in caplog.records if "dropped:" in r.getMessage()]
     assert [r.levelno for r in dropped].count(logging.WARNING) == 1
     assert [r.levelno for r in dropped].count(logging.DEBUG) == 19
+
+
+def test_an_unreachable_api_is_probed_one_call_at_a_time_then_resumed(
+    fake_api: FakeApi, sdk_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="atrack")
+    fake_api.default = Plan(drop=True)  # every attempt ends without an HTTP response
+    sdk = sdk_factory(fake_api.url, max_concurrency=16)
+    for i in range(300):
+        sdk.track("e", {"i": i}, uuid=f"u{i % 100}")
+    time.sleep(1.0)
+    # Without the outage brake: 100 users x 6 attempts within the second.
+    attempts = len(fake_api.received)
+    assert attempts < 60, attempts
+    assert sdk.stats()["queued"] + sdk.stats()["in_flight"] >= 290  # waiting, not failed
+    fake_api.default = None  # the API is back
+    assert sdk.flush(10) is True
+    stats = sdk.stats()
+    assert stats["sent"] + stats["failed"] == 300
+    assert stats["failed"] <= 3
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("unreachable" in m for m in messages) == 1
+    assert sum("reachable again" in m for m in messages) == 1
+    for uuid, recs in per_uuid([r for r in fake_api.received if r.status == 200]).items():
+        order = [r.body["attributes"]["i"] for r in recs]
+        assert order == sorted(order), uuid
