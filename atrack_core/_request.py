@@ -152,7 +152,7 @@ _IV4_LAST_OCTET_MASK = 0xFFFF_FF00
 _IV6_48_MASK = ((1 << 48) - 1) << 80
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RequestView:
     """The framework-neutral view of one HTTP request that integrations build.
 

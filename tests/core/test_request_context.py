@@ -105,10 +105,11 @@ def test_empty_request_gives_only_url() -> None:
     assert ctx == RequestContextInput(url="/")
 
 
-def test_request_view_is_frozen() -> None:
+def test_request_view_has_slots_only() -> None:
+    # Not frozen on purpose: a frozen dataclass costs ~0.6 µs more per request to build.
     v = view()
     with pytest.raises(AttributeError):
-        v.path = "/other"  # type: ignore[misc]
+        v.not_a_field = "x"  # type: ignore[attr-defined]
 
 
 # --------------------------------------------------------------------------- url
