@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from typing import Any
 
@@ -134,6 +137,63 @@ class BenchServer:
                 self.proc.wait()
             if self.proc.stdout is not None:
                 self.proc.stdout.close()
+
+
+class CollectorServer:
+    """The project's collector (``atrack collector``: Starlette, uvicorn, SQLite in
+    memory) in a child process: the realistic target, which validates and stores every
+    call. It costs far more CPU per request than :class:`BenchServer`, and on a 2-core
+    machine it competes with the SDK for the cores."""
+
+    def __init__(self, latency: float = 0.0) -> None:
+        self.latency = latency
+        self.proc: subprocess.Popen[str] | None = None
+        self.url = ""
+
+    def __enter__(self) -> CollectorServer:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "atrack_core.cli",
+                "collector",
+                "--port",
+                str(port),
+                "--latency",
+                str(self.latency),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        self.url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(self.url + "/api/stats", timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError("the collector did not start") from None
+                time.sleep(0.1)
+        return self
+
+    def count(self) -> int:
+        with urllib.request.urlopen(self.url + "/api/stats", timeout=5) as resp:
+            data = json.loads(resp.read())
+        return int(data.get("calls", data.get("events", -1)))
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
 
 if __name__ == "__main__":

@@ -5,8 +5,11 @@ Not a test. Run from the repo root::
     .venv/bin/python bench/bench_delivery.py                 # the SDK against the baseline
     .venv/bin/python bench/bench_delivery.py --alternatives  # plus the designs considered
 
-The API stand-in (``bench/_server.py``) runs in a separate process with 0 ms and 50 ms of
-added latency, so only the sending process's CPU is counted (``time.process_time()``:
+The API stand-in runs in a separate process with 0 ms and 50 ms of added latency: by
+default ``bench/_server.py`` (a minimal asyncio server, so the client is what is
+measured), with ``--target collector`` the project's collector (Starlette, uvicorn,
+SQLite; it needs the ``collector`` extra and, on 2 cores, competes with the SDK for
+CPU). Only the sending process's CPU is counted (``time.process_time()``:
 every thread of this process, including the ``track()`` calls that produce the events).
 Events go to 1,000 distinct users (per-user order allows one call in flight per user).
 
@@ -30,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx
-from _server import BenchServer
+from _server import BenchServer, CollectorServer
 
 from atrack_core import ATrackSdk, Options
 from atrack_core._wire import event_body, headers, new_request_id, now_timestamp, serialize
@@ -202,10 +205,11 @@ def table(rows: list[tuple[str, Result]], baseline: Result) -> None:
         )
 
 
-def run_latency(latency: float, n: int, alternatives: bool) -> None:
+def run_latency(latency: float, n: int, alternatives: bool, target: str) -> None:
     label = f"{latency * 1000:.0f} ms"
     rows: list[tuple[str, Result]] = []
-    with BenchServer(latency=latency) as server:
+    server_class = CollectorServer if target == "collector" else BenchServer
+    with server_class(latency=latency) as server:
         url = server.url
         naive_n = 2000 if latency == 0 else 100
         baseline = measure(
@@ -241,10 +245,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--alternatives", action="store_true", help="also the designs considered")
     parser.add_argument("--events", type=int, default=10_000, help="events per SDK run")
+    parser.add_argument(
+        "--target",
+        choices=["fast", "collector"],
+        default="fast",
+        help="fast: bench/_server.py (default); collector: `atrack collector` (SQLite)",
+    )
     args = parser.parse_args()
-    print("machine: 2 shared cores; API stand-in in its own process; CPU = this process")
+    print(
+        f"machine: 2 shared cores; target: {args.target} server in its own process; "
+        "CPU = this process"
+    )
     for latency in (0.0, 0.05):
-        run_latency(latency, args.events, args.alternatives)
+        run_latency(latency, args.events, args.alternatives, args.target)
 
 
 if __name__ == "__main__":
