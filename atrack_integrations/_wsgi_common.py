@@ -91,13 +91,12 @@ def view_from_environ(
     *,
     scheme: str | None = None,
     path: str | None = None,
-    cookie: str | None = None,
 ) -> RequestView:
     """The :class:`RequestView` of a WSGI environ, with the headers named by ``keys``.
 
-    ``scheme``, ``path`` and ``cookie`` (the ``Cookie`` header) override what the
-    environ says, for frameworks that know better (Django's ``request.scheme`` honours
-    ``SECURE_PROXY_SSL_HEADER``; under ASGI the raw path and headers are in the scope).
+    ``scheme`` and ``path`` override what the environ says, for frameworks that know
+    better (Django's ``request.scheme`` honours ``SECURE_PROXY_SSL_HEADER``; under ASGI
+    the raw path is in the scope).
     """
     headers: dict[str, str] = {}
     get = environ.get
@@ -105,8 +104,12 @@ def view_from_environ(
         value = get(key)
         if value is not None and value.__class__ is str:
             headers[name] = value if value.isascii() else wsgi_text(value)
-    if cookie is not None:
-        headers["cookie"] = cookie
+    cookie = headers.get("cookie")
+    if cookie is not None and "," in cookie:
+        # Repeated Cookie headers (HTTP/2 clients split them) reach us joined with ","
+        # (gunicorn, Django under ASGI), while cookies are separated by ";". A comma is
+        # not valid in a cookie value (RFC 6265), so it is read as a separator.
+        headers["cookie"] = cookie.replace(",", ";")
     query = get("QUERY_STRING") or ""
     host = get("HTTP_HOST")
     return RequestView(

@@ -110,22 +110,14 @@ def _keys(config: IntegrationConfig) -> HeaderKeys:
 def _view(request: Any, keys: HeaderKeys) -> RequestView:
     meta = request.META
     scope = request.__dict__.get("scope")
-    cookie = None
     if scope is not None:
         # ASGI: the raw path is in the scope (META's PATH_INFO is decoded).
         raw = scope.get("raw_path")
         path = raw.decode("latin-1") if raw else environ_path(meta)
-        if "," in meta.get("HTTP_COOKIE", ""):
-            # Django joins repeated headers with "," (HTTP/2 clients may split Cookie
-            # in several); cookies are joined with "; ". A comma is not valid in a
-            # cookie, so it only shows up in this case.
-            cookie = "; ".join(
-                value.decode("latin-1") for name, value in scope["headers"] if name == b"cookie"
-            )
     else:
         path = environ_path(meta)
     # request.scheme honours SECURE_PROXY_SSL_HEADER: the Secure flag follows it.
-    return view_from_environ(meta, keys, scheme=request.scheme, path=path, cookie=cookie)
+    return view_from_environ(meta, keys, scheme=request.scheme, path=path)
 
 
 def _set_cookie(config: IntegrationConfig, tracker: RequestTracker, response: Any) -> None:

@@ -142,6 +142,16 @@ def test_cookie_round_trip_sends_one_init_per_session(sdk: ATrackSdk, calls: Cap
     assert [e["uuid"] for e in calls.events] == [uuid] * 4
 
 
+def test_repeated_cookie_headers_joined_with_commas(sdk: ATrackSdk, calls: CapturedCalls) -> None:
+    # gunicorn joins repeated headers with ","; the uuid cookie is still found.
+    app = ATrackWSGIMiddleware(tracking_app, sdk=sdk)
+    uuid = run(app, environ_for("/"))[0].cookie().value
+    resp, body = run(app, environ_for("/", cookie=f"a=1,atrack_uuid={uuid},atrack_tz=UTC"))
+    assert body.decode() == uuid
+    assert resp.set_cookie_headers() == []
+    assert calls.events[-1]["context"]["timezone"] == "UTC"
+
+
 def test_secure_cookie_on_https(sdk: ATrackSdk, calls: CapturedCalls) -> None:
     app = ATrackWSGIMiddleware(tracking_app, sdk=sdk)
     resp, _ = run(app, environ_for("/", scheme="https"))
