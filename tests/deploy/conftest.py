@@ -1,0 +1,119 @@
+"""Fixtures for the deployment tests: a private redis-server per test, and a real
+gunicorn master in a subprocess whose output is kept for failure messages."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.redis_server import RedisServer, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path, redis_server: RedisServer) -> Iterator[RedisServer]:
+    """A private redis-server for one test (``redis_server`` decides skip or fail)."""
+    server = RedisServer(tmp_path).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _no_control_socket() -> list[str]:
+    # gunicorn 25+ opens a control socket at a fixed path in $HOME by default: two
+    # masters at once (parallel test runs) would fight over it.
+    from gunicorn.config import KNOWN_SETTINGS
+
+    if any(setting.name == "control_socket_disable" for setting in KNOWN_SETTINGS):
+        return ["--no-control-socket"]
+    return []
+
+
+class Gunicorn:
+    """A gunicorn master on a free loopback port; :meth:`terminate` sends SIGTERM and
+    times the exit. :meth:`output` is everything it wrote (both streams)."""
+
+    def __init__(self, args: Sequence[str], env: Mapping[str, str], log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        self.cmd = [
+            sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}",
+            "--log-level", "info", *_no_control_socket(), *args,
+        ]  # fmt: skip
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("ATRACK_")}
+        full_env.update({"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **env})
+        self._out = log.open("wb")
+        self.proc = subprocess.Popen(
+            self.cmd, cwd=ROOT, env=full_env, stdout=self._out, stderr=subprocess.STDOUT
+        )
+        self.exit_seconds: float | None = None
+
+    def output(self, tail: int = 6000) -> str:
+        self._out.flush()
+        text = self.log.read_text(errors="replace")
+        return text[-tail:]
+
+    def fail(self, message: str) -> None:
+        pytest.fail(f"{message}\n--- gunicorn {' '.join(self.cmd[3:])} ---\n{self.output()}")
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until ``/health`` answers 200 (a worker is serving)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self.fail(f"gunicorn exited with {self.proc.returncode} while starting")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    return
+            time.sleep(0.05)
+        self.fail(f"gunicorn did not answer on {self.url} within {timeout} s")
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        """SIGTERM to the master, then wait for it to exit; returns the exit code."""
+        started = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.fail(f"gunicorn did not exit within {timeout} s of SIGTERM")
+        self.exit_seconds = time.monotonic() - started
+        return code
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._out.close()
+
+
+StartGunicorn = Callable[[Sequence[str], Mapping[str, str]], Gunicorn]
+
+
+@pytest.fixture
+def gunicorn(tmp_path: Path) -> Iterator[StartGunicorn]:
+    """A factory: ``gunicorn(args, env)`` starts one; any still running at the end of
+    the test is killed."""
+    started: list[Gunicorn] = []
+
+    def start(args: Sequence[str], env: Mapping[str, str]) -> Gunicorn:
+        server = Gunicorn(args, env, tmp_path / f"gunicorn-{len(started)}.log")
+        started.append(server)
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in started:
+            server.close()

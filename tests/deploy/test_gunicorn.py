@@ -1,0 +1,243 @@
+"""The example shops under gunicorn with 4 worker processes sharing a RedisStorage.
+
+100 users x 5 requests (a landing page, then 4 orders), each user with its own cookie
+jar, against a real gunicorn master; the SDK sends to a local collector with 50 ms of
+added latency, so calls are still queued when the master gets SIGTERM. Then:
+
+- exactly one ``/init`` per user across all the workers (deduplicated through Redis);
+- every event delivered exactly once (each request id once at the collector) and with
+  the uuid of that user's cookie;
+- nothing lost on SIGTERM: no explicit flush, the workers' exit flush (WSGI: the
+  ``atexit`` flush; ASGI: the lifespan flush) sends what was still queued.
+"""
+
+from __future__ import annotations
+
+import collections
+import importlib.util
+import json
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.deploy.conftest import Gunicorn, StartGunicorn
+from tests.redis_server import RedisServer
+
+pytest.importorskip("gunicorn")
+pytest.importorskip("redis")
+collector_mod = pytest.importorskip("atrack_core.collector")
+
+pytestmark = [pytest.mark.slow, pytest.mark.redis]
+
+KEY = "pub_deploy_test_4242"
+USERS = 100
+ORDERS = 4  # per user, after the landing page
+# Added latency at the collector: a user's calls go one after another (per-user order),
+# so the last users' calls are still queued when SIGTERM arrives.
+COLLECTOR_LATENCY = 0.05
+
+
+def uvicorn_worker_class() -> str:
+    # uvicorn.workers is deprecated in favour of the uvicorn-worker package (same class).
+    if importlib.util.find_spec("uvicorn_worker") is not None:
+        return "uvicorn_worker.UvicornWorker"
+    return "uvicorn.workers.UvicornWorker"
+
+
+@dataclass
+class Session:
+    """What one user (one cookie jar) saw."""
+
+    index: int
+    uuid: str = ""
+    statuses: list[int] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def amount(user: int, order: int) -> int:
+    """A distinct order amount per user and order: every event names its sender."""
+    return user * 100 + order + 1
+
+
+def run_user(base_url: str, index: int) -> Session:
+    session = Session(index)
+    # No keep-alive: each request is a new connection, taken by whichever worker
+    # accepts it first, as behind a load balancer; a user's requests spread over
+    # the workers instead of sticking to one.
+    no_keepalive = httpx.Limits(max_keepalive_connections=0)
+    with httpx.Client(base_url=base_url, timeout=15, limits=no_keepalive) as client:
+        try:
+            landing = client.get("/", params={"source": f"user{index}"})
+            session.statuses.append(landing.status_code)
+            session.uuid = client.cookies.get("atrack_uuid") or ""
+            for order in range(ORDERS):
+                response = client.post("/orders", json={"amount": amount(index, order)})
+                session.statuses.append(response.status_code)
+                if response.headers.get("set-cookie"):
+                    session.errors.append(f"order {order} set a cookie again")
+        except httpx.HTTPError as exc:
+            session.errors.append(repr(exc))
+    return session
+
+
+def drive(base_url: str) -> tuple[list[Session], float]:
+    started = time.monotonic()
+    with ThreadPoolExecutor(25) as pool:
+        sessions = list(pool.map(lambda i: run_user(base_url, i), range(USERS)))
+    return sessions, time.monotonic() - started
+
+
+@pytest.fixture
+def collector() -> Iterator[Any]:
+    with collector_mod.run_in_thread(latency=COLLECTOR_LATENCY) as running:
+        yield running
+
+
+def check_deployment(
+    server: Gunicorn, collector: Any, redis: RedisServer, report: dict[str, Any]
+) -> None:
+    server.wait_ready()
+    sessions, load_seconds = drive(server.url)
+    problems = [f"user {s.index}: {s.errors}" for s in sessions if s.errors]
+    problems += [
+        f"user {s.index}: statuses {s.statuses}"
+        for s in sessions
+        if s.statuses != [200] + [201] * ORDERS
+    ]
+    problems += [f"user {s.index}: no atrack_uuid cookie" for s in sessions if not s.uuid]
+    if problems:
+        server.fail("requests failed:\n" + "\n".join(problems[:20]))
+    uuids = {s.uuid: s.index for s in sessions}
+    if len(uuids) != USERS:
+        server.fail(f"{USERS} users got only {len(uuids)} distinct uuids")
+
+    arrived_before = len(collector.store.calls())
+    code = server.terminate()
+    if code != 0:
+        server.fail(f"gunicorn exited with {code} after SIGTERM")
+    # No explicit flush and no waiting: the workers flushed before they exited.
+    calls = collector.store.calls()
+    report.update(
+        load_seconds=round(load_seconds, 2),
+        calls_at_sigterm=arrived_before,
+        calls_after_exit=len(calls),
+        exit_seconds=round(server.exit_seconds or 0, 2),
+    )
+
+    def fail(message: str) -> None:
+        server.fail(f"{message}\nfigures: {report}")
+
+    rejected = [c for c in calls if c["status"] != 200]
+    if rejected:
+        fail(f"the collector rejected {len(rejected)} calls, e.g. {rejected[0]}")
+    by_request = collections.Counter((c["path"], c["request_id"]) for c in calls)
+    twice = {k: n for k, n in by_request.items() if n > 1}
+    if twice:
+        fail(f"{len(twice)} calls arrived more than once: {list(twice.items())[:5]}")
+
+    inits = [c for c in calls if c["path"] == "/init"]
+    init_counts = collections.Counter(c["uuid"] for c in inits)
+    if set(init_counts) != set(uuids) or any(n != 1 for n in init_counts.values()):
+        extra = {u: n for u, n in init_counts.items() if n != 1}
+        missing = set(uuids) - set(init_counts)
+        fail(
+            f"expected one /init per user, got {len(inits)} for {len(init_counts)} uuids: "
+            f"{len(missing)} users without one, {len(extra)} with more than one {extra}"
+        )
+    if not all(json.loads(c["body"])["isNewUser"] for c in inits):
+        fail("an /init of a first visit is not isNewUser")
+
+    events = [json.loads(c["body"]) for c in calls if c["path"] == "/event"]
+    expected_events = USERS * (1 + ORDERS)
+    if len(events) != expected_events:
+        fail(f"expected {expected_events} events, {len(events)} arrived")
+    per_user: dict[str, list[Any]] = collections.defaultdict(list)
+    wrong: list[str] = []
+    for body in events:
+        uuid, attributes = body["uuid"], body["attributes"]
+        if body["event"] == "landing_viewed":
+            owner = int(attributes["source"].removeprefix("user"))
+            per_user[uuid].append("landing")
+        else:
+            owner = (int(attributes["amount"]) - 1) // 100
+            per_user[uuid].append(int(attributes["amount"]))
+        if uuids.get(uuid) != owner:
+            wrong.append(f"{body['event']} of user {owner} carries uuid {uuid}")
+    if wrong:
+        fail(f"{len(wrong)} events with another user's uuid: {wrong[:5]}")
+    for uuid, index in uuids.items():
+        # Compared as sets: per-user order holds within one process, and a user's
+        # requests were served by several worker processes, each sending on its own.
+        expected = ["landing", *(amount(index, order) for order in range(ORDERS))]
+        if sorted(per_user[uuid], key=str) != sorted(expected, key=str):
+            fail(f"user {index} ({uuid}): events {per_user[uuid]}, expected {expected}")
+    # How often another worker's event overtook the user's /init (documented).
+    init_at = {c["uuid"]: c["id"] for c in inits}
+    report["events_before_their_init"] = sum(
+        1 for c in calls if c["path"] == "/event" and c["id"] < init_at[c["uuid"]]
+    )
+
+    # The dedupe went through Redis: every user's init key is there.
+    import redis as redis_py
+
+    client = redis_py.Redis.from_url(redis.url, decode_responses=True)
+    try:
+        keys = {k.removeprefix("atrack:init:") for k in client.scan_iter("atrack:init:*")}
+        set_calls = client.info("commandstats").get("cmdstat_set", {}).get("calls", 0)
+    finally:
+        client.close()
+    if keys != set(uuids):
+        fail(f"Redis holds {len(keys)} init keys for {len(uuids)} users")
+    # Each worker asks Redis (SET NX) the first time it sees a user: more asks than
+    # users means users were served by several workers and Redis refused the extra
+    # /inits, which is what this test is about.
+    report["redis_refused_inits"] = set_calls - USERS
+    if set_calls <= USERS:
+        fail(f"{set_calls} SET NX for {USERS} users: no user reached a second worker")
+    print(f"\n{report}")
+
+
+def deployment_env(collector: Any, redis: RedisServer) -> dict[str, str]:
+    return {
+        "ATRACK_PUBLIC_KEY": KEY,
+        "ATRACK_ENDPOINT": collector.url,
+        "ATRACK_REDIS_URL": redis.url,
+    }
+
+
+COMMON: Sequence[str] = ("--workers", "4", "--graceful-timeout", "20")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("worker_class", ["sync", "gthread"])
+def test_flask_shop_under_gunicorn_with_preload(
+    gunicorn: StartGunicorn,
+    collector: Any,
+    own_redis: RedisServer,
+    worker_class: str,
+) -> None:
+    threads = ["--threads", "8"] if worker_class == "gthread" else []
+    server = gunicorn(
+        [*COMMON, "--worker-class", worker_class, *threads, "--preload",
+         "example_apps.flask_shop.app:app"],
+        deployment_env(collector, own_redis),
+    )  # fmt: skip
+    check_deployment(server, collector, own_redis, {"server": f"flask {worker_class} --preload"})
+
+
+@pytest.mark.timeout(60)
+def test_fastapi_shop_under_gunicorn_with_uvicorn_workers(
+    gunicorn: StartGunicorn, collector: Any, own_redis: RedisServer
+) -> None:
+    pytest.importorskip("fastapi")
+    pytest.importorskip("uvicorn")
+    server = gunicorn(
+        [*COMMON, "--worker-class", uvicorn_worker_class(), "example_apps.fastapi_shop.app:app"],
+        deployment_env(collector, own_redis),
+    )
+    check_deployment(server, collector, own_redis, {"server": "fastapi uvicorn workers"})
