@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import queue
+import socket
 import sys
 import threading
 import time
@@ -40,7 +41,10 @@ from atrack_core._wire import event_body, headers, new_request_id, now_timestamp
 
 KEY = "pub_bench_key_0000"
 USERS = 1000
-TIME_CAP = 25.0  # seconds per measurement; a slower design reports what it managed
+TIME_CAP = 25.0
+NODELAY = [
+    (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+]  # seconds per measurement; a slower design reports what it managed
 
 
 def body(i: int) -> bytes:
@@ -103,7 +107,8 @@ def naive_run(url: str, events: int) -> int:
 
 def threads_run(url: str, events: int, threads: int, mode: str) -> int:
     """``threads`` workers draining a queue; ``mode``: "client" (an httpx.Client each),
-    "transport" (an httpx.HTTPTransport each, used directly), "shared" (one Client)."""
+    "transport" (an httpx.HTTPTransport each, used directly), "transport-nodelay" (the
+    same with TCP_NODELAY: the SDK's senders), "shared" (one Client for all)."""
     work: queue.Queue[int | None] = queue.Queue()
     for i in range(events):
         work.put(i)
@@ -125,10 +130,14 @@ def threads_run(url: str, events: int, threads: int, mode: str) -> int:
             if mode == "client"
             else shared
         )
-        transport = httpx.HTTPTransport(verify=ssl_context, limits=httpx.Limits(max_connections=1))
+        transport = httpx.HTTPTransport(
+            verify=ssl_context,
+            limits=httpx.Limits(max_connections=1),
+            socket_options=NODELAY if mode == "transport-nodelay" else None,
+        )
         try:
             while (i := work.get()) is not None and time.monotonic() < deadline:
-                if mode == "transport":
+                if mode.startswith("transport"):
                     req = httpx.Request(
                         "POST",
                         target,
@@ -228,6 +237,10 @@ def run_latency(latency: float, n: int, alternatives: bool, target: str) -> None
                 (
                     "128 threads, an HTTPTransport each",
                     partial(threads_run, url, m, 128, "transport"),
+                ),
+                (
+                    "  the same with TCP_NODELAY (the SDK's senders)",
+                    partial(threads_run, url, m, 128, "transport-nodelay"),
                 ),
                 ("asyncio, one AsyncClient, 128 in flight", partial(async_run, url, m, 128, 1)),
                 ("asyncio, 16 AsyncClients x 8 in flight", partial(async_run, url, m, 128, 16)),
