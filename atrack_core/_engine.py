@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import os
 import random
 import socket
 import ssl
@@ -98,7 +99,7 @@ class BackgroundDelivery:
                 raise ImportError(
                     "http2=True needs the h2 package: pip install 'a-track-sdk[http2]'"
                 ) from None
-        self._ssl: ssl.SSLContext | None = httpx.create_ssl_context()
+        self._ssl: ssl.SSLContext | None = _ssl_context()
         _fork_reset(self)
 
     def _init_state(self) -> None:
@@ -431,10 +432,27 @@ class BackgroundDelivery:
             return _Connection(self._options, self._base_url, shared)
         ssl_context = self._ssl
         if ssl_context is None:  # after fork: a fresh context, not one shared with the parent
-            ssl_context = self._ssl = httpx.create_ssl_context()
+            ssl_context = self._ssl = _ssl_context()
         return _Connection(
             self._options, self._base_url, _transport(self._base_url, ssl_context, http2=False)
         )
+
+
+_ssl_cache: tuple[int, ssl.SSLContext] | None = None
+
+
+def _ssl_context() -> ssl.SSLContext:
+    """One verifying SSL context per process, shared by every SDK and sender: building
+    one from the CA bundle costs ~20 ms of CPU. A forked child builds its own (OpenSSL
+    state in use by the parent's threads at fork time is not safe to share)."""
+    global _ssl_cache
+    cached = _ssl_cache
+    if cached is not None and cached[0] == os.getpid():
+        return cached[1]
+    # Two threads may both build one on first use; the last one wins, both work.
+    context = httpx.create_ssl_context()
+    _ssl_cache = (os.getpid(), context)
+    return context
 
 
 def _transport(

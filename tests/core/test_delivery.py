@@ -507,3 +507,35 @@ def test_an_unreachable_api_is_probed_one_call_at_a_time_then_resumed(
     for uuid, recs in per_uuid([r for r in fake_api.received if r.status == 200]).items():
         order = [r.body["attributes"]["i"] for r in recs]
         assert order == sorted(order), uuid
+
+
+# -- delivery="sync" shares the policy ---------------------------------------------------
+
+
+def test_sync_mode_errors_carry_the_status_after_the_same_retries(
+    fake_api: FakeApi, sdk_factory: Any
+) -> None:
+    fake_api.plan("/event", 503, 503, 503)
+    sdk = sdk_factory(fake_api.url, delivery="sync", max_retries=2)
+    with pytest.raises(DeliveryError) as info:
+        sdk.track("e", uuid="u")
+    assert info.value.status == 503
+    assert len(fake_api.received) == 3
+    assert len(set(fake_api.request_ids())) == 1
+
+
+def test_sync_mode_rejected_key_is_logged_once_with_its_last_four_characters(
+    fake_api: FakeApi, sdk_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="atrack")
+    fake_api.default = Plan(401)
+    sdk = sdk_factory(fake_api.url, delivery="sync")
+    for _ in range(3):
+        with pytest.raises(KeyRejectedError) as info:
+            sdk.track("e", uuid="u")
+        assert info.value.status == 401
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert KEY[-4:] in errors[0].getMessage()
+    assert KEY not in caplog.text
+    assert len(fake_api.received) == 3  # 401 is not retried
