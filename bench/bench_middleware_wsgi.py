@@ -97,6 +97,23 @@ def time_wsgi(app: WSGIApp, environ: dict[str, Any], n: int) -> float:
     return (time.perf_counter_ns() - start) / n / 1000
 
 
+def _check_ok(app: WSGIApp, environ: dict[str, Any], label: str) -> None:
+    """The scenarios come from bench_middleware: make sure each one hits a real page."""
+    import io
+
+    seen: list[str] = []
+
+    def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+        seen.append(status)
+
+    result = app({**environ, "wsgi.input": io.BytesIO()}, start_response)
+    for _chunk in result:
+        pass
+    getattr(result, "close", lambda: None)()
+    if not seen or not seen[0].startswith("200"):
+        raise SystemExit(f"scenario {label!r}: {environ['PATH_INFO']} answered {seen}")
+
+
 def compare(bare: WSGIApp, tracked: WSGIApp, n: int, repeats: int) -> list[Row]:
     """Best batch of each app. ``n`` requests per repeat are cut into batches of 500,
     bare and tracked alternating: on a shared machine a burst of load hits a batch or
@@ -105,8 +122,9 @@ def compare(bare: WSGIApp, tracked: WSGIApp, n: int, repeats: int) -> list[Row]:
     batch = min(500, n)
     for label, cookie, path in SCENARIOS:
         environ = wsgi_environ(cookie, path)
-        for app in (bare, tracked):  # warm caches, routes, lazy imports
-            time_wsgi(app, environ, 200)
+        for app in (bare, tracked):
+            _check_ok(app, environ, label)
+            time_wsgi(app, environ, 200)  # warm caches, routes, lazy imports
         bare_runs: list[float] = []
         tracked_runs: list[float] = []
         for _ in range(repeats):
