@@ -87,14 +87,18 @@ class BackgroundDelivery:
         self._closed = False
         self._init_state()
         # Done here, in the thread building the SDK, not lazily in a sender: a thread
-        # importing a module (httpx imports httpcore on first use) or loading the CA
-        # bundle when the process forks leaves that module lock (or OpenSSL's) held
-        # forever in the child, whose first sender would then hang.
-        import httpcore  # noqa: F401
+        # importing a module when the process forks leaves that module's import lock
+        # held forever in the child, whose senders then fail (seen: the first
+        # connection imports encodings.idna for getaddrinfo, and in the child that
+        # became "LookupError: unknown encoding: idna"). Same for loading the CA bundle.
+        import encodings.idna  # noqa: F401
+        import stringprep  # noqa: F401
+
+        import httpcore
 
         if options.http2:
             try:
-                import h2  # noqa: F401
+                import httpcore._sync.http2  # noqa: F401  (imports h2)
             except ImportError:
                 raise ImportError(
                     "http2=True needs the h2 package: pip install 'a-track-sdk[http2]'"
