@@ -10,9 +10,14 @@ from http.cookies import SimpleCookie
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from atrack_core import ATrackSdk, Options
+from atrack_core._request import ContextConfig, build_request_context
 from atrack_core.testing import CapturedCalls, capture_calls
+from atrack_integrations._lifecycle import IntegrationConfig
+from atrack_integrations._wsgi_common import header_keys, view_from_environ
 from atrack_integrations.wsgi import ATrackWSGIMiddleware
 from tests.fake_api import closed_port_url
 from tests.integrations.test_wsgi_servers import LogGuard, atrack_log_guard  # noqa: F401
@@ -411,3 +416,43 @@ def test_config_from_keywords_is_validated_early(sdk: ATrackSdk) -> None:
         ATrackWSGIMiddleware(tracking_app, sdk=sdk, ip="partial")
     with pytest.raises(TypeError, match="bogus"):
         ATrackWSGIMiddleware(tracking_app, sdk=sdk, bogus=1)
+
+
+# --------------------------------------------------------------------------- hostile input
+
+_FUZZ_SDK = ATrackSdk(Options("pub_test_key_1234", disabled=True))  # sends nothing
+_TEXT = st.text(max_size=300)
+# PEP 3333 strings are latin-1; Django under ASGI hands over real text: both.
+_WSGI_TEXT = st.one_of(_TEXT, st.binary(max_size=300).map(lambda b: b.decode("latin-1")))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    path=_WSGI_TEXT,
+    raw_uri=st.one_of(st.none(), _WSGI_TEXT),
+    query=_WSGI_TEXT,
+    cookie=_WSGI_TEXT,
+    agent=_WSGI_TEXT,
+    language=_WSGI_TEXT,
+    remote=_TEXT,
+)
+def test_any_environ_gives_a_view_and_a_context(
+    path: str,
+    raw_uri: str | None,
+    query: str,
+    cookie: str,
+    agent: str,
+    language: str,
+    remote: str,
+) -> None:
+    config = IntegrationConfig(sdk=_FUZZ_SDK, trusted_proxies=["0.0.0.0/0"], respect_dnt=True)
+    env = environ_for("/", remote=remote, cookie=cookie)
+    env.update(PATH_INFO=path, QUERY_STRING=query, HTTP_USER_AGENT=agent)
+    env.update(HTTP_ACCEPT_LANGUAGE=language, HTTP_X_FORWARDED_FOR=agent, HTTP_DNT=language)
+    if raw_uri is not None:
+        env["RAW_URI"] = raw_uri
+    view = view_from_environ(env, header_keys(config))
+    context = build_request_context(view, ContextConfig(trusted_proxies=["0.0.0.0/0"]))
+    assert len(context.url or "") <= 2048
+    tracker = config.begin(view, env, path=path)
+    assert tracker.uuid

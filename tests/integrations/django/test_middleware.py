@@ -293,3 +293,43 @@ def test_cookie_survives_pickling_and_copy() -> None:
     for clone in (pickle.loads(pickle.dumps(resp.cookies)), copy.deepcopy(resp.cookies)):
         assert clone["atrack_uuid"].OutputString() == line
         assert clone["atrack_uuid"]["max-age"] == "31536000"
+
+
+# --------------------------------------------------------------------------- identify hooks
+
+
+BUILTIN = {"IDENTIFY": "atrack_integrations.django.identify_user"}
+
+
+def test_identify_user_under_wsgi_reads_request_user(calls: CapturedCalls) -> None:
+    with override_settings(ATRACK=atrack_settings(**BUILTIN)):
+        assert Client().get("/track", HTTP_X_TEST_USER="user-1").json()["uuid"] == "user-1"
+        anonymous = Client().get("/track").json()["uuid"]
+    assert anonymous != "user-1"
+    assert testapp.SYNC_USER_LOADS == ["/track", "/track"]
+
+
+def test_identify_user_under_asgi_awaits_auser(calls: CapturedCalls) -> None:
+    with override_settings(ATRACK=atrack_settings(**BUILTIN)):
+        resp = aget(AsyncClient(), "/atrack", headers={"x-test-user": "user-2"})
+    assert resp.json()["uuid"] == "user-2"
+    assert testapp.SYNC_USER_LOADS == []  # auser(), never the lazy request.user
+
+
+def test_async_hook_under_wsgi(calls: CapturedCalls) -> None:
+    with override_settings(ATRACK=atrack_settings(**AUTH_ASYNC)):
+        resp = Client().get("/track", HTTP_X_TEST_USER="user-4")
+    assert resp.json()["uuid"] == "user-4"
+
+
+def test_failing_hook_falls_back_to_the_cookie(
+    calls: CapturedCalls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(request: Any) -> str:
+        raise RuntimeError("auth backend down")
+
+    monkeypatch.setattr(testapp, "identify", broken)
+    with override_settings(ATRACK=atrack_settings()):  # rebuilt: picks up the patched hook
+        client = Client()
+        first = client.get("/track").json()["uuid"]
+        assert client.get("/track").json()["uuid"] == first
