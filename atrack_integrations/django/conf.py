@@ -39,7 +39,7 @@ _owns_sdk = False  # whether _config.sdk was built here (and so is ours to shut 
 
 
 def atrack_settings() -> dict[str, Any]:
-    """``settings.ATRACK`` as a dict (empty when unset)."""
+    """``settings.ATRACK`` as a dict with upper-case keys (empty when unset)."""
     raw = getattr(settings, SETTINGS_NAME, None)
     if raw is None:
         return {}
@@ -47,21 +47,18 @@ def atrack_settings() -> dict[str, Any]:
         raise ImproperlyConfigured(
             f"settings.ATRACK must be a dict of A-Track settings, got {type(raw).__name__}"
         )
-    return dict(raw)
+    # The lifecycle reads names in any case; so do the Django-only steps below.
+    return {key.upper() if isinstance(key, str) else key: value for key, value in raw.items()}
 
 
 def build_config(values: Mapping[str, Any]) -> IntegrationConfig:
-    """A validated :class:`IntegrationConfig` from an ``ATRACK`` dict.
-
-    Raises ``ImproperlyConfigured`` naming the bad setting.
-    """
+    """A validated :class:`IntegrationConfig` from an ``ATRACK`` dict (upper-case keys,
+    as :func:`atrack_settings` gives). Raises ``ImproperlyConfigured`` naming the bad
+    setting."""
     values = dict(values)
     try:
-        sdk = values.get("SDK")
-        if isinstance(sdk, str):
-            sdk = values["SDK"] = import_from_string(sdk, "ATRACK['SDK']")
-        if sdk is not None and not isinstance(sdk, ATrackSdk):
-            raise TypeError(f"ATRACK['SDK'] must be an ATrackSdk, got {type(sdk).__name__}")
+        if isinstance(values.get("SDK"), str):
+            values["SDK"] = import_from_string(values["SDK"], "ATRACK['SDK']")
         identify = values.get("IDENTIFY")
         if isinstance(identify, str):
             identify = import_from_string(identify, "ATRACK['IDENTIFY']")

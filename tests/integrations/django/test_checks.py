@@ -73,6 +73,13 @@ def test_e002_not_a_dict() -> None:
     assert ids(ATRACK=["PUBLIC_KEY"]) == ["atrack.E002"]
 
 
+def test_e002_sdk_that_is_not_an_sdk() -> None:
+    with override_settings(ATRACK={"SDK": "tests.integrations.django.testapp.identify"}):
+        messages = check_settings()
+    assert [m.id for m in messages] == ["atrack.E002"]
+    assert "ATrackSdk" in messages[0].msg
+
+
 def test_w001_identify_before_authentication_middleware() -> None:
     assert ids(MIDDLEWARE=[SESSIONS, OURS, AUTH]) == ["atrack.W001"]
     # Without an identify hook the order does not matter.

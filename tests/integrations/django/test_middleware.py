@@ -135,6 +135,12 @@ def test_override_settings_takes_effect(calls: CapturedCalls) -> None:
     assert "atrack_uuid" in Client().get("/track").cookies
 
 
+def test_setting_names_in_any_case(calls: CapturedCalls) -> None:
+    lower = {"public_key": "pub_lower_1234", "endpoint": "http://127.0.0.1:9"}
+    with override_settings(ATRACK={**lower, "cookie_name": "visitor"}):
+        assert "visitor" in Client().get("/track").cookies
+
+
 def test_get_sdk_is_built_once_per_settings_value() -> None:
     assert get_sdk() is get_sdk()
     assert isinstance(get_sdk(), ATrackSdk)
