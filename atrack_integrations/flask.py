@@ -149,11 +149,3 @@ class ATrack:
         # First in line, so that the app's own before_request hooks can use the tracker.
         app.before_request_funcs.setdefault(None, []).insert(0, before_request)
         app.after_request(after_request)
-
-    @staticmethod
-    def state(app: Flask) -> ATrackState:
-        """``app.extensions["atrack"]``, with a clear error when it is missing."""
-        try:
-            return app.extensions[EXTENSION_KEY]  # type: ignore[no-any-return]
-        except KeyError:
-            raise RuntimeError("A-Track is not registered on this app: ATrack(app)") from None
