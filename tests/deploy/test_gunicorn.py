@@ -42,13 +42,6 @@ ORDERS = 4  # per user, after the landing page
 COLLECTOR_LATENCY = 0.05
 
 
-def uvicorn_worker_class() -> str:
-    # uvicorn.workers is deprecated in favour of the uvicorn-worker package (same class).
-    if importlib.util.find_spec("uvicorn_worker") is not None:
-        return "uvicorn_worker.UvicornWorker"
-    return "uvicorn.workers.UvicornWorker"
-
-
 @dataclass
 class Session:
     """What one user (one cookie jar) saw."""
@@ -230,14 +223,29 @@ def test_flask_shop_under_gunicorn_with_preload(
     check_deployment(server, collector, own_redis, {"server": f"flask {worker_class} --preload"})
 
 
+def asgi_worker_class(kind: str) -> str:
+    if kind == "uvicorn":
+        pytest.importorskip("uvicorn")
+        # uvicorn.workers is deprecated in favour of the uvicorn-worker package.
+        if importlib.util.find_spec("uvicorn_worker") is not None:
+            return "uvicorn_worker.UvicornWorker"
+        return "uvicorn.workers.UvicornWorker"
+    from gunicorn.workers import SUPPORTED_WORKERS
+
+    if "asgi" not in SUPPORTED_WORKERS:  # gunicorn's own ASGI worker, since 25
+        pytest.skip("this gunicorn has no ASGI worker")
+    return "asgi"
+
+
 @pytest.mark.timeout(60)
-def test_fastapi_shop_under_gunicorn_with_uvicorn_workers(
-    gunicorn: StartGunicorn, collector: Any, own_redis: RedisServer
+@pytest.mark.parametrize("kind", ["uvicorn", "asgi"])
+def test_fastapi_shop_under_gunicorn_with_asgi_workers(
+    gunicorn: StartGunicorn, collector: Any, own_redis: RedisServer, kind: str
 ) -> None:
     pytest.importorskip("fastapi")
-    pytest.importorskip("uvicorn")
+    worker_class = asgi_worker_class(kind)
     server = gunicorn(
-        [*COMMON, "--worker-class", uvicorn_worker_class(), "example_apps.fastapi_shop.app:app"],
+        [*COMMON, "--worker-class", worker_class, "example_apps.fastapi_shop.app:app"],
         deployment_env(collector, own_redis),
     )
-    check_deployment(server, collector, own_redis, {"server": "fastapi uvicorn workers"})
+    check_deployment(server, collector, own_redis, {"server": f"fastapi {worker_class}"})
