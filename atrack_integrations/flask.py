@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from flask import Flask
     from flask.wrappers import Response
 
-__all__ = ["ATrack", "ATrackState"]
+__all__ = ["ATrack", "ATrackState", "get_tracker"]
 
 logger = logging.getLogger("atrack")
 
@@ -149,3 +149,18 @@ class ATrack:
         # First in line, so that the app's own before_request hooks can use the tracker.
         app.before_request_funcs.setdefault(None, []).insert(0, before_request)
         app.after_request(after_request)
+
+
+def get_tracker() -> RequestTracker:
+    """The current request's tracker (``request.atrack``, typed).
+
+    Raises ``RuntimeError`` when there is none (A-Track is not registered on the app),
+    so the mistake shows on the first request.
+    """
+    tracker = getattr(request, STATE_KEY, None)
+    if not isinstance(tracker, RequestTracker):
+        raise RuntimeError(
+            "no A-Track tracker on this request: register the extension with ATrack(app) "
+            "or ATrack().init_app(app) (from atrack_integrations.flask import ATrack)"
+        )
+    return tracker

@@ -15,7 +15,7 @@ Imports no framework.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol, TypeAlias
 
 from atrack_core import ATrackSdk
@@ -23,7 +23,7 @@ from atrack_core import ATrackSdk
 from ._lifecycle import STATE_KEY, IntegrationConfig, RequestTracker
 from ._wsgi_common import header_keys, view_from_environ
 
-__all__ = ["ATrackWSGIMiddleware", "StartResponse", "WSGIApp", "WSGIEnviron"]
+__all__ = ["ATrackWSGIMiddleware", "StartResponse", "WSGIApp", "WSGIEnviron", "get_tracker"]
 
 logger = logging.getLogger("atrack")
 
@@ -98,3 +98,19 @@ def _start_response_with_cookie(
         return start_response(status, headers, exc_info)
 
     return start_response_with_cookie
+
+
+def get_tracker(environ: Mapping[str, Any]) -> RequestTracker:
+    """The tracker of the request ``environ`` belongs to (``environ["atrack"]``, typed).
+
+    Raises ``RuntimeError`` when there is none (the middleware is not installed), so the
+    mistake shows on the first request.
+    """
+    tracker = environ.get(STATE_KEY)
+    if not isinstance(tracker, RequestTracker):
+        raise RuntimeError(
+            "no A-Track tracker on this request: wrap the app with "
+            "ATrackWSGIMiddleware(app, sdk=...) "
+            "(from atrack_integrations.wsgi import ATrackWSGIMiddleware)"
+        )
+    return tracker

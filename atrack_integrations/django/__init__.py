@@ -27,7 +27,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from .conf import get_sdk, identify_user
-from .middleware import ATrackMiddleware
+from .middleware import ATrackMiddleware, get_tracker
 from .storage import DjangoCacheStorage
 
-__all__ = ["ATrackMiddleware", "DjangoCacheStorage", "get_sdk", "identify_user"]
+__all__ = ["ATrackMiddleware", "DjangoCacheStorage", "get_sdk", "get_tracker", "identify_user"]

@@ -17,7 +17,7 @@ from .._lifecycle import STATE_KEY, IntegrationConfig, RequestTracker
 from .._wsgi_common import HeaderKeys, environ_path, header_keys, view_from_environ
 from . import conf
 
-__all__ = ["ATrackMiddleware"]
+__all__ = ["ATrackMiddleware", "get_tracker"]
 
 logger = logging.getLogger("atrack.django")
 
@@ -92,6 +92,21 @@ class ATrackMiddleware:
         response = await get_response(request)
         _set_cookie(config, tracker, response)
         return response
+
+
+def get_tracker(request: Any) -> RequestTracker:
+    """The request's tracker (``request.atrack``, typed).
+
+    Raises ``RuntimeError`` when there is none (the middleware is not in ``MIDDLEWARE``),
+    so the mistake shows on the first request.
+    """
+    tracker = request.__dict__.get(STATE_KEY)
+    if not isinstance(tracker, RequestTracker):
+        raise RuntimeError(
+            "no A-Track tracker on this request: add "
+            "'atrack_integrations.django.ATrackMiddleware' to MIDDLEWARE"
+        )
+    return tracker
 
 
 _keys_cache: tuple[IntegrationConfig, HeaderKeys] | None = None

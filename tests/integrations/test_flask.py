@@ -311,3 +311,22 @@ def test_missing_flask_names_the_extra() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert "pip install 'a-track-sdk[flask]'" in result.stdout, result.stderr
+
+
+def test_get_tracker(app: Any, calls: CapturedCalls) -> None:
+    from atrack_integrations.flask import get_tracker
+
+    @app.get("/typed")
+    def typed() -> Any:
+        return {"uuid": get_tracker().uuid}
+
+    assert app.test_client().get("/typed").json["uuid"]
+    bare = flask.Flask(__name__)
+
+    @bare.get("/typed")
+    def untracked() -> Any:
+        return {"uuid": get_tracker().uuid}
+
+    bare.testing = True
+    with pytest.raises(RuntimeError, match="ATrack"):
+        bare.test_client().get("/typed")

@@ -456,3 +456,19 @@ def test_any_environ_gives_a_view_and_a_context(
     assert len(context.url or "") <= 2048
     tracker = config.begin(view, env, path=path)
     assert tracker.uuid
+
+
+def test_get_tracker(sdk: ATrackSdk, calls: CapturedCalls) -> None:
+    from atrack_integrations.wsgi import get_tracker
+
+    seen: list[Any] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        seen.append(get_tracker(environ))
+        start_response("200 OK", [])
+        return [b""]
+
+    run(ATrackWSGIMiddleware(app, sdk=sdk), environ_for("/"))
+    assert seen[0].uuid
+    with pytest.raises(RuntimeError, match="ATrackWSGIMiddleware"):
+        get_tracker(environ_for("/"))

@@ -339,3 +339,16 @@ def test_failing_hook_falls_back_to_the_cookie(
         client = Client()
         first = client.get("/track").json()["uuid"]
         assert client.get("/track").json()["uuid"] == first
+
+
+def test_get_tracker() -> None:
+    from django.test import RequestFactory
+
+    from atrack_integrations.django import get_tracker
+
+    request = RequestFactory().get("/")
+    with pytest.raises(RuntimeError, match="MIDDLEWARE"):
+        get_tracker(request)
+    resp = Client().get("/whoami")
+    assert resp.json()["uuid"] == resp.wsgi_request.atrack.uuid
+    assert get_tracker(resp.wsgi_request) is resp.wsgi_request.atrack
