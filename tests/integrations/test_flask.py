@@ -330,3 +330,11 @@ def test_get_tracker(app: Any, calls: CapturedCalls) -> None:
     bare.testing = True
     with pytest.raises(RuntimeError, match="ATrack"):
         bare.test_client().get("/typed")
+
+
+def test_public_api() -> None:
+    import atrack_integrations.flask as module
+
+    assert module.__all__ == ["ATrack", "ATrackState", "get_tracker"]
+    for name in module.__all__:
+        assert getattr(module, name) is not None

@@ -472,3 +472,17 @@ def test_get_tracker(sdk: ATrackSdk, calls: CapturedCalls) -> None:
     assert seen[0].uuid
     with pytest.raises(RuntimeError, match="ATrackWSGIMiddleware"):
         get_tracker(environ_for("/"))
+
+
+def test_public_api() -> None:
+    import atrack_integrations.wsgi as module
+
+    assert module.__all__ == [
+        "ATrackWSGIMiddleware",
+        "StartResponse",
+        "WSGIApp",
+        "WSGIEnviron",
+        "get_tracker",
+    ]
+    for name in module.__all__:
+        assert getattr(module, name) is not None

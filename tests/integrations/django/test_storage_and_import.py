@@ -98,3 +98,17 @@ def test_wsgi_module_imports_no_framework() -> None:
         "print(sorted({'django', 'flask', 'starlette'} & set(sys.modules)))"
     )
     assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_public_api() -> None:
+    import atrack_integrations.django as module
+
+    assert module.__all__ == [
+        "ATrackMiddleware",
+        "DjangoCacheStorage",
+        "get_sdk",
+        "get_tracker",
+        "identify_user",
+    ]
+    for name in module.__all__:
+        assert getattr(module, name) is not None
