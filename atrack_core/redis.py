@@ -2,8 +2,10 @@
 
 A slow or dead Redis never breaks a request and never holds one for long:
 
-- the client it builds has short connect and read timeouts and no client-side retries,
-  so one operation costs at most about twice ``socket_timeout`` (connect, then read);
+- the client it builds bounds every network wait (connecting, each reply) by
+  ``socket_timeout`` and retries nothing, so a dead, unreachable or hung Redis costs an
+  operation at most about one ``socket_timeout`` (a slow but living one a few: a new
+  connection makes a handshake round trip or two before the command);
 - every failure is treated as a miss (``get`` -> ``None``, ``add`` -> ``True``: a
   duplicate ``/init`` is cheaper than a user never initialised) and, for the next
   ``retry_interval`` seconds, operations are misses at once without touching the
