@@ -214,6 +214,7 @@ def test_flask_shop_under_gunicorn_with_preload(
     own_redis: RedisServer,
     worker_class: str,
 ) -> None:
+    pytest.importorskip("flask")
     threads = ["--threads", "8"] if worker_class == "gthread" else []
     server = gunicorn(
         [*COMMON, "--worker-class", worker_class, *threads, "--preload",
