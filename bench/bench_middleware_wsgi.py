@@ -12,9 +12,11 @@ fresh one) to the framework's own entry point, so the figures hold the framework
 the middleware and nothing else:
 
 - Django: ``WSGIHandler()(environ, start_response)`` with ``SecurityMiddleware`` and
-  ``CommonMiddleware`` in both apps, ``ATrackMiddleware`` added in one (Django's
-  ``ASGIHandler`` is left out: its per-request thread hops for signals cost
-  milliseconds on a loaded machine and drown a 15 µs difference);
+  ``CommonMiddleware`` in both apps, ``ATrackMiddleware`` added in one;
+- Django async mode: ``await ATrackMiddleware(async_view)(ASGIRequest(...))`` against
+  ``await async_view(...)`` (Django's ``ASGIHandler`` itself is left out: its
+  per-request thread hops for signals cost milliseconds on a loaded machine and drown a
+  15 µs difference);
 - Flask: ``app.wsgi_app(environ, start_response)``, ``ATrack(app)`` on one app;
 - plain WSGI: a one-line app, bare and inside ``ATrackWSGIMiddleware``.
 
@@ -217,6 +219,67 @@ def bench_django(n: int, repeats: int) -> list[Row]:
     return compare(bare, tracked, n, repeats)
 
 
+def bench_django_async(n: int, repeats: int) -> list[Row]:
+    """The middleware in async mode (as under ASGI), without Django's ASGIHandler: an
+    ``ASGIRequest`` per request, then ``await middleware(request)`` over an async view,
+    against awaiting the view directly. Shows the async path has no thread hop."""
+    import asyncio
+    import io
+
+    from django.core.handlers.asgi import ASGIRequest
+
+    from atrack_integrations.django import ATrackMiddleware
+
+    _django_setup()
+
+    async def view(request: Any) -> Any:
+        if request.path == "/products":
+            return products(request)
+        return about(request)
+
+    tracked = ATrackMiddleware(view)
+
+    def scope(cookie: str, path: str) -> dict[str, Any]:
+        headers = [(k.encode(), v.encode()) for k, v in [*BROWSER_HEADERS, ("cookie", cookie)]]
+        return {
+            "type": "http",
+            "method": "GET",
+            "scheme": "https",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"source=google&page=2",
+            "root_path": "",
+            "headers": headers,
+            "client": ("134.122.17.144", 51234),
+            "server": ("10.0.0.5", 8000),
+        }
+
+    async def time_app(app: Any, s: dict[str, Any], count: int) -> float:
+        start = time.perf_counter_ns()
+        for _ in range(count):
+            await app(ASGIRequest(s, io.BytesIO()))
+        return (time.perf_counter_ns() - start) / count / 1000
+
+    async def run() -> list[Row]:
+        rows: list[Row] = []
+        batch = min(500, n)
+        for label, cookie, path in SCENARIOS:
+            s = scope(cookie, path)
+            for app in (view, tracked):
+                await time_app(app, s, 200)
+            bare_runs: list[float] = []
+            tracked_runs: list[float] = []
+            for _ in range(repeats):
+                gc.collect()
+                for _ in range(max(1, n // batch)):
+                    bare_runs.append(await time_app(view, s, batch))
+                    tracked_runs.append(await time_app(tracked, s, batch))
+            rows.append((label, min(bare_runs), min(tracked_runs)))
+        return rows
+
+    return asyncio.run(run())
+
+
 # ---------------------------------------------------------------------------- Flask
 
 
@@ -273,6 +336,7 @@ def bench_wsgi(n: int, repeats: int) -> list[Row]:
 
 BENCHES: dict[str, Callable[[int, int], list[Row]]] = {
     "django": bench_django,
+    "django-async": bench_django_async,
     "flask": bench_flask,
     "wsgi": bench_wsgi,
 }
