@@ -1,5 +1,5 @@
 """Fixtures for the deployment tests: a private redis-server per test, and a real
-gunicorn master in a subprocess whose output is kept for failure messages."""
+gunicorn (or uvicorn) master in a subprocess whose output is kept for failure messages."""
 
 from __future__ import annotations
 
@@ -40,18 +40,29 @@ def _no_control_socket() -> list[str]:
     return []
 
 
-class Gunicorn:
-    """A gunicorn master on a free loopback port; :meth:`terminate` sends SIGTERM and
-    times the exit. :meth:`output` is everything it wrote (both streams)."""
+class Server:
+    """A gunicorn (or uvicorn) master on a free loopback port; :meth:`terminate` sends
+    SIGTERM and times the exit. :meth:`output` is everything it wrote (both streams)."""
 
-    def __init__(self, args: Sequence[str], env: Mapping[str, str], log: Path) -> None:
+    def __init__(
+        self, args: Sequence[str], env: Mapping[str, str], log: Path, kind: str = "gunicorn"
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
-        self.cmd = [
-            sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}",
-            "--log-level", "info", *_no_control_socket(), *args,
-        ]  # fmt: skip
+        self.kind = kind
+        if kind == "gunicorn":
+            self.cmd = [
+                sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}",
+                "--log-level", "info", *_no_control_socket(), *args,
+            ]  # fmt: skip
+        elif kind == "uvicorn":
+            self.cmd = [
+                sys.executable, "-m", "uvicorn", "--host", "127.0.0.1",
+                "--port", str(self.port), "--log-level", "info", *args,
+            ]  # fmt: skip
+        else:
+            raise ValueError(kind)
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("ATRACK_")}
         full_env.update({"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **env})
         self._out = log.open("wb")
@@ -66,19 +77,20 @@ class Gunicorn:
         return text[-tail:]
 
     def fail(self, message: str) -> None:
-        pytest.fail(f"{message}\n--- gunicorn {' '.join(self.cmd[3:])} ---\n{self.output()}")
+        command = " ".join(self.cmd[2:])
+        pytest.fail(f"{message}\n--- {command} ---\n{self.output()}")
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Until ``/health`` answers 200 (a worker is serving)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                self.fail(f"gunicorn exited with {self.proc.returncode} while starting")
+                self.fail(f"{self.kind} exited with {self.proc.returncode} while starting")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(self.url + "/health", timeout=2).status_code == 200:
                     return
             time.sleep(0.05)
-        self.fail(f"gunicorn did not answer on {self.url} within {timeout} s")
+        self.fail(f"{self.kind} did not answer on {self.url} within {timeout} s")
 
     def terminate(self, timeout: float = 30.0) -> int:
         """SIGTERM to the master, then wait for it to exit; returns the exit code."""
@@ -87,7 +99,7 @@ class Gunicorn:
         try:
             code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.fail(f"gunicorn did not exit within {timeout} s of SIGTERM")
+            self.fail(f"{self.kind} did not exit within {timeout} s of SIGTERM")
         self.exit_seconds = time.monotonic() - started
         return code
 
@@ -98,17 +110,17 @@ class Gunicorn:
         self._out.close()
 
 
-StartGunicorn = Callable[[Sequence[str], Mapping[str, str]], Gunicorn]
+StartServer = Callable[..., Server]
 
 
 @pytest.fixture
-def gunicorn(tmp_path: Path) -> Iterator[StartGunicorn]:
-    """A factory: ``gunicorn(args, env)`` starts one; any still running at the end of
-    the test is killed."""
-    started: list[Gunicorn] = []
+def start_server(tmp_path: Path) -> Iterator[StartServer]:
+    """A factory: ``start_server(args, env, kind="gunicorn")`` starts one; any still
+    running at the end of the test is killed."""
+    started: list[Server] = []
 
-    def start(args: Sequence[str], env: Mapping[str, str]) -> Gunicorn:
-        server = Gunicorn(args, env, tmp_path / f"gunicorn-{len(started)}.log")
+    def start(args: Sequence[str], env: Mapping[str, str], kind: str = "gunicorn") -> Server:
+        server = Server(args, env, tmp_path / f"server-{len(started)}.log", kind)
         started.append(server)
         return server
 

@@ -117,13 +117,13 @@ def test_requests_keep_answering_while_redis_is_out_and_back(
                 return
             with lock:
                 visits.append(record)
-            time.sleep(0.005)
+            time.sleep(0.02)  # about 100 visits a second in all: enough to see every phase
 
     threads = [threading.Thread(target=user_loop, name=f"user-{i}") for i in range(4)]
     for thread in threads:
         thread.start()
     try:
-        time.sleep(1.0)
+        time.sleep(0.8)
         assert own_redis.proc is not None
         pid = own_redis.proc.pid
         stopping_at = time.monotonic()
@@ -132,7 +132,7 @@ def test_requests_keep_answering_while_redis_is_out_and_back(
         else:
             os.kill(pid, signal.SIGSTOP)
         down_at = time.monotonic()
-        time.sleep(1.5)
+        time.sleep(1.2)
         up_at = time.monotonic()
         if outage == "down":
             own_redis.start()  # returns once the server answers PING
@@ -141,7 +141,7 @@ def test_requests_keep_answering_while_redis_is_out_and_back(
         # The last failure was before now: Redis is asked again at the latest
         # RETRY_INTERVAL later.
         recovered_at = time.monotonic() + RETRY_INTERVAL + 0.1
-        time.sleep(1.5)
+        time.sleep(1.2)
     finally:
         stop.set()
         for thread in threads:

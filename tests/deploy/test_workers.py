@@ -1,7 +1,8 @@
-"""The example shops under gunicorn with 4 worker processes sharing a RedisStorage.
+"""The example shops under gunicorn (sync, gthread, uvicorn and asgi workers) and
+uvicorn, with 4 worker processes sharing a RedisStorage.
 
 100 users x 5 requests (a landing page, then 4 orders), each user with its own cookie
-jar, against a real gunicorn master; the SDK sends to a local collector with 50 ms of
+jar, against a real gunicorn (or uvicorn) master; the SDK sends to a local collector with 50 ms of
 added latency, so calls are still queued when the master gets SIGTERM. Then:
 
 - exactly one ``/init`` per user across all the workers (deduplicated through Redis);
@@ -25,7 +26,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.deploy.conftest import Gunicorn, StartGunicorn
+from tests.deploy.conftest import Server, StartServer
 from tests.redis_server import RedisServer
 
 pytest.importorskip("gunicorn")
@@ -92,7 +93,7 @@ def collector() -> Iterator[Any]:
 
 
 def check_deployment(
-    server: Gunicorn, collector: Any, redis: RedisServer, report: dict[str, Any]
+    server: Server, collector: Any, redis: RedisServer, report: dict[str, Any]
 ) -> None:
     server.wait_ready()
     sessions, load_seconds = drive(server.url)
@@ -112,7 +113,7 @@ def check_deployment(
     arrived_before = len(collector.store.calls())
     code = server.terminate()
     if code != 0:
-        server.fail(f"gunicorn exited with {code} after SIGTERM")
+        server.fail(f"{server.kind} exited with {code} after SIGTERM")
     # No explicit flush and no waiting: the workers flushed before they exited.
     calls = collector.store.calls()
     report.update(
@@ -209,14 +210,14 @@ COMMON: Sequence[str] = ("--workers", "4", "--graceful-timeout", "20")
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("worker_class", ["sync", "gthread"])
 def test_flask_shop_under_gunicorn_with_preload(
-    gunicorn: StartGunicorn,
+    start_server: StartServer,
     collector: Any,
     own_redis: RedisServer,
     worker_class: str,
 ) -> None:
     pytest.importorskip("flask")
     threads = ["--threads", "8"] if worker_class == "gthread" else []
-    server = gunicorn(
+    server = start_server(
         [*COMMON, "--worker-class", worker_class, *threads, "--preload",
          "example_apps.flask_shop.app:app"],
         deployment_env(collector, own_redis),
@@ -241,12 +242,27 @@ def asgi_worker_class(kind: str) -> str:
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("kind", ["uvicorn", "asgi"])
 def test_fastapi_shop_under_gunicorn_with_asgi_workers(
-    gunicorn: StartGunicorn, collector: Any, own_redis: RedisServer, kind: str
+    start_server: StartServer, collector: Any, own_redis: RedisServer, kind: str
 ) -> None:
     pytest.importorskip("fastapi")
     worker_class = asgi_worker_class(kind)
-    server = gunicorn(
+    server = start_server(
         [*COMMON, "--worker-class", worker_class, "example_apps.fastapi_shop.app:app"],
         deployment_env(collector, own_redis),
     )
     check_deployment(server, collector, own_redis, {"server": f"fastapi {worker_class}"})
+
+
+@pytest.mark.timeout(60)
+def test_fastapi_shop_under_uvicorn_workers(
+    start_server: StartServer, collector: Any, own_redis: RedisServer
+) -> None:
+    """``uvicorn --workers 4``: spawned (not forked) workers, SIGTERM to the parent."""
+    pytest.importorskip("fastapi")
+    pytest.importorskip("uvicorn")
+    server = start_server(
+        ["--workers", "4", "example_apps.fastapi_shop.app:app"],
+        deployment_env(collector, own_redis),
+        kind="uvicorn",
+    )
+    check_deployment(server, collector, own_redis, {"server": "fastapi uvicorn --workers 4"})
