@@ -157,7 +157,7 @@ FORK_STRESS_SCRIPT = textwrap.dedent(
         while not stop.is_set():
             sdk.track("busy", uuid=f"b{i % 20}")
             i += 1
-            if i % 200 == 0:
+            if i % 50 == 0:
                 time.sleep(0.001)
 
     threads = [threading.Thread(target=hammer) for _ in range(3)]
@@ -169,10 +169,13 @@ FORK_STRESS_SCRIPT = textwrap.dedent(
         pid = os.fork()
         if pid == 0:
             sdk.track("child", {"n": n}, uuid=f"child-{n}")
-            ok = sdk.flush(5)
+            ok = sdk.flush(15)
             st = sdk.stats()
-            os._exit(0 if ok and st["sent"] == 1 and st["enqueued"] == 1 else 3)
-        deadline = time.monotonic() + 10
+            if not (ok and st["sent"] == 1 and st["enqueued"] == 1):
+                print("child", n, ok, st, file=sys.stderr, flush=True)
+                os._exit(3)
+            os._exit(0)
+        deadline = time.monotonic() + 30
         while True:
             done, status = os.waitpid(pid, os.WNOHANG)
             if done:
@@ -196,7 +199,7 @@ FORK_STRESS_SCRIPT = textwrap.dedent(
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_fork_while_other_threads_use_the_sdk(fake_api: FakeApi) -> None:
     fake_api.default = Plan(delay=0.005)
-    _, out, _ = run(sys.executable, FORK_STRESS_SCRIPT, fake_api.url)
-    assert out.split() == ["0"] * 8
+    _, out, err = run(sys.executable, FORK_STRESS_SCRIPT, fake_api.url)
+    assert out.split() == ["0"] * 8, err
     children = sorted(b["attributes"]["n"] for b in fake_api.bodies() if b["event"] == "child")
     assert children == list(range(8))
