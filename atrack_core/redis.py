@@ -40,6 +40,8 @@ DEFAULT_SOCKET_TIMEOUT = 0.25
 """Seconds for connecting and for each reply."""
 DEFAULT_RETRY_INTERVAL = 1.0
 """Seconds during which Redis is not asked again after a failure."""
+# A given client waiting longer than this for a reply is worth a warning.
+_LONG_TIMEOUT = 1.0
 
 
 class RedisStorage:
@@ -80,11 +82,15 @@ class RedisStorage:
                 raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
         if not isinstance(prefix, str):
             raise TypeError(f"prefix must be a str, got {type(prefix).__name__}")
-        if client is not None and _client_timeout(client) is None:
-            logger.warning(
-                "the Redis client given to RedisStorage has no socket_timeout: a hung "
-                "Redis would hold requests; build it with socket_timeout=0.25 or so"
-            )
+        if client is not None:
+            timeout = _client_timeout(client)
+            if timeout is None or timeout > _LONG_TIMEOUT:
+                logger.warning(
+                    "the Redis client given to RedisStorage waits %s for each reply: a "
+                    "hung Redis would hold requests that long (times its retries); build "
+                    "it with socket_timeout=0.25 or so",
+                    "without limit" if timeout is None else f"up to {timeout} s",
+                )
         self._url = url
         self.prefix = prefix
         self.socket_timeout = float(socket_timeout)
@@ -180,11 +186,13 @@ class RedisStorage:
 
 
 def _client_timeout(client: Any) -> float | None:
+    """The given client's socket timeout; ``None`` when unlimited or not set (then the
+    redis-py version's default applies: none in some, 5 s in others)."""
     try:
         timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
     except AttributeError:  # not a redis.Redis; trust it
         return 0.0
-    return timeout if isinstance(timeout, (int, float)) else None
+    return float(timeout) if isinstance(timeout, (int, float)) else None
 
 
 def _ms(ttl: float | None) -> int | None:

@@ -208,6 +208,16 @@ def test_a_given_client_without_timeout_is_warned_about(
     RedisStorage(client=client)
     assert any("socket_timeout" in r.getMessage() for r in caplog.records)
     client.close()
+    caplog.clear()
+    client = redis.Redis.from_url(redis_server.url, socket_timeout=5)
+    RedisStorage(client=client)
+    assert any("up to 5.0 s" in r.getMessage() for r in caplog.records)
+    client.close()
+    caplog.clear()
+    client = redis.Redis.from_url(redis_server.url, socket_timeout=0.2)
+    RedisStorage(client=client)
+    assert not caplog.records
+    client.close()
 
 
 def test_url_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
