@@ -26,9 +26,7 @@ ORDER = [
 
 def main() -> int:
     failed = []
-    for name in ORDER + sorted(
-        p.name for p in HERE.glob("bench_*.py") if p.name not in ORDER
-    ):
+    for name in ORDER + sorted(p.name for p in HERE.glob("bench_*.py") if p.name not in ORDER):
         path = HERE / name
         if not path.exists():
             continue
