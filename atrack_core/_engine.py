@@ -2,11 +2,11 @@
 
 The A-Track API has no batch endpoint, so every call is one HTTP request, and a 50 ms
 round trip limits one connection to ~20 calls a second. The engine keeps up to
-``max_concurrency`` requests in flight, each on a thread of its own with its own
-keep-alive ``httpx.Client`` (one connection), rather than one shared pool: a blocked
-socket costs a thread nothing, sync httpx is the cheapest httpx per request, and a
-shared httpcore pool (sync or async) slows down sharply as requests queue in it.
-``docs/delivery.md`` has the measurements behind that choice.
+``max_concurrency`` requests in flight, each on a sender thread of its own with its
+own keep-alive connection (an ``httpx.HTTPTransport`` used directly), rather than one
+shared pool: a thread blocked on a socket costs nothing, sync httpx is the cheapest
+httpx per request, and a shared httpcore pool (sync or async) slows down sharply as
+requests queue in it. ``docs/delivery.md`` has the measurements behind that choice.
 
 Scheduling, all under one lock (the ``Stats`` lock, so counters and queues change in
 the same critical section and ``stats()`` is always consistent):
@@ -22,12 +22,15 @@ the same critical section and ``stats()`` is always consistent):
   ``max_queue_size`` of those, and a new call is dropped at once.
 - ``flush()`` registers a waiter with the number of calls outstanding at that moment;
   only calls with a lower ``seq`` count it down, so calls made later never hold it.
+- An outage (``OUTAGE_AFTER`` attempts in a row without any HTTP response) switches to
+  one probe at a time until the API answers again.
 
-Sender threads are started on demand, up to ``max_concurrency``, and exit after a
-minute idle. They are daemon threads: the exit flush (``atexit`` in ``_sdk.py``) bounds
-the wait by ``shutdown_timeout``, and a sender stuck on an unreachable API cannot keep
-the interpreter alive. After ``os.fork()`` the child rebuilds all of this empty
-(``after_fork_in_child``); what the parent had queued stays the parent's.
+Sender threads are started on demand, no more than are useful (``MIN_SENDERS`` ..
+``max_concurrency``), and exit after a minute idle. They are daemon threads: the exit
+flush (``atexit`` in ``_sdk.py``) bounds the wait by ``shutdown_timeout``, and a sender
+stuck on an unreachable API cannot keep the interpreter alive. After ``os.fork()`` the
+child rebuilds all of this empty (``after_fork_in_child``); what the parent had queued
+stays the parent's.
 """
 
 from __future__ import annotations

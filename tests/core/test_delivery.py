@@ -539,3 +539,23 @@ def test_sync_mode_rejected_key_is_logged_once_with_its_last_four_characters(
     assert KEY[-4:] in errors[0].getMessage()
     assert KEY not in caplog.text
     assert len(fake_api.received) == 3  # 401 is not retried
+
+
+# -- how many senders ------------------------------------------------------------------
+
+
+def test_sender_count_follows_latency(fake_api: FakeApi, sdk_factory: Any) -> None:
+    # Fast answers: a few senders cover the network wait; more would fight over the GIL.
+    fast = sdk_factory(fake_api.url)
+    for i in range(600):
+        fast.track("e", uuid=f"u{i % 300}")
+    assert fast.flush(20) is True
+    assert fast._delivery._senders < 64
+    # Slow answers: many requests must be in flight, up to max_concurrency.
+    fake_api.latency = 0.1
+    slow = sdk_factory(fake_api.url, max_concurrency=48)
+    for i in range(480):
+        slow.track("e", uuid=f"u{i}")
+    time.sleep(0.5)
+    assert slow.stats()["in_flight"] > 30
+    assert slow.flush(10) is True
