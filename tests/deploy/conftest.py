@@ -66,8 +66,15 @@ class Server:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("ATRACK_")}
         full_env.update({"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **env})
         self._out = log.open("wb")
+        # A session of its own: on a failed test, close() can stop the master and its
+        # workers together (the tests themselves signal the master only).
         self.proc = subprocess.Popen(
-            self.cmd, cwd=ROOT, env=full_env, stdout=self._out, stderr=subprocess.STDOUT
+            self.cmd,
+            cwd=ROOT,
+            env=full_env,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self.exit_seconds: float | None = None
 
@@ -104,9 +111,15 @@ class Server:
         return code
 
     def close(self) -> None:
+        """If the master still runs (a test failed before stopping it): SIGTERM to its
+        process group (master and workers), SIGKILL after 10 s."""
         if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
         self._out.close()
 
 
