@@ -36,9 +36,11 @@ bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
 
 # Every tox env (framework versions x Python versions); absent interpreters are skipped.
+# pyenv (if present) exposes every installed 3.1x interpreter to tox; others are skipped.
 matrix: $(STAMP)
-	$(BIN)/python -m pip install --quiet "tox>=4.11"
-	$(BIN)/tox run
+	$(BIN)/python -m pip install --quiet "tox>=4.22"
+	PYENV_VERSION="$$(pyenv versions --bare 2>/dev/null | grep -E '^3\.1[0-9]' | tr '\n' ':')$${PYENV_VERSION:-}" \
+		$(BIN)/tox run
 
 clean:
 	rm -rf $(VENV) .tox .mypy_cache .ruff_cache .pytest_cache
