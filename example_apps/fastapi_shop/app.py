@@ -16,17 +16,12 @@ Point it at the local collector with ``ATRACK_ENDPOINT=http://127.0.0.1:8787`` (
 
 from __future__ import annotations
 
-import logging
-
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 
 from atrack_integrations.fastapi import ATrackMiddleware, ATrackTracker
 from example_apps._sdk import build_sdk
-
-logger = logging.getLogger("example_apps.fastapi_shop")
-
 
 # From the ATRACK_* environment; RedisStorage when ATRACK_REDIS_URL is set.
 sdk = build_sdk()

@@ -11,7 +11,6 @@ Point it at the local collector with ``ATRACK_ENDPOINT=http://127.0.0.1:8787``. 
 from __future__ import annotations
 
 import json
-import logging
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -21,9 +20,6 @@ from starlette.routing import Route
 
 from atrack_integrations.starlette import ATrackMiddleware
 from example_apps._sdk import build_sdk
-
-logger = logging.getLogger("example_apps.starlette_shop")
-
 
 # From the ATRACK_* environment; RedisStorage when ATRACK_REDIS_URL is set.
 sdk = build_sdk()

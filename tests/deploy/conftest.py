@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.gunicorn_args import no_control_socket
 from tests.redis_server import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,16 +29,6 @@ def own_redis(tmp_path: Path, redis_server: RedisServer) -> Iterator[RedisServer
         yield server
     finally:
         server.stop()
-
-
-def _no_control_socket() -> list[str]:
-    # gunicorn 25+ opens a control socket at a fixed path in $HOME by default: two
-    # masters at once (parallel test runs) would fight over it.
-    from gunicorn.config import KNOWN_SETTINGS
-
-    if any(setting.name == "control_socket_disable" for setting in KNOWN_SETTINGS):
-        return ["--no-control-socket"]
-    return []
 
 
 class Server:
@@ -54,7 +45,7 @@ class Server:
         if kind == "gunicorn":
             self.cmd = [
                 sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}",
-                "--log-level", "info", *_no_control_socket(), *args,
+                "--log-level", "info", *no_control_socket(), *args,
             ]  # fmt: skip
         elif kind == "uvicorn":
             self.cmd = [

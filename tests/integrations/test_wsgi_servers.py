@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from tests.fake_api import FakeApi
+from tests.gunicorn_args import no_control_socket
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -83,7 +84,8 @@ def serve(
         cmd = [
             sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}",
             "--workers", "1", "--worker-class", "gthread", "--threads", str(threads),
-            "--graceful-timeout", "5", "--log-level", "warning", *args, target,
+            "--graceful-timeout", "5", "--log-level", "warning", *no_control_socket(),
+            *args, target,
         ]  # fmt: skip
     elif kind == "uvicorn":
         pytest.importorskip("uvicorn")
