@@ -36,11 +36,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
 
 # Every tox env (framework versions x Python versions); absent interpreters are skipped.
-# pyenv (if present) exposes every installed 3.1x interpreter to tox; others are skipped.
+# Interpreters installed by pyenv (if any) are offered to tox; absent ones are skipped.
 matrix: $(STAMP)
 	$(BIN)/python -m pip install --quiet "tox>=4.22"
-	PYENV_VERSION="$$(pyenv versions --bare 2>/dev/null | grep -E '^3\.1[0-9]' | tr '\n' ':')$${PYENV_VERSION:-}" \
-		$(BIN)/tox run
+	$(BIN)/tox run --discover $$(ls $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.1*/bin/python3.1* 2>/dev/null | grep -E 'python3\.[0-9]+$$')
 
 clean:
 	rm -rf $(VENV) .tox .mypy_cache .ruff_cache .pytest_cache
