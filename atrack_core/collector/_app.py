@@ -181,14 +181,16 @@ def create_app(
 
     async def page(request: Request) -> Response:
         return Response(
-            assets["index.html"], media_type=_STATIC["index.html"], headers=_PAGE_HEADERS
+            assets["index.html"], headers={**_PAGE_HEADERS, "content-type": _STATIC["index.html"]}
         )
 
     async def asset(request: Request) -> Response:
         name = request.path_params["name"]
         if name not in assets or name == "index.html":
             raise HTTPException(404, f"no static file {name[:100]!r}")
-        return Response(assets[name], media_type=_STATIC[name], headers=_PAGE_HEADERS)
+        # The type goes in as a header: Starlette < 0.28 appends a second charset to a
+        # media_type that already carries one.
+        return Response(assets[name], headers={**_PAGE_HEADERS, "content-type": _STATIC[name]})
 
     async def users(request: Request) -> Response:
         rows = the_store.users(
