@@ -41,6 +41,7 @@ __all__ = [
     "find_cookie",
     "parse_cookies",
     "preferred_locale",
+    "request_context_dict",
     "scrub_referer",
     "scrub_url",
     "valid_timezone",
@@ -908,16 +909,26 @@ def find_cookie(header: str | None, name: str) -> str | None:
     # Search for the bare name: "=" is in every cookie, so a needle ending in "=" makes
     # str.find check many more candidates.
     start = header.find(name)
+    size = len(name)
     while start >= 0:
-        begin = start + len(name)
+        begin = start + size
         # A match counts only as a whole name: "atrack_tz=", not "xatrack_tz=" or
-        # "atrack_tz_old=".
-        before = start - 1
-        while before >= 0 and header[before] in " \t":
-            before -= 1
-        while begin < len(header) and header[begin] in " \t":
-            begin += 1
-        if (before < 0 or header[before] == ";") and header.startswith("=", begin):
+        # "atrack_tz_old=". Browsers write "a=1; b=2": that shape is checked with two
+        # index reads first (the walk below costs ~0.4 µs per cookie, twice a request).
+        if header.startswith("=", begin) and (
+            start == 0
+            or header[start - 1] == ";"
+            or (header[start - 1] == " " and (start == 1 or header[start - 2] == ";"))
+        ):
+            whole = True
+        else:
+            before = start - 1
+            while before >= 0 and header[before] in " \t":
+                before -= 1
+            while begin < len(header) and header[begin] in " \t":
+                begin += 1
+            whole = (before < 0 or header[before] == ";") and header.startswith("=", begin)
+        if whole:
             begin += 1
             end = header.find(";", begin)
             value = (header[begin:end] if end >= 0 else header[begin:]).strip(" \t")
@@ -951,11 +962,50 @@ def build_request_context(
     >>> ctx.url, ctx.referer, ctx.ip_address
     ('/pricing?source=google', 'https://google.com', '134.122.17.144')
     """
+    get = request_context_dict(view, config, cookies=cookies).get
+    return RequestContextInput(
+        url=get("url"),
+        referer=get("referer"),
+        ip_address=get("ipAddress"),
+        user_agent=get("userAgent"),
+        locale=get("locale"),
+        timezone=get("timezone"),
+    )
+
+
+def request_context_dict(
+    view: RequestView,
+    config: ContextConfig,
+    *,
+    cookies: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """:func:`build_request_context` in wire form (``RequestContextInput.to_context()``:
+    camelCase keys, present only when known), built directly: the integrations' request
+    path skips the dataclass and its conversion (~0.6 µs).
+
+    Every value is a printable ``str`` bounded in length; the integrations send it
+    without validating it again.
+    """
     headers = view.headers
     matcher = config._matcher
+    ctx: dict[str, str] = {"url": _build_url(view.path, view.query_string, matcher)}
 
     referer = headers.get("referer")
+    if referer:
+        referer = _scrub_referer(referer, matcher)
+        if referer is not None:
+            ctx["referer"] = referer
+    ip = client_ip(view.client, headers, config)
+    if ip is not None:
+        ctx["ipAddress"] = ip
     user_agent = headers.get("user-agent")
+    if user_agent:
+        user_agent = _clean_user_agent(user_agent)
+        if user_agent is not None:
+            ctx["userAgent"] = user_agent
+    locale = preferred_locale(headers.get("accept-language"))
+    if locale is not None:
+        ctx["locale"] = locale
 
     if cookies is not None:
         tz_raw = cookies.get(config.timezone_cookie)
@@ -965,12 +1015,6 @@ def build_request_context(
     if timezone is None:
         tz_raw = headers.get(config.timezone_header)
         timezone = valid_timezone(tz_raw) if tz_raw else None
-
-    return RequestContextInput(
-        url=_build_url(view.path, view.query_string, matcher),
-        referer=_scrub_referer(referer, matcher) if referer else None,
-        ip_address=client_ip(view.client, headers, config),
-        user_agent=_clean_user_agent(user_agent) if user_agent else None,
-        locale=preferred_locale(headers.get("accept-language")),
-        timezone=timezone,
-    )
+    if timezone is not None:
+        ctx["timezone"] = timezone
+    return ctx

@@ -21,8 +21,10 @@ from ._wire import (
     PATH_ATTRIBUTES,
     PATH_EVENT,
     PATH_INIT,
+    WireContext,
     attributes_body,
     event_body,
+    event_json,
     format_timestamp,
     init_body,
     now_timestamp,
@@ -285,19 +287,30 @@ class ATrackSdk:
         event: str,
         attributes: Attributes | None = None,
         *,
-        context: dict[str, Any] | None = None,
+        context: dict[str, Any] | WireContext | None = None,
         timestamp: str | None = None,
-        trusted_context: bool = False,
     ) -> None:
-        """Send ``/event`` for ``uuid``. ``trusted_context`` skips re-validating a context
-        the integrations built themselves."""
-        uuid = check_name(uuid, "EventPayload.uuid")
+        """Send ``/event`` for ``uuid``. A ``context`` dict is validated like any input;
+        a :class:`~atrack_core._wire.WireContext` comes from an integration's request
+        tracker, which validated it and the uuid already."""
+        if not isinstance(context, WireContext):
+            uuid = check_name(uuid, "EventPayload.uuid")
         event = check_name(event, "EventPayload.event")
         attrs = to_json_object(attributes, "EventPayload.attributes") if attributes else {}
-        if context is None:
-            ctx: dict[str, Any] = {}
-        elif trusted_context:
-            ctx = context
+        if isinstance(context, WireContext):
+            # The request path (one track() in a view). Without a before_send hook or a
+            # capture, the body's bytes are joined around the context's cached JSON
+            # (saves ~1.5 µs of the ~5 µs of a call); otherwise the usual dict body.
+            if timestamp is None:
+                timestamp = now_timestamp()
+            if self.options.before_send is None and not _capture_sinks:
+                data = event_json(uuid, event, attrs, timestamp, context)
+                self._delivery.submit(Call(PATH_EVENT, uuid, data))
+                return
+            # The hook may edit the body: it gets a copy, the request's context stays.
+            ctx = dict(context.data)
+        elif context is None:
+            ctx = {}
         else:
             ctx = to_json_object(context, "EventPayload.context")
         body = event_body(uuid, event, attrs, timestamp or now_timestamp(), ctx)

@@ -45,6 +45,69 @@ def _make_dumps() -> Callable[[dict[str, Any]], str]:
 
 
 _dumps = _make_dumps()
+# A str as a JSON string literal (C, escapes only what JSON must: quote, backslash,
+# controls; non-ASCII stays as is, like _dumps).
+_encode_str: Callable[[str], str] = getattr(
+    json.encoder, "c_encode_basestring", json.encoder.py_encode_basestring
+)
+
+
+class WireContext:
+    """A request context that an integration built (and so validated) itself, with its
+    JSON text computed once and shared by every event of the request.
+
+    Only the integrations make these (``RequestTracker``); a context a caller passes
+    is a plain dict and is validated like any other input. ``data`` is never modified.
+    """
+
+    __slots__ = ("_json", "data")
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+        self._json: str | None = None
+
+    def json(self) -> str:
+        text = self._json
+        if text is None:
+            # Benign race: two threads sharing one request's tracker compute the same text.
+            text = self._json = _dumps(self.data)
+        return text
+
+
+_EVENT_HEAD = '{"sdkVersion":' + _encode_str(SDK_VERSION) + ',"uuid":'
+
+
+def event_json(
+    uuid: str, event: str, attributes: dict[str, Any], timestamp: str, context: WireContext
+) -> bytes:
+    """``serialize(PATH_EVENT, event_body(...))``, byte for byte, for a context whose JSON
+    is known: the event's own parts are encoded and the context's text is reused.
+
+    Encoding the whole body costs ~2.5 µs, over half of it the context (user agent,
+    url, referer …); joining the parts costs ~0.8 µs. ``timestamp`` must be in the
+    :func:`now_timestamp` form (nothing in it needs escaping).
+    """
+    text = "".join(
+        (
+            _EVENT_HEAD,
+            _encode_str(uuid),
+            ',"event":',
+            _encode_str(event),
+            ',"attributes":',
+            _dumps(attributes) if attributes else "{}",
+            ',"timestamp":"',
+            timestamp,
+            '","context":',
+            context.json(),
+            "}",
+        )
+    )
+    data = text.encode("utf-8")
+    if len(data) > MAX_BODY_BYTES:
+        raise ValueError(
+            f"the {PATH_EVENT} body is {len(data)} bytes of JSON; the limit is {MAX_BODY_BYTES}"
+        )
+    return data
 
 
 def init_body(
@@ -117,6 +180,8 @@ def new_request_id() -> str:
 # track() runs on request paths: formatting a timestamp from scratch costs more than
 # the rest of the call, so the part up to the second is cached.
 _ts_cache: tuple[int, str] = (-1, "")
+# ".000Z" … ".999Z": a list index instead of a format per call.
+_MS_SUFFIX = tuple(f".{ms:03d}Z" for ms in range(1000))
 
 
 def now_timestamp() -> str:
@@ -128,7 +193,7 @@ def now_timestamp() -> str:
     if cached_sec != sec:
         prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
         _ts_cache = (sec, prefix)
-    return f"{prefix}.{ms:03d}Z"
+    return prefix + _MS_SUFFIX[ms]
 
 
 def format_timestamp(value: datetime) -> str:

@@ -61,8 +61,9 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Literal, TypeAlias
 
 from atrack_core import ATrackSdk, Options, Storage
-from atrack_core._request import ContextConfig, RequestView, build_request_context, find_cookie
+from atrack_core._request import ContextConfig, RequestView, find_cookie, request_context_dict
 from atrack_core._validate import check_name, to_json_object
+from atrack_core._wire import WireContext
 
 __all__ = [
     "DEFAULT_EXCLUDE_PATHS",
@@ -775,7 +776,7 @@ class RequestTracker:
         self.is_new_user = is_new_user
         self._cookie_in = cookie_uuid
         self._cookie_out: str | None = None
-        self._context: dict[str, Any] | None = None
+        self._context: WireContext | None = None
         self._init_pending = False
         self.enabled = True
         self.passive = passive
@@ -809,17 +810,16 @@ class RequestTracker:
             return
         if self._init_pending:
             self._lazy_init(None)
-        sdk = self._config.sdk
         context = self._context
         if context is None:
-            context = self._context_dict()
-        if sdk.options.before_send is not None:
-            context = dict(context)  # the hook may edit the body; keep ours intact
+            context = self._wire_context()
         uuid = self._uuid
         if uuid is None:
             uuid = self.uuid
         try:
-            sdk.send_event(uuid, event, attributes, context=context, trusted_context=True)
+            # A WireContext: the SDK trusts it and this (validated) uuid, and reuses the
+            # context's JSON for every event of the request.
+            self._config.sdk.send_event(uuid, event, attributes, context=context)
         except (ValueError, TypeError):
             raise
         except Exception:
@@ -886,13 +886,17 @@ class RequestTracker:
     def _context_dict(self) -> dict[str, Any]:
         context = self._context
         if context is None:
-            try:
-                context = build_request_context(
-                    self._view, self._config.context_config
-                ).to_context()
-            except Exception:
-                # Documented never to raise; if it does, events still go out.
-                logger.error("A-Track could not build the request context", exc_info=True)
-                context = {}
-            self._context = context
+            context = self._wire_context()
+        return context.data
+
+    def _wire_context(self) -> WireContext:
+        # Built on first use (a page that tracks nothing never pays for it), once per
+        # request.
+        try:
+            data = request_context_dict(self._view, self._config.context_config)
+        except Exception:
+            # Documented never to raise; if it does, events still go out.
+            logger.error("A-Track could not build the request context", exc_info=True)
+            data = {}
+        context = self._context = WireContext(data)
         return context

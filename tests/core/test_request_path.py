@@ -1,0 +1,250 @@
+"""The request path's shortcuts (``WireContext``, ``event_json``, ``request_context_dict``)
+give exactly what the general path gives, and never let unvalidated input through."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from atrack_core import ATrackSdk, EventPayload, Options
+from atrack_core._delivery import Call
+from atrack_core._request import (
+    ContextConfig,
+    RequestView,
+    build_request_context,
+    request_context_dict,
+)
+from atrack_core._validate import MAX_BODY_BYTES
+from atrack_core._wire import (
+    PATH_EVENT,
+    WireContext,
+    event_body,
+    event_json,
+    serialize,
+)
+from atrack_core.testing import capture_calls
+from atrack_integrations import IntegrationConfig
+
+UUID = "0d54a1f2-3b4c-4d5e-8f90-123456789abc"
+TS = "2026-01-02T03:04:05.678Z"
+BROWSER = RequestView(
+    "GET",
+    "https",
+    "shop.example",
+    "/products",
+    "source=google&token=abc",
+    {
+        "cookie": f"_ga=1; atrack_uuid={UUID}; atrack_tz=Europe%2FBerlin",
+        "referer": 'https://shop.example/"quoted"\\path?session=1',
+        "user-agent": 'Mozilla/5.0 "Gecko" \\ é 漢字',
+        "accept-language": "de-DE,de;q=0.9",
+    },
+    "134.122.17.144",
+)
+
+
+class RecordingDelivery:
+    """Stands in for the delivery: keeps what was submitted."""
+
+    def __init__(self) -> None:
+        self.calls: list[Call] = []
+
+    def submit(self, call: Call) -> bool:
+        self.calls.append(call)
+        return True
+
+    def queued(self) -> int:
+        return 0
+
+    def flush(self, timeout: float | None = None) -> bool:
+        return True
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        return None
+
+
+@pytest.fixture
+def sdk() -> Iterator[ATrackSdk]:
+    sdk = ATrackSdk(Options("pub_test_1234", disabled=True))
+    yield sdk
+    sdk.shutdown()
+
+
+def recording(sdk: ATrackSdk) -> RecordingDelivery:
+    delivery = RecordingDelivery()
+    sdk._delivery = delivery  # type: ignore[assignment]
+    return delivery
+
+
+# ------------------------------------------------------------------ event_json
+
+
+@pytest.mark.parametrize(
+    ("uuid", "event", "attributes"),
+    [
+        (UUID, "order_created", {}),
+        (UUID, "order_created", {"amount": 12, "ok": True, "none": None, "x": 1.5}),
+        ('user "42" \\', 'quote"d\\event', {'k"ey': 'va"l\\ue', "nested": {"a": [1, "b"]}}),
+        ("ユーザー", "événement", {"text": "漢字 \u2028 \u00e9"}),
+    ],
+)
+def test_event_json_is_byte_for_byte_the_general_serialisation(
+    uuid: str, event: str, attributes: dict[str, Any]
+) -> None:
+    context = request_context_dict(BROWSER, ContextConfig())
+    fast = event_json(uuid, event, attributes, TS, WireContext(context))
+    assert fast == serialize(PATH_EVENT, event_body(uuid, event, attributes, TS, context))
+    assert list(json.loads(fast)) == [
+        "sdkVersion",
+        "uuid",
+        "event",
+        "attributes",
+        "timestamp",
+        "context",
+    ]
+
+
+def test_event_json_refuses_bodies_over_the_limit() -> None:
+    with pytest.raises(ValueError, match="/event body"):
+        event_json(UUID, "e", {"big": "x" * MAX_BODY_BYTES}, TS, WireContext({}))
+
+
+_names = st.text(
+    alphabet=st.characters(codec="utf-8", exclude_categories=("Cc", "Cs")), min_size=1, max_size=20
+)
+_flat = st.dictionaries(
+    _names,
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.floats(allow_nan=False, allow_infinity=False),
+        _names,
+    ),
+    max_size=5,
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(uuid=_names, event=_names, attributes=_flat, context=st.dictionaries(_names, _names))
+def test_property_event_json_matches_serialize(
+    uuid: str, event: str, attributes: dict[str, Any], context: dict[str, str]
+) -> None:
+    fast = event_json(uuid, event, attributes, TS, WireContext(context))
+    assert fast == serialize(PATH_EVENT, event_body(uuid, event, attributes, TS, context))
+
+
+# ------------------------------------------------------------------ request_context_dict
+
+
+def test_request_context_dict_is_the_wire_form_of_build_request_context() -> None:
+    for config in (ContextConfig(), ContextConfig(ip="anonymize", scrub_params=["*"])):
+        expected = build_request_context(BROWSER, config).to_context()
+        assert request_context_dict(BROWSER, config) == expected
+        assert list(request_context_dict(BROWSER, config)) == list(expected)
+    bare = RequestView("GET", "http", None, "/", "", {}, None)
+    assert request_context_dict(bare, ContextConfig()) == {"url": "/"}
+
+
+# ------------------------------------------------------------------ the tracker's events
+
+
+def tracker_for(sdk: ATrackSdk, **settings: Any) -> Any:
+    config = IntegrationConfig(sdk=sdk, init="off", **settings)
+    return config.begin(BROWSER)
+
+
+def test_tracker_events_are_the_same_on_the_fast_and_the_captured_path(sdk: ATrackSdk) -> None:
+    delivery = recording(sdk)
+    tracker = tracker_for(sdk)
+    tracker.track("order_created", {"amount": 12, "currency": "EUR"})
+    with capture_calls() as captured:
+        tracker.track("order_created", {"amount": 12, "currency": "EUR"})
+    (call,) = delivery.calls
+    fast = json.loads(call.body)
+    assert call.path == "/event" and call.uuid == UUID
+    (captured_call,) = captured.calls
+    assert captured_call.path == "/event"
+    fast.pop("timestamp")
+    body = dict(captured_call.body)
+    body.pop("timestamp")
+    assert fast == body
+    assert fast["context"] == tracker.context
+    assert fast["context"]["url"] == "/products?source=google&token=[Filtered]"
+
+
+@pytest.mark.parametrize(
+    ("event", "attributes", "error"),
+    [
+        ("", None, ValueError),
+        ("a\x00b", None, ValueError),
+        ("x" * 256, None, ValueError),
+        (42, None, TypeError),
+        ("ok", {"v": math.nan}, ValueError),
+        ("ok", {"v": math.inf}, ValueError),
+        ("ok", {1: "non-str key"}, TypeError),
+        ("ok", {"bad\nkey": 1}, ValueError),
+        ("ok", {"v": object()}, TypeError),
+        ("ok", ["not", "a", "dict"], TypeError),
+    ],
+)
+def test_tracker_fast_path_still_validates_at_the_call(
+    sdk: ATrackSdk, event: Any, attributes: Any, error: type[Exception]
+) -> None:
+    delivery = recording(sdk)
+    tracker = tracker_for(sdk)
+    with pytest.raises(error):
+        tracker.track(event, attributes)
+    assert delivery.calls == []
+
+
+def test_a_context_given_by_a_caller_is_always_validated(sdk: ATrackSdk) -> None:
+    delivery = recording(sdk)
+    # A caller's context is a dict: validated, never taken as the integrations' own.
+    for bad, error in (({"v": math.nan}, ValueError), ({1: "x"}, TypeError)):
+        with pytest.raises(error):
+            sdk.send_event(UUID, "e", context=bad)
+        with pytest.raises(error):
+            sdk.track("e", uuid=UUID, context=bad)
+        with pytest.raises(error):
+            sdk.track(EventPayload("e", uuid=UUID, context=bad))
+    # With a dict context the uuid is checked too.
+    with pytest.raises(ValueError):
+        sdk.send_event("bad\x00uuid", "e", context={"url": "/"})
+    # The tracker hands out a copy of its context, a plain dict: passing it back is
+    # validated like any other dict.
+    tracker = tracker_for(sdk)
+    assert type(tracker.context) is dict
+    with pytest.raises(ValueError):
+        sdk.send_event(UUID, "e", context={**tracker.context, "bad": math.nan})
+    assert delivery.calls == []
+
+
+def test_before_send_gets_a_copy_of_the_request_context() -> None:
+    seen: list[dict[str, Any]] = []
+
+    def scrub(path: str, body: dict[str, Any]) -> dict[str, Any]:
+        seen.append(json.loads(json.dumps(body["context"])))
+        body["context"].pop("ipAddress", None)
+        body["context"]["added"] = 1
+        return body
+
+    sdk = ATrackSdk(Options("pub_test_1234", disabled=True, before_send=scrub))
+    try:
+        delivery = recording(sdk)
+        tracker = tracker_for(sdk)
+        tracker.track("one")
+        tracker.track("two")
+        assert seen[0] == seen[1]
+        assert seen[1]["ipAddress"] == "134.122.17.144"
+        assert "added" not in tracker.context
+        sent = [json.loads(call.body)["context"] for call in delivery.calls]
+        assert all("ipAddress" not in ctx and ctx["added"] == 1 for ctx in sent)
+    finally:
+        sdk.shutdown()
