@@ -12,6 +12,7 @@ flask = pytest.importorskip("flask")
 
 from atrack_core import ATrackSdk, Options  # noqa: E402
 from atrack_core.testing import CapturedCalls, capture_calls  # noqa: E402
+from atrack_integrations import RequestTracker  # noqa: E402
 from atrack_integrations.flask import ATrack  # noqa: E402
 from atrack_integrations.wsgi import ATrackWSGIMiddleware  # noqa: E402
 from tests.fake_api import FakeApi, closed_port_url  # noqa: E402
@@ -338,3 +339,51 @@ def test_public_api() -> None:
     assert module.__all__ == ["ATrack", "ATrackState", "get_tracker"]
     for name in module.__all__:
         assert getattr(module, name) is not None
+
+
+def test_identify_hook_tracker_starts_in_before_request_and_still_sets_the_cookie(
+    sdk: ATrackSdk, calls: CapturedCalls
+) -> None:
+    # With an identify hook the tracker starts once Flask's request exists; the cookie
+    # is still added on the way out, also after a switch in the view.
+    app = flask.Flask(__name__)
+    seen: list[Any] = []
+
+    def identify(req: Any) -> None:
+        seen.append(req)
+        return None
+
+    ATrack(app, sdk=sdk, identify=identify)
+    add_views(app)
+    client = app.test_client()
+    known = "9b2f8c1e-4d3a-4f5b-8c6d-7e8f9a0b1c2d"
+    resp = client.post(f"/login?as={known}")
+    assert resp.json["uuid"] == known
+    assert resp.headers.getlist("Set-Cookie")[0].startswith(f"atrack_uuid={known};")
+    assert isinstance(seen[0], flask.Request)
+
+
+def test_request_dispatched_without_wsgi_app_still_gets_a_tracker(
+    app: Any, calls: CapturedCalls
+) -> None:
+    from flask import g, request
+
+    with app.test_request_context("/", headers={"Cookie": "atrack_uuid=x"}):
+        app.preprocess_request()
+        assert isinstance(request.atrack, RequestTracker)
+        assert g.atrack is request.atrack
+        assert request.atrack.is_new_user
+
+
+def test_wsgi_wrappers_added_after_the_extension_keep_it_working(
+    sdk: ATrackSdk, calls: CapturedCalls
+) -> None:
+    from werkzeug.middleware.proxy_fix import ProxyFix
+
+    app = flask.Flask(__name__)
+    ATrack(app, sdk=sdk)
+    add_views(app)
+    app.wsgi_app = ProxyFix(app.wsgi_app)  # type: ignore[method-assign]
+    resp = app.test_client().get("/")
+    assert len(resp.headers.getlist("Set-Cookie")) == 1
+    assert calls.events[0]["uuid"] == resp.json["uuid"]
