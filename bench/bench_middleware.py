@@ -16,10 +16,11 @@ enqueue). Scenarios:
   is added, plus the same ``track()``;
 - returning user on a page that tracks nothing: the middleware's own cost.
 
-The SDK runs with background delivery towards a closed loopback port: calls are
-validated, serialised and enqueued exactly as in production, and the worker spends its
-time waiting between retries instead of competing for the CPU. ``ATrackSdk`` here is
-built by the bench, so nothing reaches any real API.
+The SDK (``make_sdk``, shared with ``bench_middleware_wsgi.py``) runs with background
+delivery towards a loopback socket that accepts connections and never answers: calls
+are validated, serialised and enqueued exactly as in production (the enqueue is in the
+timed request), while the senders sit blocked on their sockets instead of competing
+for the CPU. The queue holds every call of the run. Nothing reaches any real API.
 
 One function per framework (``bench_starlette`` …) returns rows for the table; Django and
 Flask add theirs the same way.
@@ -74,16 +75,31 @@ SCENARIOS = [
 ]
 
 
-def closed_port_url() -> str:
+_blackholes: list[socket.socket] = []
+
+
+def blackhole_url() -> str:
+    """A loopback endpoint that accepts connections (into the listen backlog) and never
+    answers: senders sit blocked on their sockets, using no CPU, and nothing is sent."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return f"http://127.0.0.1:{port}"
+    sock.listen(4096)
+    _blackholes.append(sock)  # kept open for the life of the bench
+    return f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
 def make_sdk() -> ATrackSdk:
-    return ATrackSdk(Options("pub_bench", disabled=True))
+    """The SDK every bench uses: background delivery as in production, so each call is
+    validated, serialised *and enqueued* in the timed request; a queue large enough
+    for every call of the run (no drop path)."""
+    return ATrackSdk(
+        Options(
+            "pub_bench",
+            endpoint=blackhole_url(),
+            max_queue_size=10_000_000,
+            shutdown_timeout=0.1,
+        )
+    )
 
 
 # ---------------------------------------------------------------------------- ASGI
