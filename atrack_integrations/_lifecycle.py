@@ -60,7 +60,7 @@ import uuid as _uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Literal, TypeAlias
 
-from atrack_core import ATrackSdk, Options, Storage
+from atrack_core import ATrackSdk, MemoryStorage, Options, Storage
 from atrack_core._request import ContextConfig, RequestView, find_cookie, request_context_dict
 from atrack_core._validate import check_name, to_json_object
 from atrack_core._wire import WireContext
@@ -427,6 +427,12 @@ class IntegrationConfig:
         self._exclude_exact = excl_exact
         self._exclude_prefixes = excl_prefixes
         self._eager = init == "eager"
+        # The in-memory storage answers in microseconds; any other (a subclass too) may
+        # do network I/O.
+        self._offload_init = self._eager and type(self.sdk.storage) is not MemoryStorage
+        #: Async adapters must use :meth:`abegin` (an identify hook may be async, or the
+        #: init dedupe may do I/O); otherwise the cheaper :meth:`begin` does the same.
+        self.async_begin = self.identify is not None or self._offload_init
         self._lazy = init == "lazy"
         attrs = "; Path=/"
         if max_age is not None:
@@ -544,7 +550,17 @@ class IntegrationConfig:
             identified = None
             if self.identify is not None:
                 identified = await self._identify_async(request)
-            return self._start(view, cookies, identified)
+            if not self._offload_init:
+                return self._start(view, cookies, identified)
+            # A storage that does I/O (Redis) must not hold the event loop: while it
+            # hangs, every request of the worker would wait behind it. Only a user this
+            # process has not initialised recently pays for the thread hop.
+            tracker = self._start(view, cookies, identified, defer_init=True)
+            uuid = tracker._uuid
+            seen = self._seen.get(uuid) if uuid is not None else None
+            if uuid is not None and (seen is None or seen <= time.monotonic()):
+                await _to_thread(self._maybe_init, tracker, None)
+            return tracker
         except Exception:
             logger.error(
                 "A-Track could not start tracking this request; it goes on untracked",
@@ -593,7 +609,11 @@ class IntegrationConfig:
         return RequestTracker(self, view, self._read_cookie(view, cookies), False, None, True)
 
     def _start(
-        self, view: RequestView, cookies: Mapping[str, str] | None, identified: str | None
+        self,
+        view: RequestView,
+        cookies: Mapping[str, str] | None,
+        identified: str | None,
+        defer_init: bool = False,
     ) -> RequestTracker:
         if cookies is None:
             cookie_uuid = find_cookie(view.headers.get("cookie"), self.cookie_name)
@@ -614,7 +634,7 @@ class IntegrationConfig:
             uuid = str(_uuid.uuid4())
             tracker = RequestTracker(self, view, uuid, True, None, False)
             tracker._cookie_out = uuid
-        if self._eager:
+        if self._eager and not defer_init:
             # Inline fast path: this process sent this user's /init recently.
             seen = self._seen.get(uuid)
             if seen is None or seen <= time.monotonic():
@@ -900,3 +920,15 @@ class RequestTracker:
             data = {}
         context = self._context = WireContext(data)
         return context
+
+
+async def _to_thread(fn: Callable[..., object], *args: Any) -> None:
+    """Run ``fn`` in a worker thread under asyncio; inline under other event loops."""
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # trio or another loop: no asyncio executor to hand off to
+        fn(*args)
+        return
+    await asyncio.to_thread(fn, *args)

@@ -102,12 +102,11 @@ class ATrackMiddleware:
         config = self.config
         try:
             view = self._view(scope)
-            if self._request_factory is None:
+            if self._request_factory is None and not config.async_begin:
                 tracker = config.begin(view, None, path=scope.get("path"))
             else:
-                tracker = await config.abegin(
-                    view, self._request_factory(scope), path=scope.get("path")
-                )
+                request = None if self._request_factory is None else self._request_factory(scope)
+                tracker = await config.abegin(view, request, path=scope.get("path"))
             state[STATE_KEY] = tracker
         except Exception:
             logger.error("A-Track middleware failed; the request goes on untracked", exc_info=True)

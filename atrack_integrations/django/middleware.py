@@ -81,7 +81,7 @@ class ATrackMiddleware:
         try:
             config = conf.get_config()
             view = _view(request, _keys(config))
-            if config.identify is None:
+            if not config.async_begin:
                 tracker = config.begin(view, request, path=request.path_info)
             else:
                 tracker = await config.abegin(view, request, path=request.path_info)

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 pytest.importorskip("starlette")
@@ -837,3 +838,45 @@ def test_lifespan_state_with_the_same_key_is_not_a_second_installation(
     asyncio.run(mw(scope, receive, send))
     assert isinstance(scope["state"]["atrack"], RequestTracker)
     assert len(calls.inits) == 1
+
+
+class SlowStorage(MemoryStorage):
+    """A storage whose ``add`` takes as long as a slow network round trip."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+        self.add_threads: list[str] = []
+
+    def add(self, key: str, value: str, ttl: float | None = None) -> bool:
+        import threading
+
+        self.add_threads.append(threading.current_thread().name)
+        time.sleep(self.delay)
+        return super().add(key, value, ttl)
+
+
+def test_a_slow_storage_does_not_hold_the_event_loop(calls: CapturedCalls) -> None:
+    # Any storage but the plain MemoryStorage (even a subclass) may block on I/O.
+    storage = SlowStorage(0.3)
+    sdk = ATrackSdk(Options("pub_test_1234", disabled=True, storage=storage))
+    app = make_app(sdk)
+
+    async def go() -> float:
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://shop.example") as http:
+            started = time.monotonic()
+            # Four first visits at once: with the add on the event loop they would
+            # queue behind each other (4 x 0.3 s).
+            responses = await asyncio.gather(*(http.get("/") for _ in range(4)))
+            assert all(r.status_code == 200 for r in responses)
+            return time.monotonic() - started
+
+    try:
+        elapsed = asyncio.run(go())
+    finally:
+        sdk.shutdown()
+    assert len(calls.inits) == 4
+    assert storage.add_threads
+    assert "MainThread" not in storage.add_threads
+    assert elapsed < 1.0, elapsed
