@@ -15,7 +15,7 @@ pytest.importorskip("starlette")
 pytest.importorskip("httpx")
 
 from atrack_core import ATrackSdk, MemoryStorage, Options
-from atrack_core.testing import CapturedCalls, capture_calls
+from atrack_core.testing import CapturedCalls
 from atrack_integrations import RequestTracker
 from atrack_integrations.asgi import ATrackMiddleware
 from tests.integrations.asgi_helpers import (
@@ -29,19 +29,6 @@ from tests.integrations.asgi_helpers import (
     make_app,
     record_atrack_logs,
 )
-
-
-@pytest.fixture
-def sdk() -> Iterator[ATrackSdk]:
-    sdk = ATrackSdk(Options("pub_test_1234", disabled=True))
-    yield sdk
-    sdk.shutdown()
-
-
-@pytest.fixture
-def calls() -> Iterator[CapturedCalls]:
-    with capture_calls() as captured:
-        yield captured
 
 
 @pytest.fixture(autouse=True)

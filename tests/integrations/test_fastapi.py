@@ -13,17 +13,10 @@ pytest.importorskip("fastapi")
 
 from fastapi import FastAPI
 
-from atrack_core import ATrackSdk, Options
+from atrack_core import ATrackSdk
 from atrack_core.testing import CapturedCalls, capture_calls
 from atrack_integrations.fastapi import ATrackMiddleware, ATrackTracker
 from tests.integrations.asgi_helpers import KNOWN, call, cookie_value, record_atrack_logs
-
-
-@pytest.fixture
-def sdk() -> Iterator[ATrackSdk]:
-    sdk = ATrackSdk(Options("pub_test_1234", disabled=True))
-    yield sdk
-    sdk.shutdown()
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 flask = pytest.importorskip("flask")
 
 from atrack_core import ATrackSdk, Options  # noqa: E402
-from atrack_core.testing import CapturedCalls, capture_calls  # noqa: E402
+from atrack_core.testing import CapturedCalls  # noqa: E402
 from atrack_integrations import RequestTracker  # noqa: E402
 from atrack_integrations.flask import ATrack  # noqa: E402
 from atrack_integrations.wsgi import ATrackWSGIMiddleware  # noqa: E402
@@ -30,12 +30,6 @@ def sdk() -> Iterator[ATrackSdk]:
     sdk = ATrackSdk(Options("pub_test_key_1234", endpoint=closed_port_url()))
     yield sdk
     sdk.shutdown(timeout=0.5)
-
-
-@pytest.fixture
-def calls() -> Iterator[CapturedCalls]:
-    with capture_calls() as captured:
-        yield captured
 
 
 def add_views(app: Any) -> None:

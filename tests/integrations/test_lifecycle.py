@@ -10,23 +10,10 @@ import pytest
 
 from atrack_core import ATrackSdk, MemoryStorage, Options
 from atrack_core._request import RequestView
-from atrack_core.testing import CapturedCalls, capture_calls
+from atrack_core.testing import CapturedCalls
 from atrack_integrations import DEFAULT_EXCLUDE_PATHS, IntegrationConfig, RequestTracker
 from atrack_integrations._lifecycle import SETTING_NAMES, is_canonical_uuid, resolve_sdk
 from tests.integrations.asgi_helpers import KNOWN, LogRecorder, record_atrack_logs
-
-
-@pytest.fixture
-def sdk() -> Iterator[ATrackSdk]:
-    sdk = ATrackSdk(Options("pub_test_1234", disabled=True))
-    yield sdk
-    sdk.shutdown()
-
-
-@pytest.fixture
-def calls() -> Iterator[CapturedCalls]:
-    with capture_calls() as captured:
-        yield captured
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from atrack_core import ATrackSdk, Options
 from atrack_core._request import ContextConfig, build_request_context
-from atrack_core.testing import CapturedCalls, capture_calls
+from atrack_core.testing import CapturedCalls
 from atrack_integrations._lifecycle import IntegrationConfig
 from atrack_integrations._wsgi_common import header_keys, view_from_environ
 from atrack_integrations.wsgi import ATrackWSGIMiddleware
@@ -31,12 +31,6 @@ def sdk() -> Iterator[ATrackSdk]:
     sdk = ATrackSdk(Options("pub_test_key_1234", endpoint=closed_port_url()))
     yield sdk
     sdk.shutdown(timeout=0.5)
-
-
-@pytest.fixture
-def calls() -> Iterator[CapturedCalls]:
-    with capture_calls() as captured:
-        yield captured
 
 
 def environ_for(
