@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 from atrack_core._request import RequestView
 
-from ._lifecycle import IntegrationConfig
+from ._lifecycle import STATE_KEY, IntegrationConfig, RequestTracker
 
 __all__ = ["HeaderKeys", "environ_path", "header_keys", "view_from_environ", "wsgi_text"]
 
@@ -121,3 +121,25 @@ def view_from_environ(
         headers,
         get("REMOTE_ADDR") or None,
     )
+
+
+def start_response_with_cookie(
+    config: IntegrationConfig, environ: dict[str, Any], start_response: Any
+) -> Any:
+    """Wrap a WSGI ``start_response`` so that it adds the tracker's ``Set-Cookie``
+    (found in ``environ`` when the response starts), leaving the body untouched."""
+
+    def wrapped(status: str, headers: list[tuple[str, str]], exc_info: Any = None, /) -> Any:
+        # Read now, not before: the tracker may have been started late (Flask's
+        # before_request), and the view may have switched the user (tracker.identify).
+        tracker = environ.get(STATE_KEY)
+        if isinstance(tracker, RequestTracker):
+            cookie = config.set_cookie_header(tracker)  # never raises
+            if cookie is not None:
+                # A new list: the app may reuse its headers list between responses.
+                headers = [*headers, ("Set-Cookie", cookie)]
+        if exc_info is None:
+            return start_response(status, headers)
+        return start_response(status, headers, exc_info)
+
+    return wrapped

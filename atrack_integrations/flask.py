@@ -37,7 +37,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from atrack_core import ATrackSdk
 
 from ._lifecycle import SETTING_NAMES, STATE_KEY, IntegrationConfig, RequestTracker
-from ._wsgi_common import header_keys, view_from_environ
+from ._wsgi_common import header_keys, start_response_with_cookie, view_from_environ
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -140,7 +140,7 @@ class ATrack:
                         "A-Track extension failed; the request goes on untracked", exc_info=True
                     )
                     return wsgi_app(environ, start_response)
-            return wsgi_app(environ, _start_response_with_cookie(config, environ, start_response))
+            return wsgi_app(environ, start_response_with_cookie(config, environ, start_response))
 
         def before_request() -> None:
             # The real request object once: every access through the proxy costs.
@@ -166,27 +166,6 @@ class ATrack:
         # First in line, so that the app's own before_request hooks can use the tracker.
         app.before_request_funcs.setdefault(None, []).insert(0, before_request)
         app.wsgi_app = atrack_wsgi_app  # type: ignore[method-assign]
-
-
-def _start_response_with_cookie(
-    config: IntegrationConfig, environ: dict[str, Any], start_response: Any
-) -> Any:
-    def start_response_with_cookie(
-        status: str, headers: list[tuple[str, str]], exc_info: Any = None, /
-    ) -> Any:
-        # Read now, not before: the tracker may have been started by before_request,
-        # and the view may have switched the user (tracker.identify at login).
-        tracker = environ.get(STATE_KEY)
-        if isinstance(tracker, RequestTracker):
-            cookie = config.set_cookie_header(tracker)  # never raises
-            if cookie is not None:
-                # A new list: the app may reuse its headers list between responses.
-                headers = [*headers, ("Set-Cookie", cookie)]
-        if exc_info is None:
-            return start_response(status, headers)
-        return start_response(status, headers, exc_info)
-
-    return start_response_with_cookie
 
 
 def get_tracker() -> RequestTracker:

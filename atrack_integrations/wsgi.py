@@ -21,7 +21,7 @@ from typing import Any, Protocol, TypeAlias
 from atrack_core import ATrackSdk
 
 from ._lifecycle import STATE_KEY, IntegrationConfig, RequestTracker
-from ._wsgi_common import header_keys, view_from_environ
+from ._wsgi_common import header_keys, start_response_with_cookie, view_from_environ
 
 __all__ = ["ATrackWSGIMiddleware", "StartResponse", "WSGIApp", "WSGIEnviron", "get_tracker"]
 
@@ -78,26 +78,7 @@ class ATrackWSGIMiddleware:
         except Exception:
             logger.error("A-Track middleware failed; the request goes on untracked", exc_info=True)
             return self.app(environ, start_response)
-        return self.app(environ, _start_response_with_cookie(config, tracker, start_response))
-
-
-def _start_response_with_cookie(
-    config: IntegrationConfig, tracker: RequestTracker, start_response: StartResponse
-) -> StartResponse:
-    def start_response_with_cookie(
-        status: str, headers: list[tuple[str, str]], exc_info: Any = None, /
-    ) -> Callable[[bytes], object]:
-        # Read at start_response time, not before: the view may have switched the user
-        # (tracker.identify at login), which changes the cookie.
-        cookie = config.set_cookie_header(tracker)  # never raises
-        if cookie is not None:
-            # A new list: the app may reuse its headers list between responses.
-            headers = [*headers, ("Set-Cookie", cookie)]
-        if exc_info is None:
-            return start_response(status, headers)
-        return start_response(status, headers, exc_info)
-
-    return start_response_with_cookie
+        return self.app(environ, start_response_with_cookie(config, environ, start_response))
 
 
 def get_tracker(environ: Mapping[str, Any]) -> RequestTracker:
