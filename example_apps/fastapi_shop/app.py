@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 
 from atrack_integrations.fastapi import ATrackMiddleware, ATrackTracker
 from example_apps._sdk import build_sdk
+from example_apps._shop import landing_page
 
 # From the ATRACK_* environment; RedisStorage when ATRACK_REDIS_URL is set.
 sdk = build_sdk()
@@ -44,30 +45,10 @@ class Order(BaseModel):
     currency: str = Field(default="EUR", min_length=3, max_length=3)
 
 
-LANDING = """<!doctype html>
-<html><head><meta charset="utf-8"><title>A-Track shop</title></head>
-<body>
-<h1>A-Track example shop</h1>
-<p>Your visitor id: <code>{uuid}</code> ({visitor})</p>
-<button onclick="post('/signup', {{email: 'ada@example.com', plan: 'pro'}})">Sign up</button>
-<button onclick="post('/orders', {{amount: 42.5, currency: 'EUR'}})">Order</button>
-<pre id="out"></pre>
-<script>
-async function post(path, body) {{
-  const r = await fetch(path, {{method: 'POST', headers: {{'content-type': 'application/json'}},
-                               body: JSON.stringify(body)}});
-  document.getElementById('out').textContent = path + ' -> ' + await r.text();
-}}
-</script>
-</body></html>
-"""
-
-
 @app.get("/", response_class=HTMLResponse)
 def landing(tracker: ATrackTracker, source: str | None = None) -> str:
     tracker.track("landing_viewed", {"source": source})
-    visitor = "new visitor" if tracker.is_new_user else "returning visitor"
-    return LANDING.format(uuid=tracker.uuid, visitor=visitor)
+    return landing_page(tracker.uuid, tracker.is_new_user)
 
 
 @app.post("/signup")

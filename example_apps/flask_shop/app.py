@@ -28,30 +28,13 @@ from flask.typing import ResponseReturnValue
 
 from atrack_core import ATrackSdk, Options
 from atrack_integrations.flask import ATrack
+from example_apps._shop import landing_page
 
 logger = logging.getLogger("example_apps.flask_shop")
 
 # One extension object for every app the factory makes (tests make several).
 atrack = ATrack()
 shop = Blueprint("shop", __name__)
-
-LANDING = """<!doctype html>
-<html><head><meta charset="utf-8"><title>A-Track shop</title></head>
-<body>
-<h1>A-Track example shop</h1>
-<p>Your visitor id: <code>{uuid}</code> ({visitor})</p>
-<button onclick="post('/signup', {{email: 'ada@example.com', plan: 'pro'}})">Sign up</button>
-<button onclick="post('/orders', {{amount: 42.5, currency: 'EUR'}})">Order</button>
-<pre id="out"></pre>
-<script>
-async function post(path, body) {{
-  const r = await fetch(path, {{method: 'POST', headers: {{'content-type': 'application/json'}},
-                               body: JSON.stringify(body)}});
-  document.getElementById('out').textContent = path + ' -> ' + await r.text();
-}}
-</script>
-</body></html>
-"""
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -86,8 +69,7 @@ def _bad(message: str) -> ResponseReturnValue:
 def landing() -> ResponseReturnValue:
     tracker = request.atrack  # type: ignore[attr-defined]
     tracker.track("landing_viewed", {"source": request.args.get("source")})
-    visitor = "new visitor" if tracker.is_new_user else "returning visitor"
-    return LANDING.format(uuid=tracker.uuid, visitor=visitor)
+    return landing_page(tracker.uuid, tracker.is_new_user)
 
 
 @shop.post("/signup")

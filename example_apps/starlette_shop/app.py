@@ -20,17 +20,10 @@ from starlette.routing import Route
 
 from atrack_integrations.starlette import ATrackMiddleware
 from example_apps._sdk import build_sdk
+from example_apps._shop import landing_page
 
 # From the ATRACK_* environment; RedisStorage when ATRACK_REDIS_URL is set.
 sdk = build_sdk()
-
-LANDING = """<!doctype html>
-<html><head><meta charset="utf-8"><title>A-Track shop</title></head>
-<body>
-<h1>A-Track example shop</h1>
-<p>Your visitor id: <code>{uuid}</code> ({visitor})</p>
-</body></html>
-"""
 
 
 async def read_json(request: Request) -> dict[str, object] | None:
@@ -44,8 +37,7 @@ async def read_json(request: Request) -> dict[str, object] | None:
 async def landing(request: Request) -> Response:
     tracker = request.state.atrack
     tracker.track("landing_viewed", {"source": request.query_params.get("source")})
-    visitor = "new visitor" if tracker.is_new_user else "returning visitor"
-    return HTMLResponse(LANDING.format(uuid=tracker.uuid, visitor=visitor))
+    return HTMLResponse(landing_page(tracker.uuid, tracker.is_new_user))
 
 
 async def signup(request: Request) -> Response:
