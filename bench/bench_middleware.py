@@ -216,11 +216,12 @@ BENCHES: dict[str, Callable[[int, int], list[Row]]] = {
 }
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], benches: dict[str, Callable[[int, int], list[Row]]] | None = None) -> int:
+    """Run ``benches`` (default: this module's) and print one report line per row."""
     quick = "--quick" in argv
     n, repeats = (2_000, 3) if quick else (10_000, 7)
     print(f"Python {sys.version.split()[0]}; {n} requests x {repeats} repeats, best run")
-    for name, fn in BENCHES.items():
+    for name, fn in (BENCHES if benches is None else benches).items():
         try:
             rows = fn(n, repeats)
         except ImportError as exc:

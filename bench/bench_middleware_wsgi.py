@@ -44,8 +44,8 @@ from bench_middleware import (
     SCENARIOS,
     Row,
     make_sdk,
-    report,
 )
+from bench_middleware import main as run_benches
 
 from atrack_core import ATrackSdk
 
@@ -343,19 +343,11 @@ BENCHES: dict[str, Callable[[int, int], list[Row]]] = {
 
 
 def main(argv: list[str]) -> int:
-    quick = "--quick" in argv
-    n, repeats = (2_000, 3) if quick else (10_000, 7)
-    print(f"Python {sys.version.split()[0]}; {n} requests x {repeats} repeats, best run")
-    for name, fn in BENCHES.items():
-        try:
-            rows = fn(n, repeats)
-        except ImportError as exc:
-            print(f"{name:<10} skipped: {exc}")
-            continue
-        report(name, rows)
-    if _django_sdk is not None:
-        _django_sdk.shutdown(timeout=0.1)
-    return 0
+    try:
+        return run_benches(argv, BENCHES)
+    finally:
+        if _django_sdk is not None:
+            _django_sdk.shutdown(timeout=0.1)
 
 
 if __name__ == "__main__":
