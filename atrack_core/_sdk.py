@@ -8,7 +8,7 @@ import logging
 import threading
 import uuid as _uuid
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ._delivery import BackgroundDelivery, Call, Reporter, Stats, SyncDelivery
@@ -111,8 +111,9 @@ class ATrackSdk:
         user = payload.user
         uuid = user.uuid if user is not None else None
         is_new = False
+        # Read once: it gives the uuid to reuse and the attributes a merge builds on.
+        current = self.get_user()
         if uuid is None:
-            current = self.get_user()
             if current is not None:
                 uuid = current.uuid
             else:
@@ -128,7 +129,6 @@ class ATrackSdk:
         profile = to_json_object(payload.profile, "InitPayload.profile")
         self.send_init(uuid, is_new, context, attributes, profile=profile, mode=mode, checked=True)
 
-        current = self.get_user()
         if mode == "merge" and current is not None and current.uuid == uuid:
             merged = dict(current.attributes)
             merged.update(attributes)
@@ -364,11 +364,15 @@ def _check_mode(mode: object, where: str) -> str:
 
 
 async def _in_thread(fn: Callable[[], T]) -> T:
+    """Run blocking ``fn`` in a worker thread under asyncio, so the event loop goes on;
+    under another event loop (trio), where there is no asyncio executor, inline."""
     import asyncio
 
-    loop = asyncio.get_running_loop()
-    fut: Awaitable[T] = loop.run_in_executor(None, fn)
-    return await fut
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return fn()
+    return await asyncio.to_thread(fn)
 
 
 @atexit.register

@@ -62,6 +62,7 @@ from typing import Any, Literal, TypeAlias
 
 from atrack_core import ATrackSdk, MemoryStorage, Options, Storage
 from atrack_core._request import ContextConfig, RequestView, find_cookie, request_context_dict
+from atrack_core._sdk import _in_thread
 from atrack_core._validate import check_name, to_json_object
 from atrack_core._wire import WireContext
 
@@ -559,7 +560,7 @@ class IntegrationConfig:
             uuid = tracker._uuid
             seen = self._seen.get(uuid) if uuid is not None else None
             if uuid is not None and (seen is None or seen <= time.monotonic()):
-                await _to_thread(self._maybe_init, tracker, None)
+                await _in_thread(lambda: self._maybe_init(tracker, None))
             return tracker
         except Exception:
             logger.error(
@@ -920,15 +921,3 @@ class RequestTracker:
             data = {}
         context = self._context = WireContext(data)
         return context
-
-
-async def _to_thread(fn: Callable[..., object], *args: Any) -> None:
-    """Run ``fn`` in a worker thread under asyncio; inline under other event loops."""
-    import asyncio
-
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:  # trio or another loop: no asyncio executor to hand off to
-        fn(*args)
-        return
-    await asyncio.to_thread(fn, *args)
