@@ -423,6 +423,17 @@ class IntegrationConfig:
         )  # as given, for repr and docs
         self.respect_dnt = dnt
         self.context_config = context_config
+        #: The request headers the lifecycle reads for this configuration (lower case):
+        #: adapters decode only these. Forwarding headers matter only with trusted
+        #: proxies, DNT/GPC only with respect_dnt.
+        names = dict.fromkeys(
+            ("cookie", "referer", "user-agent", "accept-language", context_config.timezone_header)
+        )
+        if context_config.trusted_proxies:
+            names.update(dict.fromkeys(("x-forwarded-for", "forwarded")))
+        if dnt:
+            names.update(dict.fromkeys(("dnt", "sec-gpc")))
+        self.header_names: tuple[str, ...] = tuple(names)
 
         # -- precomputed for the request path ---------------------------------------
         self._exclude_exact = excl_exact

@@ -27,10 +27,6 @@ HeaderKeys = tuple[tuple[str, str], ...]
 # The request headers the lifecycle reads: the uuid and timezone cookies and the
 # context (section 5 of the spec); forwarding headers only when proxies are trusted
 # (otherwise they are never looked at), DNT/GPC only with respect_dnt.
-_BASE_HEADERS = ("cookie", "referer", "user-agent", "accept-language")
-_PROXY_HEADERS = ("x-forwarded-for", "forwarded")
-_DNT_HEADERS = ("dnt", "sec-gpc")
-
 # What a decoded PATH_INFO may keep as is when it is turned back into a raw path: "?"
 # and "#" must be escaped or they would read as the start of a query or fragment.
 _PATH_SAFE = "/!$&'()*+,;=:@~-._"
@@ -39,12 +35,7 @@ _PATH_SAFE = "/!$&'()*+,;=:@~-._"
 def header_keys(config: IntegrationConfig) -> HeaderKeys:
     """The headers to read for ``config`` (its timezone header included); computed once
     by each middleware."""
-    names = dict.fromkeys((*_BASE_HEADERS, config.context_config.timezone_header))
-    if config.context_config.trusted_proxies:
-        names.update(dict.fromkeys(_PROXY_HEADERS))
-    if config.respect_dnt:
-        names.update(dict.fromkeys(_DNT_HEADERS))
-    return tuple(("HTTP_" + name.upper().replace("-", "_"), name) for name in names)
+    return tuple(("HTTP_" + name.upper().replace("-", "_"), name) for name in config.header_names)
 
 
 def wsgi_text(value: str) -> str:

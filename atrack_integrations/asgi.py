@@ -36,21 +36,6 @@ Receive: TypeAlias = Callable[[], Awaitable[Message]]
 Send: TypeAlias = Callable[[Message], Awaitable[None]]
 ASGIApp: TypeAlias = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-# The request headers the lifecycle reads (build_request_context, the uuid cookie, DNT).
-# Picking them in one pass over the raw list and decoding only those is cheaper than
-# decoding every header of the request into a dict.
-_BASE_HEADERS = (
-    "cookie",
-    "referer",
-    "user-agent",
-    "accept-language",
-    "x-forwarded-for",
-    "forwarded",
-    "dnt",
-    "sec-gpc",
-)
-
-
 # Stands in for a request the middleware could not read (see the failure path).
 _UNKNOWN_REQUEST = RequestView("GET", "http", None, "/", "", {}, None)
 
@@ -78,8 +63,11 @@ class ATrackMiddleware:
         self.app = app
         self.config = IntegrationConfig(sdk=sdk, **settings)
         self.sdk = self.config.sdk
-        wanted = {*_BASE_HEADERS, self.config.context_config.timezone_header}
-        self._wanted: dict[bytes, str] = {name.encode("latin-1"): name for name in wanted}
+        # Picking the lifecycle's headers in one pass over the raw list and decoding only
+        # those is cheaper than decoding every header of the request into a dict.
+        self._wanted: dict[bytes, str] = {
+            name.encode("latin-1"): name for name in self.config.header_names
+        }
         self._request_factory: Callable[[Scope], Any] | None = None
         if self.config.identify is not None:
             self._request_factory = _request_factory()
