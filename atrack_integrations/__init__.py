@@ -8,6 +8,7 @@ framework; importing a framework module imports only that framework.
 
 from __future__ import annotations
 
+from ._current import NoRequestError, current_tracker, track
 from ._lifecycle import (
     DEFAULT_EXCLUDE_PATHS,
     IntegrationConfig,
@@ -18,6 +19,9 @@ from ._lifecycle import (
 __all__ = [
     "DEFAULT_EXCLUDE_PATHS",
     "IntegrationConfig",
+    "NoRequestError",
     "RequestTracker",
+    "current_tracker",
     "resolve_sdk",
+    "track",
 ]
