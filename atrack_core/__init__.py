@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._delivery import Call
+from ._call import Call
 from ._errors import ATrackError, DeliveryError, KeyRejectedError, NoUserError, QueueFullError
 from ._models import (
     Attributes,

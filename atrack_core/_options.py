@@ -11,17 +11,22 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
-    from ._delivery import Call
+    from ._call import Call
     from ._storage import Storage
+    from ._transport import Transport
 
 DEFAULT_API_HOST = "api.a-track.io"
 DEFAULT_TIMEOUT = 5.0
-DEFAULT_MAX_QUEUE_SIZE = 10_000
+# A burst of 20,000 calls from one thread fits with room to spare; the scheduler also
+# bounds the bytes waiting (``_scheduler.MAX_QUEUE_BYTES``), so memory stays bounded.
+DEFAULT_MAX_QUEUE_SIZE = 50_000
 DEFAULT_MAX_CONCURRENCY = 128
 DEFAULT_MAX_RETRIES = 5
 DEFAULT_SHUTDOWN_TIMEOUT = 5.0
 
 Delivery = Literal["background", "sync"]
+TransportName = Literal["auto", "httpx", "curl"]
+TRANSPORTS = ("auto", "httpx", "curl")
 ErrorHook = Callable[["Call", BaseException], object]
 BeforeSend = Callable[[str, dict[str, Any]], "dict[str, Any] | None"]
 
@@ -71,6 +76,9 @@ class Options:
     disabled: bool = False
     allow_insecure_http: bool = False
     http2: bool = False
+    # "auto": libcurl (pycurl, extra ``fast``) when installed, else httpx. A Transport
+    # instance plugs in another one (atrack_core.testing does).
+    transport: TransportName | Transport = "auto"
 
     def __repr__(self) -> str:
         key = mask_key(self.public_key) if isinstance(self.public_key, str) else "?"
@@ -82,7 +90,8 @@ class Options:
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Options:
         """Build options from ``ATRACK_PUBLIC_KEY``, ``ATRACK_GEO``, ``ATRACK_ENDPOINT``,
-        ``ATRACK_DISABLED`` and ``ATRACK_DELIVERY``; keyword arguments win over them.
+        ``ATRACK_DISABLED``, ``ATRACK_DELIVERY`` and ``ATRACK_TRANSPORT``; keyword
+        arguments win over them.
 
         Raises ``ValueError`` when ``ATRACK_PUBLIC_KEY`` is missing and the SDK is not
         disabled, or when ``ATRACK_DISABLED`` is not a boolean word.
@@ -102,6 +111,8 @@ class Options:
             kwargs["endpoint"] = env["ATRACK_ENDPOINT"]
         if env.get("ATRACK_DELIVERY"):
             kwargs["delivery"] = env["ATRACK_DELIVERY"]
+        if env.get("ATRACK_TRANSPORT"):
+            kwargs["transport"] = env["ATRACK_TRANSPORT"].strip().lower()
         kwargs.update(overrides)
         key = kwargs.pop("public_key", None) or env.get("ATRACK_PUBLIC_KEY", "")
         if not key and not kwargs.get("disabled"):
@@ -138,6 +149,15 @@ def validate_options(options: Options) -> str:
             raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
     if options.delivery not in ("background", "sync"):
         raise ValueError(f"delivery must be 'background' or 'sync', got {options.delivery!r}")
+    transport = options.transport
+    if isinstance(transport, str):
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport must be 'auto', 'httpx' or 'curl', got {transport!r}")
+    elif not callable(getattr(transport, "connection", None)):
+        raise TypeError(
+            f"transport must be 'auto', 'httpx', 'curl' or a Transport, got "
+            f"{type(transport).__name__}"
+        )
     for name in ("on_error", "before_send"):
         hook = getattr(options, name)
         if hook is not None and not callable(hook):

@@ -1,7 +1,10 @@
 """Test helpers for applications that use the SDK.
 
 Capture what the SDK would send, with the same validation as a real send (bad input
-still raises at the call), without any network::
+still raises at the call), without any network. Capturing plugs a transport
+(:class:`CaptureTransport`) into every SDK of the process: each call is serialised,
+given its headers and request id, and "sent" in the caller's thread to a transport
+that records it and answers 200::
 
     from atrack_core.testing import capture_calls
 
@@ -11,19 +14,22 @@ still raises at the call), without any network::
         assert calls.events[0]["event"] == "signed_up"
 
 With pytest the ``atrack_calls`` fixture (registered through the ``pytest11`` entry
-point) does the same for one test.
+point) does the same for one test. ``Options(transport=CaptureTransport())`` captures
+the calls of one SDK only (they are then sent like any other: in the background
+unless ``delivery="sync"``).
 """
 
 from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from ._sdk import _capture_sinks
+from . import _delivery
+from ._transport import Connection, Endpoint, Response, Transport
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +38,8 @@ class CapturedCall:
 
     path: str
     body: dict[str, Any]
+    # The request's headers (the public key, the request id, ...).
+    headers: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
 
 class CapturedCalls:
@@ -41,12 +49,11 @@ class CapturedCalls:
         self._lock = threading.Lock()
         self._calls: list[CapturedCall] = []
 
-    def _record(self, path: str, body: dict[str, Any]) -> None:
-        # A deep copy through JSON: later mutation by the caller must not change the
-        # record, and the record is exactly what would have gone on the wire.
-        copy = json.loads(json.dumps(body))
+    def _record(self, path: str, headers: Mapping[str, str], body: bytes) -> None:
+        # Decoded from the bytes that would have gone on the wire.
+        call = CapturedCall(path, json.loads(body), dict(headers))
         with self._lock:
-            self._calls.append(CapturedCall(path, copy))
+            self._calls.append(call)
 
     @property
     def calls(self) -> list[CapturedCall]:
@@ -83,16 +90,37 @@ class CapturedCalls:
         return iter(self.calls)
 
 
+class _CaptureConnection(Connection):
+    def __init__(self, calls: CapturedCalls) -> None:
+        self._calls = calls
+
+    def request(self, path: str, headers: Mapping[str, str], body: bytes) -> Response:
+        self._calls._record(path, headers, body)
+        return Response(200)
+
+
+class CaptureTransport(Transport):
+    """A transport that records every request into :attr:`calls` and answers 200."""
+
+    name = "capture"
+
+    def __init__(self, calls: CapturedCalls | None = None) -> None:
+        self.calls = calls if calls is not None else CapturedCalls()
+
+    def connection(self, endpoint: Endpoint) -> Connection:
+        return _CaptureConnection(self.calls)
+
+
 @contextmanager
 def capture_calls() -> Iterator[CapturedCalls]:
-    """Divert every SDK's calls into a :class:`CapturedCalls` for the ``with`` block."""
-    captured = CapturedCalls()
-    sink = captured._record
-    _capture_sinks.append(sink)
+    """Send every SDK's calls to a :class:`CaptureTransport` for the ``with`` block,
+    in the caller's thread; the calls are in the returned :class:`CapturedCalls`."""
+    transport = CaptureTransport()
+    _delivery.overrides.append(transport)
     try:
-        yield captured
+        yield transport.calls
     finally:
-        _capture_sinks.remove(sink)
+        _delivery.overrides.remove(transport)
 
 
 try:

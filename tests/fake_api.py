@@ -45,6 +45,12 @@ class Plan:
     delay: float = 0.0
     # Hold the request unanswered until the server closes (a blackholed API).
     hang: bool = False
+    # Send the answer one byte every ``trickle`` seconds (a slow-loris API).
+    trickle: float = 0.0
+    # An error body of this many bytes (written until the client goes away).
+    body_size: int = 0
+    # A chunked body that never ends: one chunk every ``endless`` seconds.
+    endless: float = 0.0
 
 
 class FakeApi:
@@ -56,6 +62,8 @@ class FakeApi:
         self.default_status = 200
         # Answer for requests no plan matches; None means ``Plan(default_status)``.
         self.default: Plan | None = None
+        # Bytes of hostile answers (Plan.trickle, body_size, endless) written so far.
+        self.bytes_written = 0
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         api = self
@@ -71,7 +79,7 @@ class FakeApi:
                 raw = self.rfile.read(length)
                 rec = Received(self.path, {k.lower(): v for k, v in self.headers.items()}, raw)
                 plan = api._next_plan(rec)
-                rec.status = 0 if plan.drop or plan.hang else plan.status
+                rec.status = 0 if plan.drop or plan.hang or plan.trickle else plan.status
                 # Recorded on arrival, before any delay or answer: a client that got its
                 # response, or gave up waiting for it, finds its request recorded.
                 api._record(rec)
@@ -86,6 +94,9 @@ class FakeApi:
                     # Close without answering: the client sees a connection error.
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                if plan.trickle or plan.body_size or plan.endless:
+                    api._answer_slowly(self, plan)
                     return
                 payload = json.dumps({"ok": plan.status < 300}).encode()
                 try:
@@ -148,6 +159,41 @@ class FakeApi:
             if queue:
                 return queue.popleft()
             return self.default if self.default is not None else Plan(self.default_status)
+
+    def _answer_slowly(self, handler: BaseHTTPRequestHandler, plan: Plan) -> None:
+        """The hostile answers: trickled, huge or endless. Counts what it could write."""
+        handler.close_connection = True
+        out = handler.wfile
+        try:
+            if plan.trickle:
+                head = f"HTTP/1.1 {plan.status} OK\r\ncontent-length: 2\r\n\r\n{{}}".encode()
+                for byte in head:
+                    if self._closing.wait(plan.trickle):
+                        return
+                    out.write(bytes([byte]))
+                    out.flush()
+                    self.bytes_written += 1
+            elif plan.body_size:
+                out.write(
+                    f"HTTP/1.1 {plan.status} Boom\r\ncontent-length: {plan.body_size}\r\n"
+                    "content-type: text/plain\r\n\r\n".encode()
+                )
+                chunk = b"x" * 65536
+                left = plan.body_size
+                while left > 0 and not self._closing.is_set():
+                    out.write(chunk[:left])
+                    left -= len(chunk[:left])
+                    self.bytes_written += len(chunk)
+            else:
+                out.write(
+                    f"HTTP/1.1 {plan.status} OK\r\ntransfer-encoding: chunked\r\n\r\n".encode()
+                )
+                while not self._closing.wait(plan.endless):
+                    out.write(b"1\r\nx\r\n")
+                    out.flush()
+                    self.bytes_written += 1
+        except OSError:
+            pass  # the client went away, as it should
 
     def _record(self, rec: Received) -> None:
         with self._cond:

@@ -51,18 +51,32 @@ def test_background_sdk_lifecycle(collector: Collector) -> None:
 
 
 def test_per_user_order_holds_under_latency() -> None:
+    # /init first, /attributes after the calls made before it and before the calls
+    # made after it; events between two of those in any order.
     with run_in_thread(latency=0.02) as slow:
         with ATrackSdk(Options(KEY, endpoint=slow.url)) as sdk:
+            for user in range(8):
+                sdk.send_init(f"user-{user}", True)
             for step in range(5):
                 for user in range(8):
                     sdk.track(EventPayload(event=f"step-{step}", uuid=f"user-{user}"))
+                    if step == 1:
+                        sdk.send_attributes(f"user-{user}", {"after": 1})
             assert sdk.flush(30) is True
         calls = slow.store.calls()
-        assert len(calls) == 40
+        assert len(calls) == 8 * 7
         for user in range(8):
             mine = [c for c in calls if c["uuid"] == f"user-{user}"]
-            steps = [int(json.loads(c["body"])["event"].removeprefix("step-")) for c in mine]
-            assert steps == [0, 1, 2, 3, 4]
+            paths = [c["path"] for c in mine]
+            assert paths[0] == "/init"
+            steps = [
+                int(json.loads(c["body"])["event"].removeprefix("step-"))
+                for c in mine
+                if c["path"] == "/event"
+            ]
+            assert sorted(steps[:2]) == [0, 1]
+            assert sorted(steps[2:]) == [2, 3, 4]
+            assert paths.index("/attributes") == 3
 
 
 def test_sync_sdk_with_a_rejected_key_raises_with_status_and_body() -> None:

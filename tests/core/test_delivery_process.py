@@ -31,7 +31,10 @@ EXIT_SCRIPT = textwrap.dedent(
     from atrack_core import ATrackSdk, Options
 
     url, shutdown_timeout, count = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
-    sdk = ATrackSdk(Options(@KEY@, endpoint=url, shutdown_timeout=shutdown_timeout))
+    transport = sys.argv[4] if len(sys.argv) > 4 else "auto"
+    sdk = ATrackSdk(
+        Options(@KEY@, endpoint=url, shutdown_timeout=shutdown_timeout, transport=transport)
+    )
     for i in range(count):
         sdk.track("e", {"i": i}, uuid=f"u{i % 50}")
     print("queued-at-exit", sdk.stats()["queued"], flush=True)
@@ -50,6 +53,17 @@ def interpreters() -> list[str]:
         if candidates:
             found.append(str(candidates[-1]))
     return found
+
+
+def runs() -> list[tuple[str, str]]:
+    """(interpreter, transport): the venv's Python with both transports; the others
+    with httpx (pycurl is compiled for the venv's Python only)."""
+    first, *others = interpreters()
+    return [(first, "httpx"), (first, "curl"), *[(python, "httpx") for python in others]]
+
+
+def run_id(run: tuple[str, str]) -> str:
+    return f"{Path(run[0]).name}-{run[1]}"
 
 
 def run(python: str, script: str, *args: str, timeout: float = 40) -> tuple[float, str, str]:
@@ -75,10 +89,12 @@ def startup_time(python: str) -> float:
     return elapsed
 
 
-@pytest.mark.parametrize("python", interpreters(), ids=lambda p: Path(p).name)
-def test_exit_flush_delivers_what_was_queued(fake_api: FakeApi, python: str) -> None:
-    fake_api.latency = 0.02  # 6 calls per user in a row: about 0.15 s of sending at exit
-    _, out, err = run(python, EXIT_SCRIPT, fake_api.url, "5", "300")
+@pytest.mark.parametrize(("python", "transport"), runs(), ids=run_id)
+def test_exit_flush_delivers_what_was_queued(
+    fake_api: FakeApi, python: str, transport: str
+) -> None:
+    fake_api.latency = 0.02
+    _, out, err = run(python, EXIT_SCRIPT, fake_api.url, "5", "300", transport)
     assert int(out.split()[-1]) > 0  # calls were still waiting when the script ended
     ids = Counter(fake_api.request_ids())
     assert len(ids) == 300
@@ -87,20 +103,20 @@ def test_exit_flush_delivers_what_was_queued(fake_api: FakeApi, python: str) -> 
     assert KEY not in err
 
 
-@pytest.mark.parametrize("python", interpreters(), ids=lambda p: Path(p).name)
-def test_exit_is_bounded_when_the_api_refuses_connections(python: str) -> None:
+@pytest.mark.parametrize(("python", "transport"), runs(), ids=run_id)
+def test_exit_is_bounded_when_the_api_refuses_connections(python: str, transport: str) -> None:
     base = startup_time(python)
-    elapsed, _, err = run(python, EXIT_SCRIPT, closed_port_url(), "1", "200")
+    elapsed, _, err = run(python, EXIT_SCRIPT, closed_port_url(), "1", "200", transport)
     # shutdown_timeout is 1 s; generous margin for a loaded machine.
     assert elapsed - base < 4.0, (elapsed, base)
     assert "not delivered" in err  # the lost calls are logged at WARNING
     assert KEY not in err
 
 
-def test_exit_is_bounded_when_the_api_never_answers() -> None:
+def test_exit_is_bounded_when_the_api_never_answers(transport: str) -> None:
     base = startup_time(sys.executable)
     with blackhole_url() as url:
-        elapsed, _, err = run(sys.executable, EXIT_SCRIPT, url, "1", "200")
+        elapsed, _, err = run(sys.executable, EXIT_SCRIPT, url, "1", "200", transport)
     # Each attempt would wait timeout=5 s; the exit flush stops at shutdown_timeout=1 s.
     assert elapsed - base < 4.0, (elapsed, base)
     assert "not delivered" in err
@@ -111,9 +127,10 @@ FORK_SCRIPT = textwrap.dedent(
     import os, sys
     from atrack_core import ATrackSdk, Options
 
-    sdk = ATrackSdk(Options(@KEY@, endpoint=sys.argv[1]))
+    sdk = ATrackSdk(Options(@KEY@, endpoint=sys.argv[1], transport=sys.argv[2]))
+    sdk.send_init("parent-user", True)
     for i in range(40):
-        sdk.track("parent", {"i": i}, uuid="parent-user")  # one user: sent one by one
+        sdk.track("parent", {"i": i}, uuid="parent-user")  # all wait for the /init
     queued = sdk.stats()["queued"]
     pid = os.fork()
     if pid == 0:
@@ -129,16 +146,20 @@ FORK_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-def test_fork_child_sends_its_own_calls_and_never_the_parents(fake_api: FakeApi) -> None:
+def test_fork_child_sends_its_own_calls_and_never_the_parents(
+    fake_api: FakeApi, transport: str
+) -> None:
     fake_api.latency = 0.01
-    _, out, _ = run(sys.executable, FORK_SCRIPT, fake_api.url)
+    fake_api.plan("/init", Plan(delay=0.3))  # the parent's calls are still queued at fork
+    _, out, _ = run(sys.executable, FORK_SCRIPT, fake_api.url, transport)
     words = out.split()
     assert int(words[1]) > 0  # the parent still had calls queued when it forked
     assert words[3] == "0"  # the child exited cleanly
     ids = Counter(fake_api.request_ids())
     assert max(ids.values()) == 1
-    parent = sorted(b["attributes"]["i"] for b in fake_api.bodies() if b["event"] == "parent")
-    child = sorted(b["attributes"]["i"] for b in fake_api.bodies() if b["event"] == "child")
+    events = fake_api.bodies("/event")
+    parent = sorted(b["attributes"]["i"] for b in events if b["event"] == "parent")
+    child = sorted(b["attributes"]["i"] for b in events if b["event"] == "child")
     assert parent == list(range(40))  # each exactly once: the child sent none of them
     assert child == list(range(10))
 
@@ -148,7 +169,7 @@ FORK_STRESS_SCRIPT = textwrap.dedent(
     import os, sys, threading, time
     from atrack_core import ATrackSdk, Options
 
-    sdk = ATrackSdk(Options(@KEY@, endpoint=sys.argv[1]))
+    sdk = ATrackSdk(Options(@KEY@, endpoint=sys.argv[1], transport=sys.argv[2]))
     stop = threading.Event()
 
     def hammer():
@@ -197,9 +218,9 @@ FORK_STRESS_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-def test_fork_while_other_threads_use_the_sdk(fake_api: FakeApi) -> None:
+def test_fork_while_other_threads_use_the_sdk(fake_api: FakeApi, transport: str) -> None:
     fake_api.default = Plan(delay=0.005)
-    _, out, err = run(sys.executable, FORK_STRESS_SCRIPT, fake_api.url)
+    _, out, err = run(sys.executable, FORK_STRESS_SCRIPT, fake_api.url, transport)
     assert out.split() == ["0"] * 8, err
     children = sorted(b["attributes"]["n"] for b in fake_api.bodies() if b["event"] == "child")
     assert children == list(range(8))

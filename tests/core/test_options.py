@@ -21,11 +21,12 @@ def test_defaults_match_the_spec() -> None:
         "background",
     )
     assert (o.max_queue_size, o.max_concurrency, o.max_retries, o.shutdown_timeout) == (
-        10_000,
+        50_000,
         128,
         5,
         5.0,
     )
+    assert o.transport == "auto"
     assert (o.on_error, o.before_send, o.disabled, o.allow_insecure_http, o.http2) == (
         None,
         None,
@@ -188,9 +189,11 @@ def test_from_env_reads_the_documented_variables() -> None:
         "ATRACK_GEO": "fra",
         "ATRACK_DISABLED": "true",
         "ATRACK_DELIVERY": "sync",
+        "ATRACK_TRANSPORT": "HTTPX",
     }
     o = Options.from_env(env)
     assert (o.public_key, o.geo, o.disabled, o.delivery) == ("pub_env_1", "fra", True, "sync")
+    assert o.transport == "httpx"
     o = Options.from_env({"ATRACK_PUBLIC_KEY": "k", "ATRACK_ENDPOINT": "http://127.0.0.1:1"})
     assert o.endpoint == "http://127.0.0.1:1" and o.disabled is False
     assert Options.from_env({"ATRACK_PUBLIC_KEY": "k"}, timeout=2.0).timeout == 2.0
@@ -200,6 +203,14 @@ def test_from_env_uses_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ATRACK_PUBLIC_KEY", "pub_from_os")
     monkeypatch.delenv("ATRACK_DISABLED", raising=False)
     assert Options.from_env().public_key == "pub_from_os"
+
+
+@pytest.mark.parametrize(
+    ("transport", "error"), [("curly", ValueError), ("", ValueError), (42, TypeError)]
+)
+def test_transport_is_validated(transport: object, error: type[Exception]) -> None:
+    with pytest.raises(error, match="transport"):
+        build(transport=transport)
 
 
 def test_from_env_errors() -> None:

@@ -13,7 +13,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from atrack_core import ATrackSdk, EventPayload, Options
-from atrack_core._delivery import Call
 from atrack_core._request import (
     ContextConfig,
     RequestView,
@@ -28,7 +27,7 @@ from atrack_core._wire import (
     event_json,
     serialize,
 )
-from atrack_core.testing import capture_calls
+from atrack_core.testing import CapturedCalls, CaptureTransport, capture_calls
 from atrack_integrations import IntegrationConfig
 
 UUID = "0d54a1f2-3b4c-4d5e-8f90-123456789abc"
@@ -49,37 +48,30 @@ BROWSER = RequestView(
 )
 
 
-class RecordingDelivery:
-    """Stands in for the delivery: keeps what was submitted."""
-
-    def __init__(self) -> None:
-        self.calls: list[Call] = []
-
-    def submit(self, call: Call) -> bool:
-        self.calls.append(call)
-        return True
-
-    def queued(self) -> int:
-        return 0
-
-    def flush(self, timeout: float | None = None) -> bool:
-        return True
-
-    def shutdown(self, timeout: float | None = None) -> None:
-        return None
+def recording_sdk(**options: Any) -> ATrackSdk:
+    """An SDK whose calls go, in the caller's thread, to a transport that records them."""
+    return ATrackSdk(
+        Options(
+            "pub_test_1234",
+            endpoint="http://127.0.0.1:9",  # never connected to: the transport records
+            delivery="sync",
+            transport=CaptureTransport(),
+            **options,
+        )
+    )
 
 
 @pytest.fixture
 def sdk() -> Iterator[ATrackSdk]:
-    sdk = ATrackSdk(Options("pub_test_1234", disabled=True))
+    sdk = recording_sdk()
     yield sdk
     sdk.shutdown()
 
 
-def recording(sdk: ATrackSdk) -> RecordingDelivery:
-    delivery = RecordingDelivery()
-    sdk._delivery = delivery  # type: ignore[assignment]
-    return delivery
+def recording(sdk: ATrackSdk) -> CapturedCalls:
+    transport = sdk.options.transport
+    assert isinstance(transport, CaptureTransport)
+    return transport.calls
 
 
 # ------------------------------------------------------------------ event_json
@@ -167,8 +159,8 @@ def test_tracker_events_are_the_same_on_the_fast_and_the_captured_path(sdk: ATra
     with capture_calls() as captured:
         tracker.track("order_created", {"amount": 12, "currency": "EUR"})
     (call,) = delivery.calls
-    fast = json.loads(call.body)
-    assert call.path == "/event" and call.uuid == UUID
+    fast = dict(call.body)
+    assert call.path == "/event" and fast["uuid"] == UUID
     (captured_call,) = captured.calls
     assert captured_call.path == "/event"
     fast.pop("timestamp")
@@ -235,7 +227,7 @@ def test_before_send_gets_a_copy_of_the_request_context() -> None:
         body["context"]["added"] = 1
         return body
 
-    sdk = ATrackSdk(Options("pub_test_1234", disabled=True, before_send=scrub))
+    sdk = recording_sdk(before_send=scrub)
     try:
         delivery = recording(sdk)
         tracker = tracker_for(sdk)
@@ -244,7 +236,7 @@ def test_before_send_gets_a_copy_of_the_request_context() -> None:
         assert seen[0] == seen[1]
         assert seen[1]["ipAddress"] == "134.122.17.144"
         assert "added" not in tracker.context
-        sent = [json.loads(call.body)["context"] for call in delivery.calls]
+        sent = [call.body["context"] for call in delivery.calls]
         assert all("ipAddress" not in ctx and ctx["added"] == 1 for ctx in sent)
     finally:
         sdk.shutdown()

@@ -1,36 +1,43 @@
-"""The background delivery engine (``delivery="background"``, the default).
+"""The background scheduler (``delivery="background"``, the default): lanes, timers, senders.
 
 The A-Track API has no batch endpoint, so every call is one HTTP request, and a 50 ms
-round trip limits one connection to ~20 calls a second. The engine keeps up to
-``max_concurrency`` requests in flight, each on a sender thread of its own with its
-own keep-alive connection (an ``httpx.HTTPTransport`` used directly), rather than one
-shared pool: a thread blocked on a socket costs nothing, sync httpx is the cheapest
-httpx per request, and a shared httpcore pool (sync or async) slows down sharply as
-requests queue in it. ``docs/delivery.md`` has the measurements behind that choice.
+round trip limits one connection to ~20 calls a second. The scheduler keeps up to
+``max_concurrency`` requests in flight through the SDK's transport, either with
+sender threads that each own a keep-alive connection (a transport without a multi
+driver: httpx), or with one sender thread driving every request (a transport with a
+:class:`~atrack_core._transport.Multi`: libcurl's multi interface).
+``docs/delivery.md`` has the measurements behind both.
 
 Scheduling, all under one lock (the ``Stats`` lock, so counters and queues change in
 the same critical section and ``stats()`` is always consistent):
 
-- ``_lanes``: one FIFO of calls per uuid. A uuid is *active* while its lane exists: its
-  head call is either in ``_ready``, being sent, or waiting to be retried. Later calls
-  of that uuid wait behind it, which gives per-user order even across retries.
-- ``_ready``: uuids whose head call may be sent now; sender threads take from it.
-- ``_delayed``: a heap of (due time, seq, uuid) for heads waiting to be retried. A
-  timer thread moves them back to ``_ready``; no sender sleeps through a backoff, so
-  other users keep flowing while one user's call waits.
-- Back-pressure counts calls not in flight (waiting to be sent or to be retried);
-  ``max_queue_size`` of those, and a new call is dropped at once.
+- ``_lanes``: per uuid, the calls that must wait for an earlier call of that user.
+  Order only where it matters: ``/init`` and ``/attributes`` are *barriers*: one at a
+  time per user, in call order, each after every earlier call of that user. An
+  ``/event`` waits for the barriers made before it, not for other events (they carry
+  their own timestamp), so one user's events go out concurrently.
+- ``_ready``: calls that may be sent now; senders take from it, first come first served.
+- ``_delayed``: a heap of (due time, seq, call) waiting out a backoff. A timer thread
+  moves them back to ``_ready``; no sender sleeps through a backoff, so other users
+  keep flowing while one call waits, and a barrier's later calls keep waiting for it.
+- Back-pressure counts calls not in flight (waiting to be sent or retried): at most
+  ``max_queue_size`` of those and ``MAX_QUEUE_BYTES`` of bodies; a call that does
+  not fit goes to the store's ``overflow`` hook when there is one, else is dropped.
 - ``flush()`` registers a waiter with the number of calls outstanding at that moment;
   only calls with a lower ``seq`` count it down, so calls made later never hold it.
 - An outage (``OUTAGE_AFTER`` attempts in a row without any HTTP response) switches to
   one probe at a time until the API answers again.
 
-Sender threads are started on demand, no more than are useful (``MIN_SENDERS`` ..
-``max_concurrency``), and exit after a minute idle. They are daemon threads: the exit
-flush (``atexit`` in ``_sdk.py``) bounds the wait by ``shutdown_timeout``, and a sender
-stuck on an unreachable API cannot keep the interpreter alive. After ``os.fork()`` the
-child rebuilds all of this empty (``after_fork_in_child``); what the parent had queued
-stays the parent's.
+Hooks for a persistent store (an outbox), set as ``BackgroundDelivery.hooks``:
+``accepted(call)`` after a call is enqueued (caller's thread), ``overflow(call)`` when
+it does not fit (``True``: the store keeps it), ``settled(call, delivered)`` when it
+was delivered or finally given up (under the scheduler's lock: must not block).
+``submit()`` accepts calls rebuilt by a store, with their request id and ``created``.
+
+Senders are daemon threads: the exit flush bounds the wait by ``shutdown_timeout``,
+and a sender stuck on an unreachable API cannot keep the interpreter alive. After
+``os.fork()`` the child rebuilds all of this empty (``after_fork_in_child``); what the
+parent had queued stays the parent's.
 """
 
 from __future__ import annotations
@@ -38,23 +45,21 @@ from __future__ import annotations
 import heapq
 import logging
 import math
-import os
 import random
-import socket
-import ssl
 import threading
 import time
-import urllib.request
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
 
-import httpx
-
-from . import _delivery
-from ._delivery import Call, Outcome, Reporter, Stats, _fork_reset, classify
+from . import _fork, _retry
+from ._call import Call
 from ._errors import DeliveryError
-from ._options import Options
-from ._wire import PATH_ATTRIBUTES, PATH_EVENT, PATH_INIT, headers, new_request_id
+from ._reporting import Reporter, Stats
+from ._retry import Outcome, attempt, classify, prepare
+from ._transport import Connection, Endpoint, Multi, Response, Transport
+
+if TYPE_CHECKING:
+    from ._options import Options
 
 logger = logging.getLogger("atrack")
 
@@ -68,15 +73,37 @@ IDLE_EXIT = 60.0
 OUTAGE_AFTER = 10
 # Sender threads are started as work needs them, but no more than can be useful: with
 # the GIL, one process runs one sender's Python at a time, so once the senders'
-# network waits cover each other's CPU time, more threads only fight over the GIL
-# (measured at 0 ms latency: 128 threads cost 0.6 CPU s per 1,000 calls, 8-16 threads
-# 0.28, at the same throughput). The useful number is about wall time / CPU time of a
-# request (Little's law), doubled for headroom; the wall time is the minimum over a
-# recent window, which is the network's latency without the time spent queueing for
-# the GIL. Until the first answers, up to START_SENDERS.
+# network waits cover each other's CPU time, more threads only fight over the GIL.
+# The useful number is about wall time / CPU time of a request (Little's law), doubled
+# for headroom; the wall time is the minimum over a recent window, which is the
+# network's latency without the time spent queueing for the GIL. Until the first
+# answers, up to START_SENDERS.
 MIN_SENDERS = 4
 START_SENDERS = 16
 SAMPLE_WINDOW = 256
+# Bodies waiting (not in flight) are bounded in bytes as well as in number.
+MAX_QUEUE_BYTES = 32 * 1024 * 1024
+
+
+class StoreHooks(Protocol):
+    """What a persistent store (an outbox) observes; see the module docstring."""
+
+    def accepted(self, call: Call) -> None: ...
+
+    def overflow(self, call: Call) -> bool: ...
+
+    def settled(self, call: Call, delivered: bool) -> None: ...
+
+
+class _Lane:
+    """One user's calls that wait for an earlier call of that user."""
+
+    __slots__ = ("barrier", "events", "waiting")
+
+    def __init__(self) -> None:
+        self.waiting: deque[Call] = deque()  # not yet released, in call order
+        self.barrier: Call | None = None  # the released /init or /attributes, unsettled
+        self.events = 0  # released events, unsettled
 
 
 class _FlushWaiter:
@@ -90,47 +117,42 @@ class _FlushWaiter:
 class BackgroundDelivery:
     """Sends calls from sender threads; see the module docstring for the design."""
 
-    def __init__(self, options: Options, base_url: str, stats: Stats, reporter: Reporter) -> None:
+    def __init__(
+        self,
+        options: Options,
+        transport: Transport,
+        endpoint: Endpoint,
+        stats: Stats,
+        reporter: Reporter,
+    ) -> None:
         self._options = options
-        self._base_url = base_url
+        self._transport = transport
+        self._endpoint = endpoint
         self._stats = stats
         self._reporter = reporter
         self._key = options.public_key
         self._max_queue = options.max_queue_size
+        self._max_bytes = MAX_QUEUE_BYTES
         self._max_senders = options.max_concurrency
         self._max_retries = options.max_retries
+        # A transport with a multi driver gets one sender thread doing everything.
+        self._uses_multi = type(transport).multi is not Transport.multi
         self._closed = False
+        self.hooks: StoreHooks | None = None
         self._init_state()
-        # Done here, in the thread building the SDK, not lazily in a sender: a thread
-        # importing a module when the process forks leaves that module's import lock
-        # held forever in the child, whose senders then fail (seen: the first
-        # connection imports encodings.idna for getaddrinfo, and in the child that
-        # became "LookupError: unknown encoding: idna"). Same for loading the CA bundle.
-        import encodings.idna  # noqa: F401
-        import stringprep  # noqa: F401
-
-        import httpcore
-
-        if options.http2:
-            try:
-                import httpcore._sync.http2  # noqa: F401  (imports h2)
-            except ImportError:
-                raise ImportError(
-                    "http2=True needs the h2 package: pip install 'a-track-sdk[http2]'"
-                ) from None
-        self._ssl: ssl.SSLContext | None = _ssl_context()
-        _fork_reset(self)
+        _fork.register(self)
 
     def _init_state(self) -> None:
         self._lock = self._stats._lock
         self._work = threading.Condition(self._lock)  # senders wait here for _ready
         self._tick = threading.Condition(self._lock)  # the timer waits here for _delayed
         self._done = threading.Condition(self._lock)  # flush() waits here
-        self._lanes: dict[str, deque[Call]] = {}
-        self._ready: deque[str] = deque()
-        self._delayed: list[tuple[float, int, str]] = []
+        self._lanes: dict[str, _Lane] = {}
+        self._ready: deque[Call] = deque()
+        self._delayed: list[tuple[float, int, Call]] = []
         self._waiters: list[_FlushWaiter] = []
         self._outstanding = 0  # accepted and not yet delivered or given up
+        self._bytes = 0  # body bytes of the outstanding calls
         self._seq = 0
         self._senders = 0
         self._idle = 0
@@ -146,13 +168,14 @@ class BackgroundDelivery:
         self._probe: Call | None = None  # the one call in flight during an outage
         self._probe_at = 0.0
         self._probes_failed = 0
-        self._ssl = None
-        self._shared: httpx.HTTPTransport | None = None
+        self._multi: Multi | None = None  # the multi sender's driver, while it runs
+        self._loop_ident = 0  # the multi sender's thread id
+        self._loop_woken = False
         self._stats.queued_fn = self._queued_locked
 
     def after_fork_in_child(self) -> None:
         # The parent's threads do not exist here and its queue is the parent's to send;
-        # the inherited clients share sockets with the parent, so they are abandoned
+        # the inherited connections share sockets with the parent, so they are abandoned
         # (not closed: closing could disturb the parent's connections).
         self._stats.after_fork_in_child()
         self._init_state()
@@ -160,26 +183,49 @@ class BackgroundDelivery:
     # -- the interface ATrackSdk uses ---------------------------------------------------
 
     def submit(self, call: Call) -> bool:
-        """Enqueue without blocking; ``False`` (counted, reported) when it does not fit."""
+        """Enqueue without blocking; ``False`` (counted, reported) when it does not fit.
+
+        A call rebuilt by a store keeps its ``request_id`` and ``created``."""
         stats = self._stats
+        size = len(call.body)
         with self._lock:
             closed = self._closed
-            accepted = not closed and self._outstanding - stats.in_flight < self._max_queue
+            waiting = self._outstanding - stats.in_flight
+            accepted = (
+                not closed
+                and waiting < self._max_queue
+                and (self._bytes + size <= self._max_bytes or waiting == 0)
+            )
             if accepted:
                 call.seq = self._seq
                 self._seq += 1
                 self._outstanding += 1
+                self._bytes += size
                 stats.enqueued += 1
                 lane = self._lanes.get(call.uuid)
                 if lane is None:
-                    self._lanes[call.uuid] = deque((call,))
-                    self._ready.append(call.uuid)
+                    lane = self._lanes[call.uuid] = _Lane()
+                    if call.is_event:
+                        lane.events = 1
+                    else:
+                        lane.barrier = call
+                    self._ready.append(call)
                     self._wake_locked()
                 else:
-                    lane.append(call)  # the uuid is active: this call waits its turn
-        if not accepted:
-            self._reporter.dropped(call, closed=closed)
-        return accepted
+                    lane.waiting.append(call)
+                    self._release_locked(lane)
+        hooks = self.hooks
+        if accepted:
+            if hooks is not None:
+                hooks.accepted(call)
+            return True
+        if not closed and hooks is not None and hooks.overflow(call):
+            return True
+        limit = ""
+        if not closed and waiting < self._max_queue:
+            limit = f"{self._max_bytes // (1024 * 1024)} MiB of calls waiting"
+        self._reporter.dropped(call, closed=closed, limit=limit)
+        return False
 
     def queued(self) -> int:
         with self._lock:
@@ -220,6 +266,8 @@ class BackgroundDelivery:
             self._stopping = True
             self._work.notify_all()
             self._tick.notify_all()
+            if self._multi is not None:
+                self._multi.wake()
             left = self._outstanding
             threads = list(self._threads)
             timer = self._timer
@@ -235,26 +283,54 @@ class BackgroundDelivery:
         deadline = time.monotonic() + 0.5 if flushed else start + (timeout or 0.0)
         for thread in [*threads, *([timer] if timer is not None else [])]:
             thread.join(max(0.0, deadline - time.monotonic()))
-        with self._lock:
-            shared, self._shared = self._shared, None
-            alive = any(t.is_alive() for t in threads)
-        if shared is not None and not alive:
-            shared.close()
 
     # -- scheduling (all *_locked methods run with self._lock held) ---------------------
 
+    def _release_locked(self, lane: _Lane) -> None:
+        """Move the lane's calls that no longer wait for anything to ``_ready``."""
+        waiting = lane.waiting
+        released = False
+        while waiting and lane.barrier is None:
+            head = waiting[0]
+            if head.is_event:
+                waiting.popleft()
+                lane.events += 1
+            elif lane.events:
+                break  # a barrier waits for the events made before it
+            else:
+                waiting.popleft()
+                lane.barrier = head
+            self._ready.append(head)
+            released = True
+        if released:
+            self._wake_locked()
+
     def _wake_locked(self) -> None:
-        """A uuid became ready: wake an idle sender, or start one if under the limit."""
-        if self._idle:
+        """A call became ready: wake a sender, or start one if under the limit."""
+        if self._uses_multi:
+            if self._senders == 0:
+                if not self._stopping:
+                    self._start_thread_locked(sender=True)
+            elif self._idle:
+                self._work.notify()
+            elif not self._loop_woken and threading.get_ident() != self._loop_ident:
+                self._loop_woken = True
+                if self._multi is not None:
+                    self._multi.wake()
+        elif self._idle:
             self._work.notify()
         elif self._senders < self._target and not self._stopping:
             self._start_thread_locked(sender=True)
 
     def _start_thread_locked(self, *, sender: bool) -> threading.Thread | None:
+        if not sender:
+            target = self._timer_main
+        elif self._uses_multi:
+            target = self._multi_main
+        else:
+            target = self._sender_main
         thread = threading.Thread(
-            target=self._sender_main if sender else self._timer_main,
-            name="atrack-sender" if sender else "atrack-retry",
-            daemon=True,
+            target=target, name="atrack-sender" if sender else "atrack-retry", daemon=True
         )
         try:
             thread.start()
@@ -268,54 +344,58 @@ class BackgroundDelivery:
             self._senders += 1
         return thread
 
+    def _poll_locked(self) -> tuple[Call | None, float | None]:
+        """The next call to send now (counted in flight), or ``None`` and how long to
+        wait before one may be due (``None``: until woken)."""
+        if not self._ready:
+            return None, None
+        if self._outage:
+            # One probe at a time; the others wait (without using up attempts).
+            now = time.monotonic()
+            if self._probe is None and now >= self._probe_at:
+                call = self._probe = self._ready.popleft()
+                self._stats.in_flight += 1
+                return call, None
+            return None, (None if self._probe is not None else self._probe_at - now)
+        self._stats.in_flight += 1
+        return self._ready.popleft(), None
+
     def _take_locked(self) -> Call | None:
-        """The next call to send, waiting for one; ``None`` tells the thread to exit."""
+        """The next call for a sender thread, waiting for one; ``None``: exit."""
         while True:
             if self._stopping:
                 return None
-            wait: float | None = IDLE_EXIT
             if self._senders > self._target + 2:
                 return None  # latency dropped: fewer senders do the same work for less CPU
-            if self._ready:
-                if self._outage:
-                    # One probe at a time; the others wait (without using up attempts).
-                    now = time.monotonic()
-                    if self._probe is None and now >= self._probe_at:
-                        call = self._lanes[self._ready.popleft()][0]
-                        self._probe = call
-                        self._stats.in_flight += 1
-                        return call
-                    wait = None if self._probe is not None else self._probe_at - now
-                else:
-                    call = self._lanes[self._ready.popleft()][0]
-                    self._stats.in_flight += 1
-                    if self._ready:  # more work than this thread: pass it on
-                        self._wake_locked()
-                    return call
+            call, wait = self._poll_locked()
+            if call is not None:
+                if self._ready and not self._outage:  # more work than this thread
+                    self._wake_locked()
+                return call
             self._idle += 1
             try:
-                woken = self._work.wait(wait)
+                woken = self._work.wait(IDLE_EXIT if wait is None else wait)
             finally:
                 self._idle -= 1
-            if not woken and not self._ready and wait == IDLE_EXIT:
+            if not woken and not self._ready and wait is None:
                 return None
 
     def _settle_locked(self, call: Call, outcome: Outcome) -> DeliveryError | None:
         """Record an attempt's outcome. When the call is given up on, returns the error:
         the caller reports it, then calls :meth:`_give_up_locked`. Until then the call
-        counts as in flight and its uuid stays blocked, so ``flush()`` returns only after
+        counts as in flight and its lane stays blocked, so ``flush()`` returns only after
         ``on_error`` has seen it, and the user's next call waits for the report."""
         stats = self._stats
         self._track_reachability_locked(call, outcome)
         if outcome.ok:
             stats.in_flight -= 1
             stats.sent += 1
-            self._finish_locked(call)
+            self._finish_locked(call, True)
             return None
         if outcome.delay is not None and call.attempts <= self._max_retries and not self._stopping:
             stats.in_flight -= 1
             stats.retried += 1
-            heapq.heappush(self._delayed, (time.monotonic() + outcome.delay, call.seq, call.uuid))
+            heapq.heappush(self._delayed, (time.monotonic() + outcome.delay, call.seq, call))
             if self._timer is None:
                 self._timer = self._start_thread_locked(sender=False)
             else:
@@ -339,8 +419,7 @@ class BackgroundDelivery:
         was_probe = call is self._probe
         if was_probe:
             self._probe = None
-        if outcome.ok or (outcome.error is not None and outcome.error.status is not None):
-            # Any HTTP answer, even an error status: the API is reachable.
+        if outcome.answered:
             self._no_response = 0
             if self._outage:
                 self._outage = False
@@ -361,23 +440,29 @@ class BackgroundDelivery:
         elif was_probe:
             self._probes_failed += 1
         # Exponential in failed probes, capped, half-jittered: never 0 (that would spin).
-        step = min(_delivery.BACKOFF_CAP, _delivery.BACKOFF_BASE * 2.0**self._probes_failed)
+        step = min(_retry.BACKOFF_CAP, _retry.BACKOFF_BASE * 2.0 ** min(self._probes_failed, 64))
         self._probe_at = time.monotonic() + step * (0.5 + random.random() / 2)
         self._work.notify()  # a waiting sender takes the next probe when it is due
 
     def _give_up_locked(self, call: Call) -> None:
         self._stats.in_flight -= 1
         self._stats.failed += 1
-        self._finish_locked(call)
+        self._finish_locked(call, False)
 
-    def _finish_locked(self, call: Call) -> None:
+    def _finish_locked(self, call: Call, delivered: bool) -> None:
         lane = self._lanes[call.uuid]
-        lane.popleft()
-        if lane:
-            self._ready.append(call.uuid)  # this sender takes it (or another) next
+        if call is lane.barrier:
+            lane.barrier = None
         else:
+            lane.events -= 1
+        if lane.waiting:
+            self._release_locked(lane)
+        if lane.barrier is None and not lane.events and not lane.waiting:
             del self._lanes[call.uuid]
         self._outstanding -= 1
+        self._bytes -= len(call.body)
+        if self.hooks is not None:
+            self.hooks.settled(call, delivered)
         if self._waiters:
             notify = False
             for waiter in self._waiters:
@@ -390,8 +475,9 @@ class BackgroundDelivery:
     # -- threads ------------------------------------------------------------------------
 
     def _sender_main(self) -> None:
+        """A sender thread: one connection, one request at a time."""
         lock = self._lock
-        conn: _Connection | None = None
+        conn: Connection | None = None
         done: tuple[Call, Outcome] | None = None  # the last attempt, not yet settled
         timing: tuple[float, float] | None = None  # its wall and CPU seconds
         failed: Call | None = None  # given up on and reported, not yet finished
@@ -421,9 +507,9 @@ class BackgroundDelivery:
                     return
                 try:
                     if conn is None:
-                        conn = self._connection()
+                        conn = self._transport.connection(self._endpoint)
                     wall, cpu = time.perf_counter(), time.thread_time()
-                    outcome = conn.send(call)
+                    outcome = attempt(conn, call, self._key)
                     timing = (time.perf_counter() - wall, time.thread_time() - cpu)
                 except Exception as exc:  # a bug must not kill the sender or strand the call
                     logger.exception("A-Track sender failed on %r", call)
@@ -439,8 +525,94 @@ class BackgroundDelivery:
                     self._give_up_locked(done[0])
                 self._senders -= 1
                 self._threads.discard(threading.current_thread())
-            if conn is not None and conn.transport is not self._shared:
+            if conn is not None:
                 conn.close()
+
+    def _multi_main(self) -> None:
+        """The one sender of a transport with a multi driver: every request from here."""
+        lock = self._lock
+        capacity = self._max_senders
+        multi: Multi | None = None
+        flying: dict[int, Call] = {}
+        results: list[tuple[Call, Outcome]] = []
+        failed: list[Call] = []
+        try:
+            with lock:
+                self._loop_ident = threading.get_ident()
+            while True:
+                errors: list[tuple[Call, DeliveryError]] = []
+                new: list[Call] = []
+                with lock:
+                    for call in failed:
+                        self._give_up_locked(call)
+                    failed = []
+                    for call, outcome in results:
+                        error = self._settle_locked(call, outcome)
+                        if error is not None:
+                            errors.append((call, error))
+                    results = []
+                    self._loop_woken = False
+                    wait: float | None = None
+                    while not self._stopping and len(flying) + len(new) < capacity:
+                        taken, wait = self._poll_locked()
+                        if taken is None:
+                            break
+                        new.append(taken)
+                    if not flying and not new and not errors:
+                        if self._stopping:
+                            return
+                        self._idle += 1
+                        try:
+                            woken = self._work.wait(IDLE_EXIT if wait is None else wait)
+                        finally:
+                            self._idle -= 1
+                        if not woken and not self._ready and wait is None:
+                            return
+                        continue
+                for call, error in errors:
+                    # Outside the lock: logging and the user's on_error may be slow.
+                    self._reporter.failed(call, error, count=False)
+                    failed.append(call)
+                if not new and not flying:
+                    continue
+                if multi is None:
+                    built = self._transport.multi(self._endpoint, capacity)
+                    assert built is not None
+                    multi = built
+                    with lock:
+                        self._multi = multi
+                for call in new:
+                    try:
+                        multi.add(call, call.path, prepare(call, self._key), call.body)
+                        flying[id(call)] = call
+                    except Exception as exc:
+                        logger.exception("A-Track sender failed on %r", call)
+                        results.append((call, _bug(call, exc)))
+                for token, result in multi.run(None if not results else 0.0):
+                    call = flying.pop(id(token))
+                    if isinstance(result, Response):
+                        results.append((call, classify(call, result, None)))
+                    else:
+                        results.append((call, classify(call, None, result)))
+        except Exception as exc:
+            logger.exception("A-Track sender loop failed")
+            for call in flying.values():
+                results.append((call, _bug(call, exc)))
+        finally:
+            with lock:
+                for call in failed:
+                    self._give_up_locked(call)
+                for call, outcome in results:
+                    if self._settle_locked(call, outcome) is not None:
+                        self._give_up_locked(call)
+                self._senders -= 1
+                self._loop_ident = 0
+                self._multi = None
+                self._threads.discard(threading.current_thread())
+                if self._ready and not self._stopping:
+                    self._wake_locked()  # work came in while this loop was leaving
+            if multi is not None:
+                multi.close()
 
     def _timer_main(self) -> None:
         with self._lock:
@@ -456,110 +628,13 @@ class BackgroundDelivery:
                         self._tick.wait(due - now)
                         continue
                     while self._delayed and self._delayed[0][0] <= now:
-                        _, _, uuid = heapq.heappop(self._delayed)
-                        self._ready.append(uuid)
+                        _, _, due_call = heapq.heappop(self._delayed)
+                        self._ready.append(due_call)
                         self._wake_locked()
             finally:
                 self._timer = None
                 self._threads.discard(threading.current_thread())
 
-    def _connection(self) -> _Connection:
-        if self._options.http2:
-            # HTTP/2 multiplexes every sender's requests over one connection.
-            with self._lock:
-                if self._shared is None:
-                    self._shared = _transport(
-                        self._base_url, self._ssl, http2=True, connections=self._max_senders
-                    )
-                shared = self._shared
-            return _Connection(self._options, self._base_url, shared)
-        ssl_context = self._ssl
-        if ssl_context is None:  # after fork: a fresh context, not one shared with the parent
-            ssl_context = self._ssl = _ssl_context()
-        return _Connection(
-            self._options, self._base_url, _transport(self._base_url, ssl_context, http2=False)
-        )
 
-
-_ssl_cache: tuple[int, ssl.SSLContext] | None = None
-
-
-def _ssl_context() -> ssl.SSLContext:
-    """One verifying SSL context per process, shared by every SDK and sender: building
-    one from the CA bundle costs ~20 ms of CPU. A forked child builds its own (OpenSSL
-    state in use by the parent's threads at fork time is not safe to share)."""
-    global _ssl_cache
-    cached = _ssl_cache
-    if cached is not None and cached[0] == os.getpid():
-        return cached[1]
-    # Two threads may both build one on first use; the last one wins, both work.
-    context = httpx.create_ssl_context()
-    _ssl_cache = (os.getpid(), context)
-    return context
-
-
-def _transport(
-    base_url: str, ssl_context: ssl.SSLContext | None, *, http2: bool, connections: int = 1
-) -> httpx.HTTPTransport:
-    """An httpx transport with its own keep-alive pool, honouring proxy variables
-    (``HTTPS_PROXY``, ``ALL_PROXY``, ``NO_PROXY``) the way ``httpx.Client`` does."""
-    url = httpx.URL(base_url)
-    proxies = urllib.request.getproxies()
-    proxy = proxies.get(url.scheme) or proxies.get("all")
-    if proxy and urllib.request.proxy_bypass(url.host):
-        proxy = None
-    return httpx.HTTPTransport(
-        verify=ssl_context if ssl_context is not None else True,
-        http2=http2,
-        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
-        proxy=proxy or None,
-        # httpcore writes the headers and the body in two sends; with Nagle's algorithm
-        # the body waits for the peer's (possibly delayed, up to 40 ms) ACK of the
-        # headers, which halved throughput in the benchmarks.
-        socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
-    )
-
-
-class _Connection:
-    """One sender's way to the API: an httpx transport used directly.
-
-    ``httpx.Client`` adds per request what the engine does not need (base URL merging,
-    cookies, auth and redirect flows, event hooks): about 40% of the CPU of a request
-    on loopback. The transport keeps httpx's connection handling, TLS, proxies and
-    exception mapping. URLs and the timeout are built once.
-    """
-
-    __slots__ = ("_base", "_key", "_timeout", "_urls", "transport")
-
-    def __init__(self, options: Options, base_url: str, transport: httpx.HTTPTransport) -> None:
-        self.transport = transport
-        self._key = options.public_key
-        self._base = base_url
-        self._timeout: dict[str, Any] = httpx.Timeout(options.timeout).as_dict()
-        self._urls = {p: httpx.URL(base_url + p) for p in (PATH_INIT, PATH_ATTRIBUTES, PATH_EVENT)}
-
-    def send(self, call: Call) -> Outcome:
-        """One attempt of ``call``; the same request id on every attempt."""
-        call.attempts += 1
-        if not call.request_id:
-            call.request_id = new_request_id()
-        url = self._urls.get(call.path) or httpx.URL(self._base + call.path)
-        request = httpx.Request(
-            "POST",
-            url,
-            content=call.body,
-            headers=headers(self._key, call.request_id),
-            extensions={"timeout": self._timeout},
-        )
-        try:
-            response = self.transport.handle_request(request)
-            try:
-                response.read()
-            finally:
-                response.close()
-        except httpx.HTTPError as exc:
-            return classify(call, None, exc)
-        return classify(call, response, None)
-
-    def close(self) -> None:
-        self.transport.close()
+def _bug(call: Call, exc: BaseException) -> Outcome:
+    return Outcome(False, error=DeliveryError(f"{call.path} failed: {exc!r}"))
