@@ -89,6 +89,8 @@ class _State:
         return None
 
     def header(self, line: bytes) -> None:
+        if line[:1] not in b"RrH":
+            return
         if line[:12].lower() == b"retry-after:":
             self.retry_after = line[12:].decode("latin-1").strip()
         elif line[:5] == b"HTTP/":  # a new response (after a 100 or a proxy's CONNECT)
@@ -121,7 +123,9 @@ def _handle(endpoint: Endpoint, state: _State) -> Any:
 def _prepare(h: Any, url: str, headers: Mapping[str, str], body: bytes) -> None:
     h.setopt(pycurl.URL, url)
     # "Expect:" turns off libcurl's 100-continue round trip for larger bodies.
-    h.setopt(pycurl.HTTPHEADER, [f"{k}: {v}" for k, v in headers.items()] + ["Expect:"])
+    lines = [f"{k}: {v}" for k, v in headers.items()]
+    lines.append("Expect:")
+    h.setopt(pycurl.HTTPHEADER, lines)
     h.setopt(pycurl.POSTFIELDSIZE, len(body))
     h.setopt(pycurl.COPYPOSTFIELDS, body)
 

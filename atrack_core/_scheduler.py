@@ -161,7 +161,12 @@ class BackgroundDelivery:
         self._cpu_avg = 0.0
         self._wall_min = self._wall_min_prev = math.inf
         self._threads: set[threading.Thread] = set()
-        self._timer: threading.Thread | None = None
+        self._timer = False  # the retry timer thread runs (or is about to start)
+        # Threads to start once the lock is released ("sender", "timer"): Thread.start()
+        # waits for the new thread, and under gevent that wait yields to other greenlets;
+        # one of them blocking on this lock (made before monkey-patching, so a real
+        # lock) would block the whole worker. Nothing here yields while holding the lock.
+        self._pending: list[str] = []
         self._stopping = False
         self._outage = False  # see OUTAGE_AFTER
         self._no_response = 0  # attempts in a row without an HTTP response
@@ -214,6 +219,8 @@ class BackgroundDelivery:
                 else:
                     lane.waiting.append(call)
                     self._release_locked(lane)
+        if self._pending:
+            self._start_pending()
         hooks = self.hooks
         if accepted:
             if hooks is not None:
@@ -270,7 +277,6 @@ class BackgroundDelivery:
                 self._multi.wake()
             left = self._outstanding
             threads = list(self._threads)
-            timer = self._timer
         if not flushed:
             logger.warning(
                 "A-Track shut down with %d calls not delivered (shutdown timeout %.1f s)",
@@ -281,7 +287,7 @@ class BackgroundDelivery:
         # stuck on a slow or unreachable API: they are daemons and finish (or die with
         # the process) on their own, so waiting for them would only break the bound.
         deadline = time.monotonic() + 0.5 if flushed else start + (timeout or 0.0)
-        for thread in [*threads, *([timer] if timer is not None else [])]:
+        for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
 
     # -- scheduling (all *_locked methods run with self._lock held) ---------------------
@@ -306,11 +312,13 @@ class BackgroundDelivery:
             self._wake_locked()
 
     def _wake_locked(self) -> None:
-        """A call became ready: wake a sender, or start one if under the limit."""
+        """A call became ready: wake a sender, or have one started (by
+        :meth:`_start_pending`, after the lock is released) if under the limit."""
         if self._uses_multi:
             if self._senders == 0:
                 if not self._stopping:
-                    self._start_thread_locked(sender=True)
+                    self._senders += 1
+                    self._pending.append("sender")
             elif self._idle:
                 self._work.notify()
             elif not self._loop_woken and threading.get_ident() != self._loop_ident:
@@ -320,29 +328,45 @@ class BackgroundDelivery:
         elif self._idle:
             self._work.notify()
         elif self._senders < self._target and not self._stopping:
-            self._start_thread_locked(sender=True)
-
-    def _start_thread_locked(self, *, sender: bool) -> threading.Thread | None:
-        if not sender:
-            target = self._timer_main
-        elif self._uses_multi:
-            target = self._multi_main
-        else:
-            target = self._sender_main
-        thread = threading.Thread(
-            target=target, name="atrack-sender" if sender else "atrack-retry", daemon=True
-        )
-        try:
-            thread.start()
-        except RuntimeError:
-            # "can't create new thread at interpreter shutdown": existing threads (if
-            # any) carry on; otherwise the calls stay queued and flush() times out.
-            logger.debug("A-Track could not start a thread", exc_info=True)
-            return None
-        self._threads.add(thread)
-        if sender:
             self._senders += 1
-        return thread
+            self._pending.append("sender")
+
+    def _start_pending(self) -> None:
+        """Start the threads :meth:`_wake_locked` asked for. Called without the lock by
+        whoever may have asked (so a request is never left behind)."""
+        with self._lock:
+            kinds, self._pending = self._pending, []
+        for kind in kinds:
+            if kind == "timer":
+                target = self._timer_main
+            elif self._uses_multi:
+                target = self._multi_main
+            else:
+                target = self._sender_main
+            name = "atrack-retry" if kind == "timer" else "atrack-sender"
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            with self._lock:
+                self._threads.add(thread)
+            try:
+                thread.start()
+            except RuntimeError:
+                # "can't create new thread at interpreter shutdown": existing threads (if
+                # any) carry on; otherwise the calls stay queued and flush() times out.
+                logger.debug("A-Track could not start a thread", exc_info=True)
+                with self._lock:
+                    self._threads.discard(thread)
+                    if kind == "timer":
+                        self._timer = False
+                    else:
+                        self._senders -= 1
+
+    def _start_pending_locked(self) -> None:
+        """:meth:`_start_pending` from a method holding the lock (released meanwhile)."""
+        self._lock.release()
+        try:
+            self._start_pending()
+        finally:
+            self._lock.acquire()
 
     def _poll_locked(self) -> tuple[Call | None, float | None]:
         """The next call to send now (counted in flight), or ``None`` and how long to
@@ -363,6 +387,8 @@ class BackgroundDelivery:
     def _take_locked(self) -> Call | None:
         """The next call for a sender thread, waiting for one; ``None``: exit."""
         while True:
+            if self._pending:
+                self._start_pending_locked()
             if self._stopping:
                 return None
             if self._senders > self._target + 2:
@@ -396,8 +422,9 @@ class BackgroundDelivery:
             stats.in_flight -= 1
             stats.retried += 1
             heapq.heappush(self._delayed, (time.monotonic() + outcome.delay, call.seq, call))
-            if self._timer is None:
-                self._timer = self._start_thread_locked(sender=False)
+            if not self._timer:
+                self._timer = True
+                self._pending.append("timer")
             else:
                 self._tick.notify()
             return None
@@ -497,6 +524,8 @@ class BackgroundDelivery:
                         error = self._settle_locked(call, outcome)
                     if error is None:
                         call = self._take_locked()
+                if self._pending:
+                    self._start_pending()
                 if error is not None:
                     # Outside the lock: logging and the user's on_error may be slow.
                     assert call is not None
@@ -525,6 +554,8 @@ class BackgroundDelivery:
                     self._give_up_locked(done[0])
                 self._senders -= 1
                 self._threads.discard(threading.current_thread())
+            if self._pending:
+                self._start_pending()
             if conn is not None:
                 conn.close()
 
@@ -561,6 +592,9 @@ class BackgroundDelivery:
                     if not flying and not new and not errors:
                         if self._stopping:
                             return
+                        if self._pending:
+                            self._start_pending_locked()
+                            continue
                         self._idle += 1
                         try:
                             woken = self._work.wait(IDLE_EXIT if wait is None else wait)
@@ -569,6 +603,8 @@ class BackgroundDelivery:
                         if not woken and not self._ready and wait is None:
                             return
                         continue
+                if self._pending:
+                    self._start_pending()
                 for call, error in errors:
                     # Outside the lock: logging and the user's on_error may be slow.
                     self._reporter.failed(call, error, count=False)
@@ -611,6 +647,8 @@ class BackgroundDelivery:
                 self._threads.discard(threading.current_thread())
                 if self._ready and not self._stopping:
                     self._wake_locked()  # work came in while this loop was leaving
+            if self._pending:
+                self._start_pending()
             if multi is not None:
                 multi.close()
 
@@ -618,6 +656,9 @@ class BackgroundDelivery:
         with self._lock:
             try:
                 while not self._stopping:
+                    if self._pending:
+                        self._start_pending_locked()
+                        continue
                     if not self._delayed:
                         if not self._tick.wait(IDLE_EXIT) and not self._delayed:
                             return
@@ -632,7 +673,7 @@ class BackgroundDelivery:
                         self._ready.append(due_call)
                         self._wake_locked()
             finally:
-                self._timer = None
+                self._timer = False
                 self._threads.discard(threading.current_thread())
 
 

@@ -6,8 +6,8 @@ Bodies carry exactly the keys of the hosted API, every key always present.
 from __future__ import annotations
 
 import json
+import os
 import time
-import uuid as _uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
@@ -174,7 +174,11 @@ def headers(public_key: str, request_id: str) -> dict[str, str]:
 
 
 def new_request_id() -> str:
-    return str(_uuid.uuid4())
+    """A random (version 4) UUID string: what ``str(uuid.uuid4())`` gives, in a third
+    of its time (one per delivered call, on the sender's CPU budget)."""
+    h = os.urandom(16).hex()
+    variant = "89ab"[int(h[16], 16) & 3]
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-{h[20:]}"
 
 
 # track() runs on request paths: formatting a timestamp from scratch costs more than

@@ -6,8 +6,11 @@ measured. asyncio protocols and no framework: it costs a few tens of microsecond
 request, so even on a 2-core machine the client, not the server, is what is measured.
 
     python bench/_server.py --latency 0.05      # prints the port, then serves
+    python bench/_server.py --cert c.pem --key k.pem   # the same over TLS
 
-From Python: ``with BenchServer(latency=0.05) as server: server.url, server.count()``.
+From Python: ``with BenchServer(latency=0.05) as server: server.url, server.count()``;
+``BenchServer(tls=True)`` makes a self-signed certificate for 127.0.0.1 (with the
+``openssl`` command) and serves https; ``server.cert_file`` is the CA to trust.
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from typing import Any
@@ -83,10 +88,14 @@ def _write(transport: asyncio.Transport, data: bytes) -> None:
         transport.write(data)
 
 
-async def _serve(port: int, latency: float) -> None:
+async def _serve(port: int, latency: float, cert: str | None, key: str | None) -> None:
     loop = asyncio.get_running_loop()
+    context = None
+    if cert and key:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert, key)
     server = await loop.create_server(
-        lambda: _Http(latency), "127.0.0.1", port, backlog=4096, reuse_address=True
+        lambda: _Http(latency), "127.0.0.1", port, backlog=4096, reuse_address=True, ssl=context
     )
     sock = server.sockets[0]
     print(sock.getsockname()[1], flush=True)
@@ -100,31 +109,50 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added per request")
+    parser.add_argument("--cert", help="serve https with this certificate (PEM)")
+    parser.add_argument("--key", help="and this private key (PEM)")
     args = parser.parse_args()
-    asyncio.run(_serve(args.port, args.latency))
+    asyncio.run(_serve(args.port, args.latency, args.cert, args.key))
+
+
+def self_signed(directory: str) -> tuple[str, str]:
+    """A certificate (its own CA) and key for 127.0.0.1, made with ``openssl``."""
+    cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+    command = [
+        "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
+        "-out", cert, "-days", "2", "-subj", "/CN=127.0.0.1",
+        "-addext", "subjectAltName=IP:127.0.0.1",
+    ]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True)
+    return cert, key
 
 
 class BenchServer:
     """The server in a child process (its CPU is not the benchmark's)."""
 
-    def __init__(self, latency: float = 0.0) -> None:
+    def __init__(self, latency: float = 0.0, tls: bool = False) -> None:
         self.latency = latency
+        self.tls = tls
         self.proc: subprocess.Popen[str] | None = None
         self.url = ""
+        self.cert_file: str | None = None
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
 
     def __enter__(self) -> BenchServer:
-        self.proc = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "--latency", str(self.latency)],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
+        args = [sys.executable, os.path.abspath(__file__), "--latency", str(self.latency)]
+        if self.tls:
+            self._dir = tempfile.TemporaryDirectory()
+            self.cert_file, key = self_signed(self._dir.name)
+            args += ["--cert", self.cert_file, "--key", key]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         port = int(self.proc.stdout.readline())
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"{'https' if self.tls else 'http'}://127.0.0.1:{port}"
         return self
 
     def count(self) -> int:
-        with urllib.request.urlopen(self.url + "/count", timeout=5) as resp:
+        context = ssl.create_default_context(cafile=self.cert_file) if self.tls else None
+        with urllib.request.urlopen(self.url + "/count", timeout=5, context=context) as resp:
             return int(resp.read())
 
     def __exit__(self, *exc: Any) -> None:
@@ -137,6 +165,8 @@ class BenchServer:
                 self.proc.wait()
             if self.proc.stdout is not None:
                 self.proc.stdout.close()
+        if self._dir is not None:
+            self._dir.cleanup()
 
 
 class CollectorServer:

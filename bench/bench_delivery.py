@@ -1,26 +1,32 @@
-"""Delivery throughput: events per second and CPU seconds per 1,000 events.
+"""Delivery throughput and cost, per transport: events per second and CPU per event.
 
 Not a test. Run from the repo root::
 
-    .venv/bin/python bench/bench_delivery.py                 # the SDK against the baseline
-    .venv/bin/python bench/bench_delivery.py --alternatives  # plus the designs considered
+    .venv/bin/python bench/bench_delivery.py                 # every scenario, both transports
+    .venv/bin/python bench/bench_delivery.py --quick         # fewer events
+    .venv/bin/python bench/bench_delivery.py --alternatives  # plus the httpx designs considered
 
-The API stand-in runs in a separate process with 0 ms and 50 ms of added latency: by
-default ``bench/_server.py`` (a minimal asyncio server, so the client is what is
-measured), with ``--target collector`` the project's collector (Starlette, uvicorn,
-SQLite; it needs the ``collector`` extra and, on 2 cores, competes with the SDK for
-CPU). Only the sending process's CPU is counted (``time.process_time()``:
-every thread of this process, including the ``track()`` calls that produce the events).
-Events go to 1,000 distinct users (per-user order allows one call in flight per user).
+The API stand-in runs in a separate process (``bench/_server.py``: a minimal asyncio
+server, so the client is what is measured; ``--target collector``: the project's
+collector), over http and over https (a self-signed certificate, trusted through
+``SSL_CERT_FILE``), with 0 ms and 50 ms of added latency. Only the sending process's
+CPU is counted (``time.process_time()``: every thread, including the ``track()`` calls
+that produce the events). Events go to 1,000 distinct users unless said otherwise.
 
-Baseline, same run: a naive sender, one ``httpx.Client`` posting one event after another.
-Targets (SPEC section 9): >= 2,000 events/s at 50 ms, <= 0.5 CPU s per 1,000 events.
+Rows, side by side in one run:
+
+- baseline: a naive sender, one ``httpx.Client`` posting one event after another;
+- floor: bare pycurl, the multi interface with 128 requests in flight (no SDK);
+- the SDK with ``transport="httpx"`` and ``transport="curl"``, default options;
+- at 50 ms: one uuid (5,000 events), ``max_concurrency=512``, ``http2=True`` (https);
+- a burst of 20,000 ``track()`` calls from one thread, default options: delivered.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import queue
 import socket
 import sys
@@ -41,10 +47,8 @@ from atrack_core._wire import event_body, headers, new_request_id, now_timestamp
 
 KEY = "pub_bench_key_0000"
 USERS = 1000
-TIME_CAP = 25.0
-NODELAY = [
-    (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-]  # seconds per measurement; a slower design reports what it managed
+TIME_CAP = 25.0  # seconds per measurement; a slower design reports what it managed
+NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 
 
 def body(i: int) -> bytes:
@@ -65,8 +69,8 @@ class Result:
         return self.events / self.wall if self.wall else 0.0
 
     @property
-    def cpu_per_1000(self) -> float:
-        return self.cpu / self.events * 1000 if self.events else float("nan")
+    def cpu_us(self) -> float:
+        return self.cpu / self.events * 1e6 if self.events else float("nan")
 
 
 def measure(name: str, events: int, run: Callable[[], int]) -> Result:
@@ -75,31 +79,85 @@ def measure(name: str, events: int, run: Callable[[], int]) -> Result:
     return Result(name, done or events, time.perf_counter() - wall0, time.process_time() - cpu0)
 
 
-# -- the SDK and the baseline ----------------------------------------------------------
+# -- the SDK, the baseline, the floor ------------------------------------------------------
 
 
-def sdk_run(url: str, events: int, **options: object) -> int:
+def sdk_run(url: str, events: int, users: int = USERS, **options: object) -> int:
     sdk = ATrackSdk(Options(KEY, endpoint=url, **options))  # type: ignore[arg-type]
     try:
         for i in range(events):
-            sdk.track("page_viewed", {"i": i}, uuid=f"user-{i % USERS}")
+            sdk.track("page_viewed", {"i": i}, uuid=f"user-{i % users}")
         if not sdk.flush(120):
-            raise SystemExit("flush timed out")
+            raise SystemExit(f"flush timed out: {sdk.stats()}")
         stats = sdk.stats()
-        assert stats["sent"] == events, stats
-        return events
+        return int(stats["sent"])
     finally:
         sdk.shutdown()
 
 
-def naive_run(url: str, events: int) -> int:
+def naive_run(url: str, events: int, cafile: str | None) -> int:
     deadline = time.monotonic() + TIME_CAP
-    with httpx.Client(base_url=url) as client:
+    verify = httpx.create_ssl_context(verify=cafile) if cafile else True
+    with httpx.Client(base_url=url, verify=verify) as client:
         for i in range(events):
             client.post("/event", content=body(i), headers=headers(KEY, new_request_id()))
             if time.monotonic() > deadline:
                 return i + 1
     return events
+
+
+def curl_floor_run(url: str, events: int, in_flight: int, cafile: str | None) -> int:
+    """Bare pycurl: the multi interface, ``in_flight`` handles, pre-built bodies."""
+    import pycurl
+
+    multi = pycurl.CurlMulti()
+    free = []
+    for _ in range(in_flight):
+        h = pycurl.Curl()
+        h.setopt(pycurl.URL, url + "/event")
+        h.setopt(pycurl.NOSIGNAL, 1)
+        h.setopt(pycurl.WRITEFUNCTION, lambda data: None)
+        if cafile:
+            h.setopt(pycurl.CAINFO, cafile)
+        free.append(h)
+    bodies = [body(i) for i in range(events)]
+    sent = done = 0
+    deadline = time.monotonic() + TIME_CAP
+    while done < events and time.monotonic() < deadline:
+        while free and sent < events:
+            h = free.pop()
+            h.setopt(pycurl.HTTPHEADER, [f"{k}: {v}" for k, v in headers(KEY, "x").items()])
+            h.setopt(pycurl.POSTFIELDS, bodies[sent])
+            multi.add_handle(h)
+            sent += 1
+        while multi.perform()[0] == pycurl.E_CALL_MULTI_PERFORM:
+            pass
+        while True:
+            left, ok, failed = multi.info_read()
+            for h in ok + [f[0] for f in failed]:
+                multi.remove_handle(h)
+                free.append(h)
+                done += 1
+            if not left:
+                break
+        multi.select(0.1)
+    multi.close()
+    return done
+
+
+def burst_run(url: str, events: int, transport: str) -> tuple[int, int, float]:
+    """``events`` track() calls from one thread, default options: (delivered, dropped,
+    seconds to flush)."""
+    sdk = ATrackSdk(Options(KEY, endpoint=url, transport=transport))  # type: ignore[arg-type]
+    try:
+        start = time.perf_counter()
+        for i in range(events):
+            sdk.track("backfill", {"i": i}, uuid=f"user-{i % USERS}")
+        sdk.flush(300)
+        stats = sdk.stats()
+        return int(stats["sent"]), int(stats["dropped"]), time.perf_counter() - start
+    finally:
+        sdk.shutdown()
 
 
 # -- designs considered (--alternatives) -----------------------------------------------
@@ -199,34 +257,98 @@ def async_run(url: str, events: int, in_flight: int, clients: int) -> int:
     return asyncio.run(main())
 
 
-# -- the table ---------------------------------------------------------------------------
+# -- the tables --------------------------------------------------------------------------
 
 
-def table(rows: list[tuple[str, Result]], baseline: Result) -> None:
-    print(
-        f"{'latency':>8} {'sender':<44} {'events':>7} {'events/s':>9} {'x naive':>8}"
-        f" {'CPU s/1k':>9}"
-    )
-    for latency, r in rows:
-        print(
-            f"{latency:>8} {r.name:<44} {r.events:>7} {r.rate:>9.0f}"
-            f" {r.rate / baseline.rate if baseline.rate else 0:>8.1f} {r.cpu_per_1000:>9.3f}"
-        )
+def table(title: str, rows: list[Result], baseline: Result) -> None:
+    print(f"\n{title}")
+    print(f"  {'sender':<52} {'events':>7} {'events/s':>9} {'x naive':>8} {'CPU us/ev':>10}")
+    for r in rows:
+        ratio = r.rate / baseline.rate if baseline.rate else 0.0
+        print(f"  {r.name:<52} {r.events:>7} {r.rate:>9.0f} {ratio:>8.1f} {r.cpu_us:>10.0f}")
+    sys.stdout.flush()
 
 
-def run_latency(latency: float, n: int, alternatives: bool, target: str) -> None:
-    label = f"{latency * 1000:.0f} ms"
-    rows: list[tuple[str, Result]] = []
-    server_class = CollectorServer if target == "collector" else BenchServer
-    with server_class(latency=latency) as server:
+def transports() -> list[str]:
+    try:
+        import pycurl  # noqa: F401
+    except ImportError:
+        print("(pycurl not installed: the curl rows are left out)")
+        return ["httpx"]
+    return ["httpx", "curl"]
+
+
+def scenario(
+    scheme: str, latency: float, n: int, target: str, alternatives: bool, extras: bool
+) -> None:
+    label = f"{scheme}, {latency * 1000:.0f} ms added latency"
+    tls = scheme == "https"
+    if target == "collector":
+        if tls:
+            return
+        server_cm: BenchServer | CollectorServer = CollectorServer(latency=latency)
+    else:
+        server_cm = BenchServer(latency=latency, tls=tls)
+    names = transports()
+    with server_cm as server:
+        cafile = getattr(server, "cert_file", None)
+        if cafile:
+            os.environ["SSL_CERT_FILE"] = cafile  # the SDK's transports trust it
+        else:
+            os.environ.pop("SSL_CERT_FILE", None)
         url = server.url
         naive_n = 2000 if latency == 0 else 100
+        rows: list[Result] = []
         baseline = measure(
-            "naive: one httpx.Client, sequential", naive_n, partial(naive_run, url, naive_n)
+            "naive: one httpx.Client, sequential",
+            naive_n,
+            partial(naive_run, url, naive_n, cafile),
         )
-        rows.append((label, baseline))
-        rows.append((label, measure("A-Track SDK, default options", n, partial(sdk_run, url, n))))
-        if alternatives:
+        rows.append(baseline)
+        if "curl" in names:
+            rows.append(
+                measure(
+                    "floor: bare pycurl multi, 128 in flight",
+                    n,
+                    partial(curl_floor_run, url, n, 128, cafile),
+                )
+            )
+        for name in names:
+            rows.append(
+                measure(
+                    f"SDK transport={name}, default options",
+                    n,
+                    partial(sdk_run, url, n, transport=name),
+                )
+            )
+        if extras and latency > 0:
+            one = 5000
+            for name in names:
+                rows.append(
+                    measure(
+                        f"SDK transport={name}, one uuid, 5,000 events",
+                        one,
+                        partial(sdk_run, url, one, users=1, transport=name),
+                    )
+                )
+            for name in names:
+                rows.append(
+                    measure(
+                        f"SDK transport={name}, max_concurrency=512",
+                        n,
+                        partial(sdk_run, url, n, transport=name, max_concurrency=512),
+                    )
+                )
+            if tls:
+                for name in names:
+                    rows.append(
+                        measure(
+                            f"SDK transport={name}, http2=True",
+                            n,
+                            partial(sdk_run, url, n, transport=name, http2=True),
+                        )
+                    )
+        if alternatives and scheme == "http":
             m = min(n, 5000)
             designs: list[tuple[str, Callable[[], int]]] = [
                 ("128 threads, an httpx.Client each", partial(threads_run, url, m, 128, "client")),
@@ -239,7 +361,7 @@ def run_latency(latency: float, n: int, alternatives: bool, target: str) -> None
                     partial(threads_run, url, m, 128, "transport"),
                 ),
                 (
-                    "  the same with TCP_NODELAY (the SDK's senders)",
+                    "  the same with TCP_NODELAY",
                     partial(threads_run, url, m, 128, "transport-nodelay"),
                 ),
                 ("asyncio, one AsyncClient, 128 in flight", partial(async_run, url, m, 128, 1)),
@@ -247,17 +369,29 @@ def run_latency(latency: float, n: int, alternatives: bool, target: str) -> None
                 ("asyncio, 128 AsyncClients x 1 in flight", partial(async_run, url, m, 128, 128)),
             ]
             for name, fn in designs:
-                rows.append((label, measure(name, m, fn)))
+                rows.append(measure(name, m, fn))
                 time.sleep(0.5)
         got = server.count()
-    table(rows, baseline)
-    print(f"(server received {got} requests)\n", flush=True)
+    table(f"{label} (server received {got} requests)", rows, baseline)
+
+
+def burst(events: int) -> None:
+    print(f"\nburst: {events:,} track() calls from one thread, default options, http 0 ms")
+    with BenchServer(latency=0.0) as server:
+        os.environ.pop("SSL_CERT_FILE", None)
+        for name in transports():
+            sent, dropped, seconds = burst_run(server.url, events, name)
+            print(
+                f"  transport={name:<6} delivered {sent:>6,} of {events:,}, dropped {dropped:,},"
+                f" all delivered after {seconds:.1f} s"
+            )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--alternatives", action="store_true", help="also the designs considered")
     parser.add_argument("--events", type=int, default=10_000, help="events per SDK run")
+    parser.add_argument("--quick", action="store_true", help="3,000 events per run")
     parser.add_argument(
         "--target",
         choices=["fast", "collector"],
@@ -265,12 +399,16 @@ def main() -> None:
         help="fast: bench/_server.py (default); collector: `atrack collector` (SQLite)",
     )
     args = parser.parse_args()
+    n = 3000 if args.quick else args.events
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(
-        f"machine: 2 shared cores; target: {args.target} server in its own process; "
-        "CPU = this process"
+        f"machine: {os.cpu_count()} cores, shared (load average {load:.1f} at start);"
+        f" target: {args.target} server in its own process; CPU = this process"
     )
-    for latency in (0.0, 0.05):
-        run_latency(latency, args.events, args.alternatives, args.target)
+    for scheme in ("http", "https"):
+        for latency in (0.0, 0.05):
+            scenario(scheme, latency, n, args.target, args.alternatives, extras=True)
+    burst(20_000)
 
 
 if __name__ == "__main__":

@@ -342,9 +342,10 @@ def test_back_pressure_drops_without_blocking(
     assert elapsed < 1.0  # 500 calls against a hanging API return at once
     fake_api.wait_for(2)
     stats = sdk.stats()
-    # 10 wait; up to 2 had been taken by the senders when later calls came.
-    assert 10 <= stats["enqueued"] <= 12
-    assert stats["queued"] == 10
+    # At most 10 wait; up to 2 had been taken by the senders when later calls came
+    # (the single curl sender loop may take its second call after the burst).
+    assert 10 <= stats["enqueued"] <= 12, stats
+    assert 9 <= stats["queued"] <= 10, stats
     assert stats["enqueued"] + stats["dropped"] == 500
     assert len(errors.items) == stats["dropped"]
     assert all(isinstance(e, QueueFullError) for _, e in errors.items)

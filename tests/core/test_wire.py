@@ -219,3 +219,17 @@ def test_supplied_uuid_gives_is_new_user_false_and_reinit_reuses(
     again = sdk.init()  # the current user is reused, not replaced
     assert again.uuid == first.uuid and again.is_new_user is False
     assert [b["isNewUser"] for b in fake_api.bodies("/init")] == [True, False]
+
+
+def test_request_ids_are_distinct_version_4_uuids() -> None:
+    import uuid
+
+    from atrack_core._wire import new_request_id
+
+    ids = [new_request_id() for _ in range(2000)]
+    assert len(set(ids)) == 2000
+    for value in ids:
+        parsed = uuid.UUID(value)
+        assert str(parsed) == value
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
