@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ._wire import PATH_EVENT
@@ -18,7 +17,7 @@ class Call:
     id is assigned at the first attempt (keeps ``uuid4()`` off the caller's path) and
     reused by every retry, so the API can deduplicate; a call rebuilt from a store
     (an outbox) arrives with its original id already set. ``created`` is the wall-clock
-    time (``time.time()``) the call was made.
+    time (``time.time()``) the call was enqueued (set then, unless already set).
     """
 
     path: str
@@ -26,7 +25,7 @@ class Call:
     body: bytes
     request_id: str = ""
     attempts: int = 0
-    created: float = field(default_factory=time.time)
+    created: float = 0.0
     # Position in the SDK's call order (set by the scheduler at enqueue); flush() waits
     # for the calls below its own.
     seq: int = 0

@@ -123,6 +123,8 @@ class SyncDelivery:
         # Taken before a fork and returned in the child: not the child's to use.
 
     def submit(self, call: Call) -> bool:
+        if not call.created:
+            call.created = time.time()
         self._stats.add("enqueued")
         self._stats.add("in_flight")
         pid = os.getpid()

@@ -57,6 +57,7 @@ from ._errors import DeliveryError
 from ._reporting import Reporter, Stats
 from ._retry import Outcome, attempt, classify, prepare
 from ._transport import Connection, Endpoint, Multi, Response, Transport
+from ._wire import PATH_EVENT
 
 if TYPE_CHECKING:
     from ._options import Options
@@ -100,10 +101,10 @@ class _Lane:
 
     __slots__ = ("barrier", "events", "waiting")
 
-    def __init__(self) -> None:
-        self.waiting: deque[Call] = deque()  # not yet released, in call order
-        self.barrier: Call | None = None  # the released /init or /attributes, unsettled
-        self.events = 0  # released events, unsettled
+    def __init__(self, barrier: Call | None, events: int) -> None:
+        self.barrier = barrier  # the released /init or /attributes, unsettled
+        self.events = events  # released events, unsettled
+        self.waiting: deque[Call] | None = None  # not yet released, in call order
 
 
 class _FlushWaiter:
@@ -176,6 +177,7 @@ class BackgroundDelivery:
         self._multi: Multi | None = None  # the multi sender's driver, while it runs
         self._loop_ident = 0  # the multi sender's thread id
         self._loop_woken = False
+        self._loop_free = 0  # how many more requests the multi sender can take now
         self._stats.queued_fn = self._queued_locked
 
     def after_fork_in_child(self) -> None:
@@ -193,6 +195,8 @@ class BackgroundDelivery:
         A call rebuilt by a store keeps its ``request_id`` and ``created``."""
         stats = self._stats
         size = len(call.body)
+        if not call.created:
+            call.created = time.time()
         with self._lock:
             closed = self._closed
             waiting = self._outstanding - stats.in_flight
@@ -208,17 +212,23 @@ class BackgroundDelivery:
                 self._bytes += size
                 stats.enqueued += 1
                 lane = self._lanes.get(call.uuid)
+                event = call.path == PATH_EVENT
                 if lane is None:
-                    lane = self._lanes[call.uuid] = _Lane()
-                    if call.is_event:
-                        lane.events = 1
+                    self._lanes[call.uuid] = _Lane(None, 1) if event else _Lane(call, 0)
+                    self._ready.append(call)
+                    self._wake_locked()
+                elif lane.barrier is None and not lane.waiting and (event or not lane.events):
+                    # Nothing earlier to wait for: ready now.
+                    if event:
+                        lane.events += 1
                     else:
                         lane.barrier = call
                     self._ready.append(call)
                     self._wake_locked()
+                elif lane.waiting is None:
+                    lane.waiting = deque((call,))
                 else:
                     lane.waiting.append(call)
-                    self._release_locked(lane)
         if self._pending:
             self._start_pending()
         hooks = self.hooks
@@ -295,6 +305,8 @@ class BackgroundDelivery:
     def _release_locked(self, lane: _Lane) -> None:
         """Move the lane's calls that no longer wait for anything to ``_ready``."""
         waiting = lane.waiting
+        if waiting is None:
+            return
         released = False
         while waiting and lane.barrier is None:
             head = waiting[0]
@@ -321,7 +333,12 @@ class BackgroundDelivery:
                     self._pending.append("sender")
             elif self._idle:
                 self._work.notify()
-            elif not self._loop_woken and threading.get_ident() != self._loop_ident:
+            elif (
+                self._loop_free
+                and not self._loop_woken
+                and threading.get_ident() != self._loop_ident
+            ):
+                # At capacity the loop takes more as requests finish: no wake-up.
                 self._loop_woken = True
                 if self._multi is not None:
                     self._multi.wake()
@@ -589,6 +606,7 @@ class BackgroundDelivery:
                         if taken is None:
                             break
                         new.append(taken)
+                    self._loop_free = capacity - len(flying) - len(new)
                     if not flying and not new and not errors:
                         if self._stopping:
                             return
@@ -624,7 +642,7 @@ class BackgroundDelivery:
                     except Exception as exc:
                         logger.exception("A-Track sender failed on %r", call)
                         results.append((call, _bug(call, exc)))
-                for token, result in multi.run(None if not results else 0.0):
+                for token, result in multi.run(0.0 if results else wait):
                     call = flying.pop(id(token))
                     if isinstance(result, Response):
                         results.append((call, classify(call, result, None)))

@@ -306,7 +306,7 @@ def test_concurrency_is_bounded_by_max_concurrency(fake_api: FakeApi, sdk_factor
     time.sleep(0.03)
     stats = sdk.stats()
     assert stats["in_flight"] == 4
-    assert stats["queued"] == 8
+    assert stats["queued"] == 8 - stats["sent"]  # a slow machine may have finished one
     assert sdk.flush(5) is True
     assert len(fake_api.received) == 12
 
