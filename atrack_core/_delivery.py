@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Protocol
@@ -60,12 +61,25 @@ def curl_available() -> bool:
     return importlib.util.find_spec("pycurl") is not None
 
 
-def choose_transport(choice: str | Transport) -> Transport:
+def green_patched() -> bool:
+    """gevent or eventlet has monkey-patched ``socket`` (a blocking libcurl ``perform()``
+    would then stall every greenlet of the process)."""
+    gevent = sys.modules.get("gevent.monkey")
+    if gevent is not None and gevent.is_module_patched("socket"):
+        return True
+    eventlet = sys.modules.get("eventlet.patcher")
+    return bool(eventlet is not None and eventlet.is_monkey_patched("socket"))
+
+
+def choose_transport(choice: str | Transport, *, sync: bool = False) -> Transport:
     """The transport ``Options.transport`` asks for: an instance as is; ``"auto"`` is
-    libcurl when pycurl is installed (extra ``fast``), else httpx."""
+    libcurl when pycurl is installed (extra ``fast``), else httpx, and httpx for
+    ``delivery="sync"`` under gevent/eventlet (its sockets cooperate; libcurl's
+    blocking call would not)."""
     if isinstance(choice, Transport):
         return choice
-    if choice == "curl" or (choice == "auto" and curl_available()):
+    auto_curl = choice == "auto" and curl_available() and not (sync and green_patched())
+    if choice == "curl" or auto_curl:
         try:
             from ._curl_transport import CurlTransport
         except ImportError as exc:
@@ -169,7 +183,7 @@ def make_delivery(options: Options, base_url: str, stats: Stats, reporter: Repor
     """The delivery ``options`` ask for."""
     if options.disabled:
         return NullDelivery()
-    transport = choose_transport(options.transport)
+    transport = choose_transport(options.transport, sync=options.delivery == "sync")
     endpoint = endpoint_for(base_url, options.timeout, options.http2)
     transport.prepare(endpoint)
     if options.delivery == "sync":

@@ -63,10 +63,12 @@ SCRIPT = textwrap.dedent(
         from gevent import monkey; monkey.patch_all()
     from atrack_core import ATrackSdk, Options
     sdk = ATrackSdk(Options("pub_gevent_test_1234", endpoint=sys.argv[1], transport=sys.argv[2]))
-    sdk.track("built", uuid="script")
     if not patch_first:
+        # Built at import, patched in main() (gevent wants patching before any thread
+        # exists: the SDK has none until its first call).
         from gevent import monkey; monkey.patch_all()
     import gevent
+    sdk.track("built", uuid="script")
 
     def work(n):
         for i in range(10):
@@ -76,6 +78,11 @@ SCRIPT = textwrap.dedent(
     gevent.joinall([gevent.spawn(work, n) for n in range(5)])
     assert sdk.flush(15), sdk.stats()
     print("sent", sdk.stats()["sent"], flush=True)
+    # Sync mode: "auto" picks httpx once patched (libcurl's perform() would block the hub).
+    from atrack_core._delivery import choose_transport
+    print("sync-auto", choose_transport("auto", sync=True).name, flush=True)
+    sync = ATrackSdk(Options("pub_gevent_test_1234", endpoint=sys.argv[1], delivery="sync"))
+    gevent.joinall([gevent.spawn(sync.track, "sync", uuid=f"s{n}") for n in range(3)])
     """
 )
 
@@ -94,5 +101,5 @@ def test_monkey_patched_scripts_deliver(fake_api: FakeApi, transport: str, when:
         check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.split() == ["sent", "51"]
-    assert len(fake_api.received) == 51
+    assert proc.stdout.split() == ["sent", "51", "sync-auto", "httpx"]
+    assert len(fake_api.received) == 54
