@@ -1,14 +1,14 @@
-"""Memory while the API is down: 100,000 calls made, RSS bounded by the queue limit.
+"""Memory while the API is down: 200,000 calls made, RSS bounded by the queue limit.
 
 Not a test. Run from the repo root::
 
     .venv/bin/python bench/bench_memory.py
 
 The SDK points at a port that refuses connections, with the default
-``max_queue_size`` (10,000). 100,000 ``track()`` calls are made (1,000 users, a few
-attributes each); the process's resident memory is sampled every 10,000 calls. Once
-10,000 calls wait, later ones are dropped (counted in ``stats().dropped``), so memory
-must stop growing there.
+``max_queue_size`` (50,000; the waiting bodies are also bounded to 32 MiB). 200,000
+``track()`` calls are made (1,000 users, a few attributes each); the process's resident
+memory is sampled every 20,000 calls. Once 50,000 calls wait, later ones are dropped
+(counted in ``stats().dropped``), so memory must stop growing there.
 
 Baseline, same run (in a separate child process, so one does not inherit the other's
 heap): the same calls on a ``disabled=True`` SDK, which validates and serialises but
@@ -25,8 +25,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CALLS = 100_000
-STEP = 10_000
+CALLS = 200_000
+STEP = 20_000
+LIMIT = 50_000
 
 CHILD = """
 import json, os, sys
@@ -74,13 +75,13 @@ def main() -> None:
     base = run_child(url, disabled=True)
     down = run_child(url, disabled=False)
 
-    print("machine: 2 shared cores; API down (connection refused); max_queue_size 10,000")
+    print(f"machine: 2 shared cores; API down (connection refused); max_queue_size {LIMIT:,}")
     print(f"{'calls':>8} {'baseline RSS MiB':>17} {'SDK RSS MiB':>12} {'held':>7} {'dropped':>8}")
     for (n, base_rss, _, _), (_, rss, held, dropped) in zip(base, down, strict=True):
         print(f"{n:>8} {base_rss:>17.1f} {rss:>12.1f} {held:>7} {dropped:>8}")
     growth = max(r for _, r, _, _ in down) - down[0][1]
     base_growth = max(r for _, r, _, _ in base) - base[0][1]
-    at_limit = next((r for n, r, held, _ in down if held >= 10_000), down[-1][1])
+    at_limit = next((r for n, r, held, _ in down if held >= LIMIT), down[-1][1])
     after = down[-1][1] - at_limit
     print(
         f"peak RSS growth: SDK {growth:.1f} MiB, baseline {base_growth:.1f} MiB; "
