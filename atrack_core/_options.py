@@ -38,12 +38,19 @@ def mask_key(key: str) -> str:
 
 
 def _is_loopback(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
+    """``localhost``, 127.0.0.0/8 or ``::1`` (``host`` as ``urlsplit`` gives it: lower
+    case, no brackets). No other name is resolved to find out: ``foo.localhost`` maps
+    to loopback only in resolvers that special-case it, and an answer from DNS could
+    change between this check and the connection."""
+    if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        ip = ipaddress.ip_address(host)
     except ValueError:
         return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1; Python < 3.13 does not call it loopback
+    return ip.is_loopback
 
 
 @dataclass(repr=False, eq=False)

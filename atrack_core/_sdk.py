@@ -189,7 +189,9 @@ class ATrackSdk:
             payload.event,
             payload.attributes,
             context=payload.context,
-            timestamp=format_timestamp(payload.timestamp) if payload.timestamp else None,
+            timestamp=None
+            if payload.timestamp is None
+            else format_timestamp(payload.timestamp, "EventPayload.timestamp"),
         )
 
     def set_attributes(
