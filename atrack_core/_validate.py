@@ -27,6 +27,8 @@ _SCALARS = (str, bool, type(None))
 # precomputed: negating one per check would copy ~1.8 KB).
 _INT_BOUND = 10**MAX_INT_DIGITS
 _NEG_INT_BOUND = -_INT_BOUND
+# Every int of at most this many bits is below _INT_BOUND (2**14284 < 10**4300).
+_INT_FAST_BITS = _INT_BOUND.bit_length() - 1
 # C0 controls, DEL and C1 controls: never legitimate inside a name or a uuid.
 _CONTROL = frozenset(chr(c) for c in (*range(32), *range(127, 160)))
 
@@ -65,9 +67,14 @@ def _convert_dict(value: dict[Any, Any], where: str, depth: int) -> dict[str, An
             raise TypeError(f"{where} has a non-string key {key!r} ({type(key).__name__})")
         if not key.isprintable() and not _CONTROL.isdisjoint(key):
             raise ValueError(f"{where} key {key[:40]!r} contains control characters")
-        # The common case (flat str/int/bool/None values) skips the recursive call.
+        # The common case (flat str/int/bool/None values) skips the recursive call. An
+        # int is tested first, by bit length (cheaper than comparing with the bounds);
+        # the few that fail that go to the exact check in _convert.
         tp = type(item)
-        if tp in _SCALARS or (tp is int and _NEG_INT_BOUND < item < _INT_BOUND):
+        if tp is int:
+            fits = item.bit_length() <= _INT_FAST_BITS
+            out[key] = item if fits else _convert(item, where, key, depth)
+        elif tp in _SCALARS:
             out[key] = item
         else:
             out[key] = _convert(item, where, key, depth)
