@@ -35,8 +35,9 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 _WILDCARDS: Final = frozenset({"0.0.0.0", "::", ""})
-# Distinct refused values logged at WARNING; repeats (a page polling) go to DEBUG.
-_MAX_WARNED: Final = 256
+# Distinct refused requests logged at WARNING (repeats, a page polling, go to DEBUG),
+# and distinct accepted Host values remembered.
+_MAX_REMEMBERED: Final = 256
 
 
 def is_loopback_name(name: str) -> bool:
@@ -86,6 +87,10 @@ class HostOriginGuard:
             name for name in map(_normalise, allowed_hosts) if name not in _WILDCARDS
         )
         self._warned: set[tuple[str, str]] = set()
+        # Host header -> accepted: parsing an address costs microseconds, and a client
+        # sends the same Host on every call. Bounded, and only accepted values are kept,
+        # so a stream of made-up names cannot grow it.
+        self._accepted: set[str] = set()
 
     def host_allowed(self, name: str) -> bool:
         return name in self.allowed or is_loopback_name(name)
@@ -123,9 +128,12 @@ class HostOriginGuard:
         self, method: str, host: str | None, origin: str | None
     ) -> tuple[int, str, str] | None:
         # A request without Host (HTTP/1.0) comes from no browser: nothing to defend.
-        if host is not None:
+        if host is not None and host not in self._accepted:
             name, _ = _split_host(host)
-            if not self.host_allowed(name):
+            if self.host_allowed(name):
+                if len(self._accepted) < _MAX_REMEMBERED:
+                    self._accepted.add(host)
+            else:
                 shown = host[:100]
                 return (
                     400,
@@ -154,7 +162,7 @@ class HostOriginGuard:
         if key in self._warned:
             logger.debug("refused %s from %s", request, what)
             return
-        if len(self._warned) < _MAX_WARNED:
+        if len(self._warned) < _MAX_REMEMBERED:
             self._warned.add(key)
         logger.warning("refused %s (%s): %s", request, what, message)
 
