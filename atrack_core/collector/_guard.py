@@ -17,13 +17,14 @@ behalf. Two attacks matter:
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any, Final
 
-__all__ = ["HostOriginGuard", "is_loopback_name"]
+from .._options import is_loopback_host
+
+__all__ = ["HostOriginGuard"]
 
 logger = logging.getLogger("atrack.collector")
 
@@ -38,19 +39,6 @@ _WILDCARDS: Final = frozenset({"0.0.0.0", "::", ""})
 # Distinct refused requests logged at WARNING (repeats, a page polling, go to DEBUG),
 # and distinct accepted Host values remembered.
 _MAX_REMEMBERED: Final = 256
-
-
-def is_loopback_name(name: str) -> bool:
-    """``localhost``, an address in 127.0.0.0/8, or ``::1`` (lower case, no brackets)."""
-    if name == "localhost":
-        return True
-    try:
-        ip = ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_loopback
 
 
 def _split_host(value: str) -> tuple[str, str]:
@@ -93,7 +81,7 @@ class HostOriginGuard:
         self._accepted: set[str] = set()
 
     def host_allowed(self, name: str) -> bool:
-        return name in self.allowed or is_loopback_name(name)
+        return name in self.allowed or is_loopback_host(name)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
