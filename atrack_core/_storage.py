@@ -115,6 +115,9 @@ class FileStorage:
     ``os.replace``) with mode 0600, and every read re-reads it, so two processes (two
     runs of a CLI) see each other's writes; an ``fcntl`` lock on a sibling ``.lock``
     file makes ``add`` atomic across processes on POSIX. TTLs are wall-clock times.
+    A file that is not UTF-8 JSON is logged and read as empty (the next write replaces
+    it); the lock file is opened with ``O_NOFOLLOW``, and a symlink there is refused
+    with an ``OSError``.
     Not meant for web traffic: use the default :class:`MemoryStorage` or RedisStorage.
     """
 
