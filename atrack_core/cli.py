@@ -247,12 +247,6 @@ def _run_collector(args: argparse.Namespace) -> int:
                 f"who can reach {host} can read what was sent",
                 flush=True,
             )
-            if host in ("0.0.0.0", "::") and not args.allowed_hosts:
-                print(
-                    "  note:       only requests sent to a loopback name are answered; "
-                    "add --allow-host NAME for each name or address clients use",
-                    flush=True,
-                )
 
     try:
         serve(
