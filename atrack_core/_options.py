@@ -42,13 +42,20 @@ def mask_key(key: str) -> str:
     return "…" + key[-4:]
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
+def is_loopback_host(host: str) -> bool:
+    """``localhost``, 127.0.0.0/8 or ``::1`` (``host`` as ``urlsplit`` gives it: lower
+    case, no brackets). No other name is resolved to find out: ``foo.localhost`` maps
+    to loopback only in resolvers that special-case it, and an answer from DNS could
+    change between this check and the connection."""
+    if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        ip = ipaddress.ip_address(host)
     except ValueError:
         return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1; Python < 3.13 does not call it loopback
+    return ip.is_loopback
 
 
 @dataclass(repr=False, eq=False)
@@ -194,7 +201,7 @@ def _validate_endpoint(endpoint: str, allow_insecure_http: bool) -> str:
         raise ValueError(f"endpoint {endpoint!r} must be an http(s) URL with a host")
     if parts.query or parts.fragment or parts.username or parts.password:
         raise ValueError(f"endpoint {endpoint!r} must not carry a query, fragment or credentials")
-    if parts.scheme == "http" and not allow_insecure_http and not _is_loopback(host):
+    if parts.scheme == "http" and not allow_insecure_http and not is_loopback_host(host):
         raise ValueError(
             f"endpoint {endpoint!r} uses plain http to a non-loopback host; the public key "
             "would travel in clear text. Use https, or allow_insecure_http=True"

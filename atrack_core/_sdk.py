@@ -128,12 +128,22 @@ class ATrackSdk:
             return None
         if raw is None:
             return None
+        # Validated like input: a value some other program (or an older version, or a
+        # corrupt file) left behind must not raise in init() or track() on every run.
         try:
             data = json.loads(raw)
-            return User(uuid=data["uuid"], attributes=dict(data.get("attributes") or {}))
-        except (ValueError, KeyError, TypeError):
-            logger.warning("A-Track storage holds an unreadable current user; ignoring it")
+            if not isinstance(data, dict):
+                raise TypeError(f"a JSON {type(data).__name__}, not an object")
+            uuid = check_name(data.get("uuid"), "uuid")
+            attributes = to_json_object(data.get("attributes"), "attributes")
+        except (ValueError, TypeError, RecursionError) as exc:
+            logger.warning(
+                "A-Track storage holds a current user that does not validate (%s); "
+                "treating it as a miss",
+                str(exc)[:200],
+            )
             return None
+        return User(uuid=uuid, attributes=attributes)
 
     def track(
         self, event: EventPayload | str, attributes: Attributes | None = None, **kwargs: Any
@@ -162,7 +172,9 @@ class ATrackSdk:
             payload.event,
             payload.attributes,
             context=payload.context,
-            timestamp=format_timestamp(payload.timestamp) if payload.timestamp else None,
+            timestamp=None
+            if payload.timestamp is None
+            else format_timestamp(payload.timestamp, "EventPayload.timestamp"),
         )
 
     def set_attributes(

@@ -8,7 +8,9 @@ miss and logs it, so a failing backend (Redis down) never breaks a request.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import logging
 import os
 import tempfile
 import threading
@@ -18,7 +20,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+logger = logging.getLogger("atrack.storage")
+
 DEFAULT_MAX_ENTRIES = 100_000
+# The lock file is never reached through a symlink: a link planted at the lock path
+# would make the SDK create the file it points to, with the host program's rights.
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 @runtime_checkable
@@ -108,6 +115,9 @@ class FileStorage:
     ``os.replace``) with mode 0600, and every read re-reads it, so two processes (two
     runs of a CLI) see each other's writes; an ``fcntl`` lock on a sibling ``.lock``
     file makes ``add`` atomic across processes on POSIX. TTLs are wall-clock times.
+    A file that is not UTF-8 JSON is logged and read as empty (the next write replaces
+    it); the lock file is opened with ``O_NOFOLLOW``, and a symlink there is refused
+    with an ``OSError``.
     Not meant for web traffic: use the default :class:`MemoryStorage` or RedisStorage.
     """
 
@@ -155,7 +165,7 @@ class FileStorage:
     def _locked(self) -> Iterator[None]:
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(str(self.path) + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+            fd = _open_lock(str(self.path) + ".lock")
             try:
                 try:
                     import fcntl
@@ -169,13 +179,19 @@ class FileStorage:
 
     def _read(self) -> dict[str, tuple[str, float | None]]:
         try:
-            raw = self.path.read_text(encoding="utf-8")
+            raw = self.path.read_bytes()
         except FileNotFoundError:
             return {}
         try:
-            loaded = json.loads(raw)
-        except ValueError:
-            # A corrupt file must not break the host program; start again empty.
+            # Bytes that are not UTF-8 (UnicodeDecodeError is a ValueError), broken
+            # JSON, or JSON nested past the parser's recursion limit.
+            loaded = json.loads(raw.decode("utf-8"))
+        except (ValueError, RecursionError):
+            # A corrupt file must not break the host program: start again empty, and
+            # the next write replaces it.
+            logger.warning(
+                "A-Track FileStorage %s is not readable JSON; starting again empty", self.path
+            )
             return {}
         out: dict[str, tuple[str, float | None]] = {}
         if isinstance(loaded, dict):
@@ -204,3 +220,18 @@ class FileStorage:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
+
+
+def _open_lock(path: str) -> int:
+    """Open (creating) the lock file, refusing to follow a symlink at ``path``."""
+    if not _O_NOFOLLOW and os.path.islink(path):  # pragma: no cover - no O_NOFOLLOW (Windows)
+        raise OSError(errno.ELOOP, f"FileStorage lock {path!r} is a symlink; refusing it")
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | _O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        # O_NOFOLLOW fails with ELOOP on a symlink (on some BSDs with EMLINK).
+        if exc.errno in (errno.ELOOP, errno.EMLINK) and os.path.islink(path):
+            raise OSError(
+                exc.errno, f"FileStorage lock {path!r} is a symlink; refusing to follow it"
+            ) from None
+        raise

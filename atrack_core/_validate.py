@@ -17,8 +17,18 @@ from uuid import UUID
 MAX_NAME_LENGTH = 255
 MAX_BODY_BYTES = 256 * 1024
 MAX_DEPTH = 32
+#: Longest integer accepted, in decimal digits: CPython's default int/str conversion
+#: limit, so a body always serialises (whatever the interpreter's own setting) and
+#: the collector, which parses with that limit, can read it back.
+MAX_INT_DIGITS = 4300
 
-_SCALARS = (str, int, bool, type(None))
+_SCALARS = (str, bool, type(None))
+# Integers strictly between these have at most MAX_INT_DIGITS digits (both bounds
+# precomputed: negating one per check would copy ~1.8 KB).
+_INT_BOUND = 10**MAX_INT_DIGITS
+_NEG_INT_BOUND = -_INT_BOUND
+# Every int of at most this many bits is below _INT_BOUND (2**14284 < 10**4300).
+_INT_FAST_BITS = _INT_BOUND.bit_length() - 1
 # C0 controls, DEL and C1 controls: never legitimate inside a name or a uuid.
 _CONTROL = frozenset(chr(c) for c in (*range(32), *range(127, 160)))
 
@@ -57,8 +67,17 @@ def _convert_dict(value: dict[Any, Any], where: str, depth: int) -> dict[str, An
             raise TypeError(f"{where} has a non-string key {key!r} ({type(key).__name__})")
         if not key.isprintable() and not _CONTROL.isdisjoint(key):
             raise ValueError(f"{where} key {key[:40]!r} contains control characters")
-        # The common case (flat str/int/bool/None values) skips the recursive call.
-        out[key] = item if type(item) in _SCALARS else _convert(item, where, key, depth)
+        # The common case (flat str/int/bool/None values) skips the recursive call. An
+        # int is tested first, by bit length (cheaper than comparing with the bounds);
+        # the few that fail that go to the exact check in _convert.
+        tp = type(item)
+        if tp is int:
+            fits = item.bit_length() <= _INT_FAST_BITS
+            out[key] = item if fits else _convert(item, where, key, depth)
+        elif tp in _SCALARS:
+            out[key] = item
+        else:
+            out[key] = _convert(item, where, key, depth)
     return out
 
 
@@ -67,6 +86,8 @@ def _convert(value: Any, where: str, key: object, depth: int) -> Any:
     tp = type(value)
     if tp in _SCALARS:
         return value
+    if tp is int:
+        return _check_int(value, path)
     if tp is float:
         if math.isfinite(value):
             return value
@@ -89,14 +110,26 @@ def _convert(value: Any, where: str, key: object, depth: int) -> Any:
     if isinstance(value, Decimal):
         if not value.is_finite():
             raise ValueError(f"{path} is {value!r}; JSON cannot carry NaN or infinities")
-        return int(value) if value == value.to_integral_value() else float(value)
+        if value == value.to_integral_value():
+            # Checked before int(): Decimal("1E+999999999") would take gigabytes.
+            return _check_int(int(value) if value.adjusted() < MAX_INT_DIGITS else _INT_BOUND, path)
+        return float(value)
     if isinstance(value, UUID):
         return str(value)
     if isinstance(value, (str, int)):  # subclasses (IntEnum handled above, str subclasses)
-        return str(value) if isinstance(value, str) else int(value)
+        return str(value) if isinstance(value, str) else _check_int(int(value), path)
     if isinstance(value, float):
         return _convert(float(value), where, key, depth)
     raise TypeError(
         f"{path} is a {tp.__name__}, which has no JSON form; convert it to "
         "str/int/float/bool/None/list/dict first"
+    )
+
+
+def _check_int(value: int, path: str) -> int:
+    if _NEG_INT_BOUND < value < _INT_BOUND:
+        return value
+    raise ValueError(
+        f"{path} is an integer of more than {MAX_INT_DIGITS} digits; the limit is "
+        f"{MAX_INT_DIGITS} digits (send it as a string)"
     )

@@ -9,7 +9,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from typing import Any
 
 from ._validate import MAX_BODY_BYTES
@@ -200,9 +200,28 @@ def now_timestamp() -> str:
     return prefix + _MS_SUFFIX[ms]
 
 
-def format_timestamp(value: datetime) -> str:
-    """An aware ``datetime`` as ``YYYY-MM-DDTHH:MM:SS.mmmZ`` in UTC."""
+def format_timestamp(value: object, where: str = "timestamp") -> str:
+    """An aware ``datetime`` as ``YYYY-MM-DDTHH:MM:SS.mmmZ`` in UTC.
+
+    Anything else raises, naming ``where``: a ``str``, a number or a ``date`` is a
+    ``TypeError`` (a date has no time of day and no zone; which midnight it means is
+    the caller's to say), a naive or out-of-range datetime a ``ValueError``.
+    """
+    if not isinstance(value, datetime):
+        if isinstance(value, date):
+            raise TypeError(
+                f"{where} is a date, not a datetime; pass an aware datetime, e.g. "
+                "datetime.combine(day, time(), timezone.utc) for midnight UTC"
+            )
+        raise TypeError(f"{where} must be a timezone-aware datetime, got {type(value).__name__}")
     if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError("timestamp is a naive datetime; give it a timezone (e.g. UTC)")
-    utc = value.astimezone(timezone.utc)
-    return f"{utc:%Y-%m-%dT%H:%M:%S}.{utc.microsecond // 1000:03d}Z"
+        raise ValueError(f"{where} is a naive datetime; give it a timezone (e.g. UTC)")
+    try:
+        utc = value.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError(f"{where} {value.isoformat()} is out of range in UTC") from None
+    # Fields by hand: strftime's %Y gives "5", not "0005", on glibc.
+    return (
+        f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T{utc.hour:02d}:{utc.minute:02d}:"
+        f"{utc.second:02d}.{utc.microsecond // 1000:03d}Z"
+    )

@@ -3,6 +3,7 @@
 ::
 
     atrack collector [--host 127.0.0.1] [--port 8787] [--db PATH] [--latency SECONDS]
+                     [--allow-host NAME ...]
     atrack send-event NAME --uuid U [--attr k=v ...] [--key K] [--endpoint URL]
     atrack --version
 
@@ -159,6 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
         "does (repeatable; default: any non-empty key)",
     )
     collector.add_argument(
+        "--allow-host",
+        dest="allowed_hosts",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer requests whose Host is NAME (repeatable; by default only "
+        "loopback names and --host are, against DNS rebinding)",
+    )
+    collector.add_argument(
         "--access-log", action="store_true", help="log every request (off: it is costly)"
     )
     collector.set_defaults(handler=_run_collector)
@@ -249,6 +259,7 @@ def _run_collector(args: argparse.Namespace) -> int:
             log_level="info" if args.access_log else "warning",
             access_log=args.access_log,
             on_listening=banner,
+            allowed_hosts=args.allowed_hosts,
         )
     except OSError as exc:
         _error(f"cannot serve on {host} port {args.port}: {exc}")

@@ -4,6 +4,8 @@ It checks every call as the hosted API would (401 without a key, 400 naming the 
 that breaks the wire contract, 413 over 256 KiB, 415 for a non-JSON content type),
 keeps users and events in SQLite, and serves an inspector page at ``/`` and a JSON
 read API under ``/api/``. Point ``ATRACK_ENDPOINT`` (or ``Options(endpoint=...)``) at it.
+It answers only to loopback ``Host`` names (and the ones it is told), and refuses
+state-changing requests from other origins: no web page can read or wipe it.
 
 Needs the ``collector`` extra (Starlette and uvicorn); ``import atrack_core`` never
 imports this package. From the shell: ``atrack collector``. From tests::

@@ -11,10 +11,12 @@ from typing import Any, Final
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ._guard import HostOriginGuard
 from ._keys import key_id, mask_key, resolve_key_filter
 from ._store import Store, utc_now
 from ._validate import MAX_BODY_BYTES, PATHS, BodyError, parse_body
@@ -155,6 +157,7 @@ def create_app(
     latency: float = 0.0,
     keys: Iterable[str] | None = None,
     store: Store | None = None,
+    allowed_hosts: Iterable[str] = (),
 ) -> Starlette:
     """Build the collector's ASGI app.
 
@@ -165,6 +168,11 @@ def create_app(
     a wrong key; by default every non-empty key is. ``store``: an existing
     :class:`Store` to use instead (then the caller closes it). The store is reachable
     as ``app.state.store``.
+
+    Only requests whose ``Host`` is a loopback name (``localhost``, 127.0.0.0/8,
+    ``::1``) or one of ``allowed_hosts`` are answered (no DNS rebinding), and
+    state-changing requests from another ``Origin`` are refused (no CSRF): see
+    ``docs/collector.md``.
 
     Run it with any ASGI server, for example
     ``uvicorn --factory atrack_core.collector:create_app``.
@@ -227,6 +235,12 @@ def create_app(
         return JSONResponse(the_store.stats())
 
     async def reset(request: Request) -> Response:
+        if request.method == "POST":
+            # An HTML form or a no-cors fetch can POST only form or text types, without
+            # a preflight; asking for JSON keeps every other site's page out.
+            problem = _media_type_problem(request.headers.get("content-type"))
+            if problem is not None:
+                return _error(415, problem)
         the_store.reset()
         return JSONResponse({"ok": True})
 
@@ -258,7 +272,10 @@ def create_app(
         Route("/api/reset", reset, methods=["POST"]),
     ]
     app = Starlette(
-        routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan
+        routes=routes,
+        exception_handlers={HTTPException: http_error},
+        lifespan=lifespan,
+        middleware=[Middleware(HostOriginGuard, allowed_hosts=tuple(allowed_hosts))],
     )
     app.state.store = the_store
     return app

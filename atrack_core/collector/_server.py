@@ -39,17 +39,19 @@ def serve(
     log_level: str = "info",
     access_log: bool = False,
     on_listening: Callable[[str], object] | None = None,
+    allowed_hosts: Iterable[str] = (),
 ) -> None:
     """Run the collector in the foreground until interrupted (Ctrl-C).
 
-    The other arguments are those of :func:`create_app`. The socket is bound first, so
+    The other arguments are those of :func:`create_app`; ``host`` is an accepted
+    ``Host`` name besides the loopback ones and ``allowed_hosts``. The socket is bound first, so
     a port in use raises ``OSError`` here; then ``on_listening`` receives the base URL
     (with the real port when ``port=0``). The access log is off by default: at
     benchmark rates it would cost more than the requests themselves.
     """
     sock = _listen(host, port)
     try:
-        app = create_app(db_path, latency=latency, keys=keys)
+        app = create_app(db_path, latency=latency, keys=keys, allowed_hosts=(host, *allowed_hosts))
         config = _config(app, log_level=log_level, access_log=access_log)
         if on_listening is not None:
             on_listening(_format_url(host, sock.getsockname()[1]))
@@ -86,7 +88,8 @@ class Collector:
     """A collector served by uvicorn in a daemon thread, for tests and benchmarks.
 
     ``port=0`` picks a free port; :attr:`url` is known once :meth:`start` returns.
-    ``db_path``, ``latency`` and ``keys`` are those of :func:`create_app`.
+    ``db_path``, ``latency``, ``keys`` and ``allowed_hosts`` are those of
+    :func:`create_app`; ``host`` is accepted as a ``Host`` name too.
     :attr:`store` gives direct access to what arrived; it stays open until
     :meth:`stop`. Use it as a context manager::
 
@@ -102,8 +105,11 @@ class Collector:
         db_path: str | os.PathLike[str] | None = None,
         latency: float = 0.0,
         keys: Iterable[str] | None = None,
+        *,
+        allowed_hosts: Iterable[str] = (),
     ) -> None:
         self.host = host
+        self.allowed_hosts = tuple(allowed_hosts)
         self.port = port
         self.db_path = db_path
         self.latency = latency
@@ -142,7 +148,12 @@ class Collector:
         try:
             store = Store(self.db_path)
             try:
-                app = create_app(latency=self.latency, keys=self._keys, store=store)
+                app = create_app(
+                    latency=self.latency,
+                    keys=self._keys,
+                    store=store,
+                    allowed_hosts=(self.host, *self.allowed_hosts),
+                )
             except BaseException:
                 store.close()
                 raise
@@ -240,6 +251,8 @@ def run_in_thread(
     db_path: str | os.PathLike[str] | None = None,
     latency: float = 0.0,
     keys: Iterable[str] | None = None,
+    *,
+    allowed_hosts: Iterable[str] = (),
 ) -> Iterator[Collector]:
     """Run a :class:`Collector` for the duration of a ``with`` block; the arguments are
     those of :class:`Collector`.
@@ -251,7 +264,7 @@ def run_in_thread(
             ...
             assert collector.store.events(event="signup")
     """
-    collector = Collector(host, port, db_path, latency, keys).start()
+    collector = Collector(host, port, db_path, latency, keys, allowed_hosts=allowed_hosts).start()
     try:
         yield collector
     finally:

@@ -308,8 +308,10 @@ def test_atrack_collector_command_serves_and_keeps_data(tmp_path: Path) -> None:
     port = closed_port()
     url = f"http://127.0.0.1:{port}"
     for round_number in (1, 2):
+        # The first run also answers to one more name (--allow-host); the second does not.
+        extra = ["--allow-host", "Collector.Test"] if round_number == 1 else []
         process = subprocess.Popen(
-            [str(ATRACK), "collector", "--port", str(port), "--db", str(db)],
+            [str(ATRACK), "collector", "--port", str(port), "--db", str(db), *extra],
             env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         try:
@@ -326,6 +328,9 @@ def test_atrack_collector_command_serves_and_keeps_data(tmp_path: Path) -> None:
                     assert response.status_code == 200
                 events = http.get("/api/events").json()["events"]
                 assert [e["event"] for e in events] == ["started"]
+                named = http.get("/api/stats", headers={"host": f"collector.test:{port}"})
+                assert named.status_code == (200 if round_number == 1 else 400)
+                assert http.get("/api/stats", headers={"host": "evil.test"}).status_code == 400
         finally:
             process.send_signal(signal.SIGINT)
             out, err = process.communicate(timeout=30)

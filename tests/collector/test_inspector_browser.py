@@ -7,7 +7,9 @@ is missing, except on CI (``ATRACK_REQUIRE_BROWSER=1``), where that is a failure
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,9 @@ CHROMIUM_ARGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    # Names for the attack tests: an attacker's site, and a name rebound to the collector
+    # (as a DNS-rebinding attacker's resolver would answer), both on loopback.
+    "--host-resolver-rules=MAP *.attacker.test 127.0.0.1",
 ]
 TIMEOUT_MS = 15_000
 
@@ -174,3 +179,123 @@ def test_hostile_values_are_shown_as_text(page: Any, collector: Collector) -> No
     expect(user.locator(".event-name")).to_have_text("<script>alert(2)</script>")
     assert page.locator("article.user img, article.user b, article.user script").count() == 0
     assert dialogs == []
+
+
+# -- attacks from other web pages --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def attacker_site() -> Iterator[Callable[[str], str]]:
+    """Another origin (``http://evil.attacker.test:PORT``) serving a page the test gives:
+    ``serve(html)`` returns its URL."""
+    pages: dict[str, bytes] = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            content = pages.get(self.path)
+            self.send_response(200 if content is not None else 404)
+            self.send_header("content-type", "text/html; charset=utf-8")
+            self.end_headers()
+            self.wfile.write(content or b"")
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+
+    def serve(html: str) -> str:
+        path = f"/page{len(pages)}.html"
+        pages[path] = html.encode()
+        return f"http://evil.attacker.test:{server.server_address[1]}{path}"
+
+    try:
+        yield serve
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+@pytest.fixture
+def attacked(browser: Any) -> Iterator[Any]:
+    """A page in a fresh context, without the console-error check: the attacks are
+    meant to fail, and the browser reports their failures on the console."""
+    context = browser.new_context()
+    context.set_default_timeout(TIMEOUT_MS)
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
+
+
+def seed_two_events(collector: Collector) -> None:
+    with sdk_for(collector) as sdk:
+        sdk.track(EventPayload(event="signup", uuid="victim-user", attributes={"ip": "x"}))
+        sdk.track(EventPayload(event="order_created", uuid="victim-user"))
+    assert collector.store.stats()["events"] == 2
+
+
+@pytest.mark.parametrize("enctype", ["application/x-www-form-urlencoded", "text/plain"])
+def test_a_page_on_another_site_cannot_wipe_the_collector_with_a_form(
+    attacked: Any, attacker_site: Callable[[str], str], collector: Collector, enctype: str
+) -> None:
+    seed_two_events(collector)
+    url = attacker_site(f"""<!doctype html>
+        <form id="f" method="POST" action="{collector.url}/api/reset" enctype="{enctype}">
+          <input name='{{"x":"' value='"}}'></form>
+        <script>document.getElementById("f").submit()</script>""")
+    with attacked.expect_response(lambda r: r.url.endswith("/api/reset")) as answer:
+        attacked.goto(url)
+    assert answer.value.status == 403  # foreign Origin
+    assert collector.store.stats()["events"] == 2
+
+
+def test_a_page_on_another_site_cannot_wipe_the_collector_with_fetch(
+    attacked: Any, attacker_site: Callable[[str], str], collector: Collector
+) -> None:
+    seed_two_events(collector)
+    reset = f"{collector.url}/api/reset"
+    url = attacker_site(f"""<!doctype html><script>
+        const attempts = [
+          // A "simple" request: no preflight, the response is opaque but it is sent.
+          fetch("{reset}", {{method: "POST", mode: "no-cors", body: "{{}}"}}),
+          fetch("{collector.url}/api/data", {{method: "DELETE"}}),
+          fetch("{reset}", {{method: "POST", headers: {{"content-type": "application/json"}},
+                              body: "{{}}"}}),
+        ];
+        window.attempted = Promise.allSettled(attempts).then(r => r.map(x => x.status));
+        </script>""")
+    attacked.goto(url)
+    # The no-cors one goes out and is refused; the others never pass their preflight.
+    assert attacked.evaluate("window.attempted") == ["fulfilled", "rejected", "rejected"]
+    assert len(collector.store.calls()) == 2  # the two seeded ones, nothing else
+    assert collector.store.stats()["events"] == 2
+
+
+def test_a_rebound_name_cannot_read_the_collector(attacked: Any, collector: Collector) -> None:
+    seed_two_events(collector)
+    # After a DNS rebinding, the attacker's origin (rebind.attacker.test:PORT) points at
+    # the collector: same origin, so its scripts could read every answer.
+    rebound = f"http://rebind.attacker.test:{collector.port}"
+    response = attacked.goto(f"{rebound}/")
+    assert response.status == 400
+    assert "victim-user" not in attacked.content()
+    status, text = attacked.evaluate(
+        "fetch('/api/users').then(async r => [r.status, await r.text()])"
+    )
+    assert status == 400
+    assert "victim-user" not in text
+    status, text = attacked.evaluate(
+        "fetch('/api/events?limit=10').then(async r => [r.status, await r.text()])"
+    )
+    assert (status, "victim-user" in text) == (400, False)
+
+
+def test_the_inspector_works_on_localhost_too(page: Any, collector: Collector) -> None:
+    from playwright.sync_api import expect
+
+    seed_two_events(collector)
+    page.goto(f"http://localhost:{collector.port}/")
+    expect(page.locator('article.user[data-uuid="victim-user"] li.event')).to_have_count(2)

@@ -175,7 +175,7 @@ def test_reset_clears_everything(client: httpx.Client, collector: Collector) -> 
     assert client.delete("/api/data").json() == {"ok": True}
     assert collector.store.stats()["calls"] == 0
     post(client, "/event", body("/event"))
-    assert client.post("/api/reset").json() == {"ok": True}
+    assert client.post("/api/reset", json={}).json() == {"ok": True}
     stats = collector.store.stats()
     assert (stats["users"], stats["events"], stats["calls"]) == (0, 0, 0)
 

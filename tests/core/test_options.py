@@ -82,7 +82,11 @@ def test_geo_max_length_label_is_fine() -> None:
         "http://127.0.0.1:8787/",
         "http://127.5.6.7",
         "http://[::1]:9000",
+        "http://LOCALHOST:8787",
+        "http://127.255.255.254",
+        "http://[::ffff:127.0.0.1]:8787",
         "https://proxy.example/atrack",
+        "https://foo.localhost",
     ],
 )
 def test_accepted_endpoints(endpoint: str) -> None:
@@ -96,6 +100,13 @@ def test_accepted_endpoints(endpoint: str) -> None:
         "http://10.0.0.5:8080",
         "http://localhost.evil.com",
         "http://127.0.0.1.nip.io",
+        # *.localhost is loopback only to resolvers that special-case it; this one
+        # would ask DNS, in clear text, and send the key wherever the answer points.
+        "http://foo.localhost",
+        "http://foo.localhost:8787/atrack",
+        "http://localhost.",
+        "http://127.1",  # inet_aton shorthand: not an address literal to ipaddress
+        "http://0.0.0.0:8787",
     ],
 )
 def test_plain_http_to_a_non_loopback_host_is_refused(endpoint: str) -> None:

@@ -8,7 +8,7 @@ import json
 import math
 import uuid as uuidlib
 from collections.abc import Iterator
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -141,6 +141,62 @@ def test_bad_context_and_profile(sdk: ATrackSdk) -> None:
 def test_naive_event_timestamp(sdk: ATrackSdk) -> None:
     with pytest.raises(ValueError, match="naive"):
         sdk.track(EventPayload(event="e", uuid="u", timestamp=datetime(2026, 1, 1)))
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "exc", "match"),
+    [
+        ("2020-01-01T00:00:00Z", TypeError, "got str"),
+        (1_700_000_000, TypeError, "got int"),
+        (0, TypeError, "got int"),  # falsy: must not quietly mean "now"
+        (1.5, TypeError, "got float"),
+        (True, TypeError, "got bool"),
+        (date(2020, 1, 1), TypeError, "a date, not a datetime"),
+        (datetime(2020, 1, 1), ValueError, "naive"),
+        # Aware, but outside what UTC can hold once converted.
+        (datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=5))), ValueError, "out of range"),
+        (datetime(9999, 12, 31, 23, tzinfo=timezone(-timedelta(hours=5))), ValueError, "range"),
+    ],
+)
+def test_bad_event_timestamps_name_the_field(
+    sdk: ATrackSdk, timestamp: Any, exc: type[Exception], match: str
+) -> None:
+    with pytest.raises(exc, match=match) as info:
+        sdk.track("e", uuid="u", timestamp=timestamp)
+    assert "EventPayload.timestamp" in str(info.value)
+    with pytest.raises(exc, match=match):
+        sdk.track(EventPayload(event="e", uuid="u", timestamp=timestamp))
+
+
+def test_event_timestamps_are_utc_with_milliseconds(sdk: ATrackSdk, calls: CapturedCalls) -> None:
+    paris = timezone(timedelta(hours=2))
+    sdk.track("e", uuid="u", timestamp=datetime(2026, 4, 8, 14, 0, 0, 123_999, tzinfo=paris))
+    # Years before 1000 keep four digits (strftime's %Y does not on every platform).
+    sdk.track("e", uuid="u", timestamp=datetime(5, 1, 2, 3, 4, 5, tzinfo=timezone.utc))
+    sdk.track("e", uuid="u", timestamp=datetime(1, 1, 1, tzinfo=timezone.utc))
+    assert [e["timestamp"] for e in calls.events] == [
+        "2026-04-08T12:00:00.123Z",
+        "0005-01-02T03:04:05.000Z",
+        "0001-01-01T00:00:00.000Z",
+    ]
+
+
+def test_huge_integers_name_the_attribute(sdk: ATrackSdk, calls: CapturedCalls) -> None:
+    huge = 10**5000
+    with pytest.raises(ValueError, match=r"EventPayload\.attributes\['big'\].*4300 digits"):
+        sdk.track("e", {"big": huge}, uuid="u")
+    with pytest.raises(ValueError, match=r"\['deep'\]\['list'\]\[1\].*digits"):
+        sdk.track("e", {"deep": {"list": [1, -huge]}}, uuid="u")
+    with pytest.raises(ValueError, match=r"attributes\['d'\].*digits"):
+        sdk.set_attributes({"d": Decimal("1E+5000")}, uuid="u")
+    with pytest.raises(ValueError, match=r"InitPayload\.context\['n'\].*digits"):
+        sdk.init(InitPayload(user=UserContext(uuid="u"), context={"n": huge}))
+    with pytest.raises(ValueError, match=r"InitPayload\.profile\['n'\].*digits"):
+        sdk.init(InitPayload(user=UserContext(uuid="u"), profile={"n": huge}))
+    # The largest accepted integer has 4300 digits, whatever the interpreter's own limit.
+    limit = 10**4300 - 1
+    sdk.track("e", {"max": limit, "min": -limit}, uuid="u")
+    assert calls.events[0]["attributes"] == {"max": limit, "min": -limit}
 
 
 def test_body_over_256_kib_is_refused(sdk: ATrackSdk, calls: CapturedCalls) -> None:
@@ -295,3 +351,76 @@ def test_json_values_round_trip_through_the_converter(value: Any) -> None:
         assert "control characters" in str(exc)  # only keys with control chars
         return
     assert json.loads(json.dumps(converted, allow_nan=False)) == {"v": value}
+
+
+_offsets = st.builds(
+    timezone,
+    st.timedeltas(
+        min_value=-timedelta(hours=23, minutes=59), max_value=timedelta(hours=23, minutes=59)
+    ),
+)
+_WIRE_TIMESTAMP = r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z"
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.datetimes(timezones=st.none() | _offsets))
+def test_any_datetime_timestamp_is_sent_exactly_or_refused_by_name(value: datetime) -> None:
+    import re
+
+    try:
+        # What the wire must carry: the instant in UTC, cut (not rounded) to milliseconds.
+        utc = value.astimezone(timezone.utc) if value.tzinfo is not None else None
+    except OverflowError:  # aware, but not representable in UTC
+        utc = None
+    with ATrackSdk(Options("pub_xxxxx", disabled=True)) as sdk, capture_calls() as calls:
+        try:
+            sdk.track("e", uuid="u", timestamp=value)
+        except ValueError as exc:
+            assert "EventPayload.timestamp" in str(exc)
+            assert utc is None
+            return
+        (body,) = calls.events
+    assert utc is not None
+    sent = body["timestamp"]
+    assert re.fullmatch(_WIRE_TIMESTAMP, sent)
+    parsed = datetime.strptime(sent, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+    assert parsed == utc.replace(microsecond=utc.microsecond // 1000 * 1000)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    value=st.text(max_size=30)
+    | st.integers()
+    | st.floats()
+    | st.booleans()
+    | st.dates()
+    | st.lists(st.integers(), max_size=3)
+)
+def test_any_timestamp_that_is_not_a_datetime_is_a_type_error_naming_it(value: Any) -> None:
+    with (
+        ATrackSdk(Options("pub_xxxxx", disabled=True)) as sdk,
+        pytest.raises(TypeError, match=r"EventPayload\.timestamp"),
+    ):
+        sdk.track("e", uuid="u", timestamp=value)
+
+
+# Small ones, and a band around the limit where a hole would be.
+_digits = st.integers(min_value=1, max_value=40) | st.integers(min_value=4280, max_value=4320)
+
+
+@settings(max_examples=100, deadline=None)
+@given(digits=_digits, negative=st.booleans(), nested=st.booleans())
+def test_integers_up_to_the_digit_limit_round_trip_and_larger_ones_are_named(
+    digits: int, negative: bool, nested: bool
+) -> None:
+    value = (-1 if negative else 1) * (10**digits - 1)  # exactly `digits` digits
+    attributes: dict[str, Any] = {"x": [value]} if nested else {"x": value}
+    with ATrackSdk(Options("pub_xxxxx", disabled=True)) as sdk, capture_calls() as calls:
+        try:
+            sdk.track("e", attributes, uuid="u")
+        except ValueError as exc:
+            assert digits > 4300
+            assert ("['x'][0]" if nested else "['x']") in str(exc)
+            return
+        assert digits <= 4300
+        assert calls.events[0]["attributes"] == attributes

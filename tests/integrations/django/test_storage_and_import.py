@@ -112,3 +112,23 @@ def test_public_api() -> None:
     ]
     for name in module.__all__:
         assert getattr(module, name) is not None
+
+
+@pytest.mark.parametrize(
+    "raw", ['{"uuid": 5}', '{"uuid": ""}', "[", '{"uuid": "u", "attributes": 1}']
+)
+def test_a_cached_current_user_that_does_not_validate_is_a_logged_miss(
+    raw: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from atrack_core import ATrackSdk, Options
+    from atrack_core._sdk import CURRENT_USER_KEY
+
+    storage = DjangoCacheStorage()
+    storage.set(CURRENT_USER_KEY, raw)
+    with ATrackSdk(Options("pub_xxxxx", disabled=True, storage=storage)) as sdk:
+        with caplog.at_level(logging.WARNING, logger="atrack"):
+            result = sdk.init()  # neither TypeError nor ValueError
+        assert result.is_new_user
+        sdk.track("e")
+        assert sdk.get_user() is not None
+    assert any("does not validate" in r.getMessage() for r in caplog.records)
