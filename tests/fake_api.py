@@ -77,6 +77,11 @@ class FakeApi:
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 raw = self.rfile.read(length)
+                if len(raw) < length:
+                    # The client went away mid-body (a process shutting down): a real
+                    # server processes nothing, so nothing is recorded.
+                    self.close_connection = True
+                    return
                 rec = Received(self.path, {k.lower(): v for k, v in self.headers.items()}, raw)
                 plan = api._next_plan(rec)
                 rec.status = 0 if plan.drop or plan.hang or plan.trickle else plan.status

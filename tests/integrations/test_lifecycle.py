@@ -303,8 +303,11 @@ def test_public_api_of_the_package() -> None:
     assert set(atrack_integrations.__all__) == {
         "DEFAULT_EXCLUDE_PATHS",
         "IntegrationConfig",
+        "NoRequestError",
         "RequestTracker",
+        "current_tracker",
         "resolve_sdk",
+        "track",
     }
     for name in atrack_integrations.__all__:
         assert getattr(atrack_integrations, name) is not None
