@@ -114,9 +114,9 @@ def start_and_terminate(
     )
     assert proc.stdout is not None
     lines = [proc.stdout.readline().strip(), proc.stdout.readline().strip()]
-    assert lines[1].startswith("queued"), lines + [proc.stderr.read() if proc.stderr else ""]
+    assert lines[1].startswith("queued"), [*lines, proc.stderr.read() if proc.stderr else ""]
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=30)
+    out, _err = proc.communicate(timeout=30)
     return proc.returncode, lines + out.split("\n")
 
 
