@@ -9,6 +9,7 @@ between concurrent requests.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
 from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, Any
 
@@ -55,3 +56,76 @@ def deactivate(token: Token[RequestTracker | None]) -> None:
         CURRENT.reset(token)
     except ValueError:
         CURRENT.set(None)
+
+
+class ActiveBody:
+    """A WSGI response iterable that makes ``tracker`` current while it is iterated and
+    closed, and not in between: a streaming body (a generator view) runs its code after
+    the app has returned, when the server iterates it, and it must still see the
+    request's tracker; the server's thread must not keep it between chunks or after.
+
+    Nothing is consumed or buffered; ``close()`` is passed on (PEP 3333).
+    """
+
+    __slots__ = ("_iterable", "_iterator", "_tracker")
+
+    def __init__(self, iterable: Iterable[Any], tracker: RequestTracker) -> None:
+        self._iterable = iterable
+        self._iterator: Iterator[Any] | None = None
+        self._tracker = tracker
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        token = CURRENT.set(self._tracker)
+        try:
+            iterator = self._iterator
+            if iterator is None:
+                iterator = self._iterator = iter(self._iterable)
+            return next(iterator)
+        finally:
+            CURRENT.reset(token)
+
+    def close(self) -> None:
+        close = getattr(self._iterable, "close", None)
+        if close is not None:
+            token = CURRENT.set(self._tracker)
+            try:
+                close()
+            finally:
+                CURRENT.reset(token)
+
+
+def active_body(
+    iterable: Iterable[bytes], tracker: RequestTracker | None, environ: Mapping[str, Any]
+) -> Iterable[bytes]:
+    """``iterable`` as it is when no app code runs while it is iterated (a list or
+    tuple, the server's ``wsgi.file_wrapper``, which keeps its ``sendfile`` path) or
+    when there is no tracker; else an :class:`ActiveBody` over it."""
+    if tracker is None or iterable.__class__ in (list, tuple):
+        return iterable
+    file_wrapper = environ.get("wsgi.file_wrapper")
+    if isinstance(file_wrapper, type) and isinstance(iterable, file_wrapper):
+        return iterable
+    return ActiveBody(iterable, tracker)
+
+
+async def active_aiter(content: AsyncIterable[Any], tracker: RequestTracker) -> AsyncIterator[Any]:
+    """``content`` with ``tracker`` current while each item is produced, and not while
+    the consumer holds it (the async twin of :class:`ActiveBody`)."""
+    iterator = aiter(content)
+    try:
+        while True:
+            token = CURRENT.set(tracker)
+            try:
+                item = await anext(iterator)
+            except StopAsyncIteration:
+                return
+            finally:
+                CURRENT.reset(token)
+            yield item
+    finally:
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            await aclose()

@@ -24,6 +24,7 @@ from typing import Any, TypeAlias
 from atrack_core import ATrackSdk
 from atrack_core._request import RequestView
 
+from ._current import CURRENT
 from ._lifecycle import STATE_KEY, IntegrationConfig, RequestTracker
 
 __all__ = ["ASGIApp", "ATrackMiddleware", "Message", "Receive", "Scope", "Send", "get_tracker"]
@@ -99,8 +100,12 @@ class ATrackMiddleware:
         except Exception:
             logger.error("A-Track middleware failed; the request goes on untracked", exc_info=True)
             # A no-op tracker still, so that view code using it keeps working.
-            state[STATE_KEY] = config._disabled(_UNKNOWN_REQUEST)
-            await self.app(scope, receive, send)
+            state[STATE_KEY] = disabled = config._disabled(_UNKNOWN_REQUEST)
+            token = CURRENT.set(disabled)
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                CURRENT.reset(token)
             return
 
         async def send_with_cookie(message: Message) -> None:
@@ -108,8 +113,14 @@ class ATrackMiddleware:
                 message = _with_cookie(config, tracker, message)
             await send(message)
 
+        # current_tracker() for the whole request, streamed body included (it is sent
+        # from inside this call); tasks and thread-pool calls the app starts copy it.
         # The app's exceptions propagate from here unchanged.
-        await self.app(scope, receive, send_with_cookie)
+        token = CURRENT.set(tracker)
+        try:
+            await self.app(scope, receive, send_with_cookie)
+        finally:
+            CURRENT.reset(token)
 
     def _view(self, scope: Scope) -> RequestView:
         wanted = self._wanted

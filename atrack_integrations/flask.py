@@ -36,6 +36,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from atrack_core import ATrackSdk
 
+from ._current import CURRENT, active_body
 from ._lifecycle import SETTING_NAMES, STATE_KEY, IntegrationConfig, RequestTracker
 from ._wsgi_common import header_keys, start_response_with_cookie, view_from_environ
 
@@ -47,6 +48,9 @@ __all__ = ["ATrack", "ATrackState", "get_tracker"]
 logger = logging.getLogger("atrack")
 
 EXTENSION_KEY = "atrack"
+# Set in the environ by the WSGI wrapper: it resets current_tracker() after the request,
+# so before_request may set it (a request dispatched without app.wsgi_app may not).
+_SCOPED_KEY = "atrack.scoped"
 CONFIG_PREFIX = "ATRACK_"
 
 # Every setting's default, read from IntegrationConfig itself so the two cannot drift;
@@ -140,7 +144,18 @@ class ATrack:
                         "A-Track extension failed; the request goes on untracked", exc_info=True
                     )
                     return wsgi_app(environ, start_response)
-            return wsgi_app(environ, start_response_with_cookie(config, environ, start_response))
+            # current_tracker() while Flask runs and while the body is iterated (a
+            # generator view streams after wsgi_app returned); reset before returning,
+            # so the server's (or the test client's) thread never keeps it. With an
+            # identify hook the tracker is made current by before_request.
+            environ[_SCOPED_KEY] = True
+            token = CURRENT.set(environ.get(STATE_KEY))
+            try:
+                respond = start_response_with_cookie(config, environ, start_response)
+                body = wsgi_app(environ, respond)
+            finally:
+                CURRENT.reset(token)
+            return active_body(body, environ.get(STATE_KEY), environ)
 
         def before_request() -> None:
             # The real request object once: every access through the proxy costs.
@@ -160,6 +175,8 @@ class ATrack:
                     return
                 tracker = config.begin(view, req, path=environ.get("PATH_INFO") or "/")
                 environ[STATE_KEY] = tracker
+                if _SCOPED_KEY in environ:
+                    CURRENT.set(tracker)  # the WSGI wrapper resets it
             req.atrack = tracker
             g.atrack = tracker
 

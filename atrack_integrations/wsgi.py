@@ -20,6 +20,7 @@ from typing import Any, Protocol, TypeAlias
 
 from atrack_core import ATrackSdk
 
+from ._current import CURRENT, active_body
 from ._lifecycle import STATE_KEY, IntegrationConfig, RequestTracker
 from ._wsgi_common import header_keys, start_response_with_cookie, view_from_environ
 
@@ -50,10 +51,12 @@ class ATrackWSGIMiddleware:
     environment. The ``identify`` hook receives the WSGI environ.
 
     ``Set-Cookie`` is added through ``start_response``; the app's response iterable is
-    returned as it is (never consumed, buffered or wrapped), so streaming and its
-    ``close()`` are exactly the app's. Installed twice (or under the Flask extension),
-    the inner installation sees ``environ["atrack"]`` and does nothing. Its own failures
-    are logged; the app's exceptions propagate unchanged.
+    never consumed or buffered and its ``close()`` is passed on. A body whose iteration
+    may run app code (a generator) is wrapped so that ``current_tracker()`` works there
+    too; lists and ``wsgi.file_wrapper`` bodies are returned as they are. Installed
+    twice (or under the Flask extension), the inner installation sees
+    ``environ["atrack"]`` and does nothing. Its own failures are logged; the app's
+    exceptions propagate unchanged.
     """
 
     def __init__(self, app: WSGIApp, *, sdk: ATrackSdk | None = None, **settings: Any) -> None:
@@ -78,7 +81,14 @@ class ATrackWSGIMiddleware:
         except Exception:
             logger.error("A-Track middleware failed; the request goes on untracked", exc_info=True)
             return self.app(environ, start_response)
-        return self.app(environ, start_response_with_cookie(config, environ, start_response))
+        # current_tracker() while the app runs and while its body is iterated, never
+        # in this thread after the call (the server may reuse it for another request).
+        token = CURRENT.set(tracker)
+        try:
+            body = self.app(environ, start_response_with_cookie(config, environ, start_response))
+        finally:
+            CURRENT.reset(token)
+        return active_body(body, tracker, environ)
 
 
 def get_tracker(environ: Mapping[str, Any]) -> RequestTracker:

@@ -13,6 +13,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from atrack_core._request import RequestView
 
+from .._current import CURRENT, ActiveBody, active_aiter
 from .._lifecycle import STATE_KEY, IntegrationConfig, RequestTracker
 from .._wsgi_common import HeaderKeys, environ_path, header_keys, view_from_environ
 from . import conf
@@ -70,8 +71,13 @@ class ATrackMiddleware:
         except Exception:
             logger.error("A-Track middleware failed; the request goes on untracked", exc_info=True)
             return self.get_response(request)
-        response = self.get_response(request)
+        token = CURRENT.set(tracker)
+        try:
+            response = self.get_response(request)
+        finally:
+            CURRENT.reset(token)
         _set_cookie(config, tracker, response)
+        _stream_with_tracker(response, tracker)
         return response
 
     async def __acall__(self, request: Any) -> Any:
@@ -89,8 +95,14 @@ class ATrackMiddleware:
         except Exception:
             logger.error("A-Track middleware failed; the request goes on untracked", exc_info=True)
             return await get_response(request)
-        response = await get_response(request)
+        # Views run in this context or a copy of it (sync_to_async copies it).
+        token = CURRENT.set(tracker)
+        try:
+            response = await get_response(request)
+        finally:
+            CURRENT.reset(token)
         _set_cookie(config, tracker, response)
+        _stream_with_tracker(response, tracker)
         return response
 
 
@@ -133,6 +145,20 @@ def _view(request: Any, keys: HeaderKeys) -> RequestView:
         path = environ_path(meta)
     # request.scheme honours SECURE_PROXY_SSL_HEADER: the Secure flag follows it.
     return view_from_environ(meta, keys, scheme=request.scheme, path=path)
+
+
+def _stream_with_tracker(response: Any, tracker: RequestTracker) -> None:
+    # A streaming body runs view code after the middleware returned: make the tracker
+    # current while each chunk is produced (files need not: no app code runs there).
+    if not getattr(response, "streaming", False) or hasattr(response, "file_to_stream"):
+        return
+    try:
+        if getattr(response, "is_async", False):
+            response.streaming_content = active_aiter(response.streaming_content, tracker)
+        else:
+            response.streaming_content = ActiveBody(response.streaming_content, tracker)
+    except Exception:
+        logger.error("A-Track could not follow this streaming response", exc_info=True)
 
 
 def _set_cookie(config: IntegrationConfig, tracker: RequestTracker, response: Any) -> None:

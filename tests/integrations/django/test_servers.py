@@ -64,3 +64,37 @@ def test_api_hanging_does_not_slow_requests(
         elapsed = time.monotonic() - started
         conn.close()
     assert elapsed < 1.5, elapsed
+
+
+@pytest.mark.parametrize(
+    ("kind", "target", "path"),
+    [
+        ("gunicorn", "tests.integrations.django.wsgi:application", "/current"),
+        ("gunicorn", "tests.integrations.django.wsgi:application", "/acurrent"),
+        ("uvicorn", "tests.integrations.django.asgi:application", "/acurrent"),
+        ("uvicorn", "tests.integrations.django.asgi:application", "/current"),
+    ],
+)
+def test_current_tracker_under_concurrent_requests(
+    fake_api: FakeApi, kind: str, target: str, path: str
+) -> None:
+    import concurrent.futures
+    import json
+    import uuid as uuid_mod
+
+    env = {**BASE_ENV, "ATRACK_ENDPOINT": fake_api.url}
+
+    def one(i: int) -> None:
+        uuid = str(uuid_mod.uuid4())
+        status, _, body = request(
+            port, f"{path}?s=0.002", headers={"Cookie": f"atrack_uuid={uuid}"}
+        )
+        assert status == 200, body
+        # direct, and across sync_to_async / async_to_sync
+        assert set(json.loads(body).values()) == {uuid}
+
+    with (
+        serve(kind, target, env) as port,
+        concurrent.futures.ThreadPoolExecutor(32) as pool,
+    ):
+        list(pool.map(one, range(200)))

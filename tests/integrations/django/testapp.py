@@ -156,3 +156,69 @@ def plain(request: HttpRequest) -> HttpResponse:
 
 
 urlpatterns.append(path("plain", plain))
+
+
+# ------------------------------------------------- current_tracker() from service code
+
+
+def _who() -> str:
+    """Service code that never sees the request."""
+    from atrack_integrations import current_tracker
+
+    tracker = current_tracker()
+    return "none" if tracker is None else tracker.uuid
+
+
+def current(request: HttpRequest) -> HttpResponse:
+    from asgiref.sync import async_to_sync
+
+    async def awho() -> str:
+        return _who()
+
+    time.sleep(float(request.GET.get("s", "0")))
+    return JsonResponse(
+        {"uuid": request.atrack.uuid, "direct": _who(), "async_to_sync": async_to_sync(awho)()}  # type: ignore[attr-defined]
+    )
+
+
+async def acurrent(request: HttpRequest) -> HttpResponse:
+    from asgiref.sync import sync_to_async
+
+    await asyncio.sleep(float(request.GET.get("s", "0")))
+    return JsonResponse(
+        {
+            "uuid": request.atrack.uuid,  # type: ignore[attr-defined]
+            "direct": _who(),
+            "sync_to_async": await sync_to_async(_who)(),
+        }
+    )
+
+
+def cstream(request: HttpRequest) -> HttpResponse:
+    def chunks() -> Iterator[bytes]:
+        for _ in range(2):
+            yield f"{_who()}\n".encode()
+
+    return StreamingHttpResponse(chunks())
+
+
+async def acstream(request: HttpRequest) -> HttpResponse:
+    async def chunks() -> Any:
+        for _ in range(2):
+            await asyncio.sleep(0)
+            yield f"{_who()}\n".encode()
+
+    return StreamingHttpResponse(chunks())
+
+
+def cboom(request: HttpRequest) -> HttpResponse:
+    raise ValueError(f"boom as {_who()}")
+
+
+urlpatterns += [
+    path("current", current),
+    path("acurrent", acurrent),
+    path("cstream", cstream),
+    path("acstream", acstream),
+    path("cboom", cboom),
+]
