@@ -38,7 +38,9 @@ class Delivery(Protocol):
 
     def flush(self, timeout: float | None = None) -> bool: ...
 
-    def shutdown(self, timeout: float | None = None) -> None: ...
+    def shutdown(self, timeout: float | None = None, *, budget: float | None = None) -> None:
+        """Flush, waiting at most ``timeout``, and stop; ``budget``: the bound to report
+        when calls are left (defaults to ``timeout``)."""
 
 
 class NullDelivery:
@@ -53,7 +55,7 @@ class NullDelivery:
     def flush(self, timeout: float | None = None) -> bool:
         return True
 
-    def shutdown(self, timeout: float | None = None) -> None:
+    def shutdown(self, timeout: float | None = None, *, budget: float | None = None) -> None:
         return None
 
 
@@ -172,7 +174,7 @@ class SyncDelivery:
     def flush(self, timeout: float | None = None) -> bool:
         return True
 
-    def shutdown(self, timeout: float | None = None) -> None:
+    def shutdown(self, timeout: float | None = None, *, budget: float | None = None) -> None:
         with self._lock:
             idle, self._idle = self._idle, []
         for conn in idle:

@@ -34,8 +34,9 @@ it does not fit (``True``: the store keeps it), ``settled(call, delivered)`` whe
 was delivered or finally given up (under the scheduler's lock: must not block).
 ``submit()`` accepts calls rebuilt by a store, with their request id and ``created``.
 
-Senders are daemon threads: the exit flush bounds the wait by ``shutdown_timeout``,
-and a sender stuck on an unreachable API cannot keep the interpreter alive. After
+Senders are daemon threads: the exit flush (``_shutdown.py``) bounds the wait by
+``shutdown_timeout``, and a sender stuck on an unreachable API cannot keep the
+interpreter alive. After
 ``os.fork()`` the child rebuilds all of this empty (``after_fork_in_child``); what the
 parent had queued stays the parent's.
 """
@@ -271,8 +272,10 @@ class BackgroundDelivery:
             finally:
                 self._waiters.remove(waiter)
 
-    def shutdown(self, timeout: float | None = None) -> None:
-        """Flush (bounded by ``timeout``), then stop the threads. Idempotent."""
+    def shutdown(self, timeout: float | None = None, *, budget: float | None = None) -> None:
+        """Flush (bounded by ``timeout``), then stop the threads. Idempotent. ``budget``
+        is the bound the log line names (the exit flush gives each SDK what is left of
+        one process-wide deadline: ``timeout`` may be less than its shutdown timeout)."""
         start = time.monotonic()
         with self._lock:
             if self._closed:
@@ -288,10 +291,13 @@ class BackgroundDelivery:
             left = self._outstanding
             threads = list(self._threads)
         if not flushed:
+            bound = budget if budget is not None else timeout
             logger.warning(
-                "A-Track shut down with %d calls not delivered (shutdown timeout %.1f s)",
+                "A-Track shut down with %d calls not delivered (shutdown timeout %s s, "
+                "waited %.2f s)",
                 left,
-                timeout if timeout is not None else float("inf"),
+                "none" if bound is None else f"{bound:g}",
+                time.monotonic() - start,
             )
         # After a flush the senders are idle and exit at once. After a timeout some are
         # stuck on a slow or unreachable API: they are daemons and finish (or die with

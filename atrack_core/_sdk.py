@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import atexit
 import json
 import logging
-import threading
 import uuid as _uuid
-import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from . import _delivery
+from . import _delivery, _shutdown
 from ._call import Call
 from ._delivery import Delivery, SyncDelivery, make_delivery, sync_delivery
 from ._errors import NoUserError
@@ -40,9 +37,6 @@ CURRENT_USER_KEY = "atrack:user"
 _MODES = ("merge", "replace")
 T = TypeVar("T")
 
-_live: weakref.WeakSet[ATrackSdk] = weakref.WeakSet()
-_live_lock = threading.Lock()
-
 
 class ATrackSdk:
     """The A-Track client. Thread-safe; build one per process and share it.
@@ -69,8 +63,7 @@ class ATrackSdk:
         )
         # (transport, delivery) while atrack_core.testing overrides the transport
         self._overridden: tuple[object, SyncDelivery] | None = None
-        with _live_lock:
-            _live.add(self)
+        _shutdown.register(self)
 
     def __repr__(self) -> str:
         return (
@@ -205,12 +198,22 @@ class ATrackSdk:
 
     def shutdown(self, timeout: float | None = None) -> None:
         """Flush (bounded by ``timeout``, default ``shutdown_timeout``) and stop. Idempotent."""
+        budget = self.options.shutdown_timeout if timeout is None else timeout
+        self._close(budget, budget)
+
+    def _close(self, timeout: float | None, budget: float | None, *, join: bool = False) -> None:
+        """Shut down, waiting at most ``timeout``; ``budget`` is the bound the caller
+        set (the process-wide exit flush starts every SDK's wait from one instant).
+        ``join``: when another thread is already shutting it down, wait (within
+        ``timeout``) for its calls instead of returning at once (a SIGTERM that arrives
+        during an exit flush must not end the process before that flush does)."""
         if self._closed:
+            if join:
+                self._delivery.flush(timeout)
             return
         self._closed = True
-        self._delivery.shutdown(self.options.shutdown_timeout if timeout is None else timeout)
-        with _live_lock:
-            _live.discard(self)
+        self._delivery.shutdown(timeout, budget=budget)
+        _shutdown.unregister(self)
 
     async def aflush(self, timeout: float | None = 5.0) -> bool:
         """:meth:`flush` for async code: waits in a worker thread, not on the event loop."""
@@ -381,14 +384,3 @@ async def _in_thread(fn: Callable[[], T]) -> T:
     except RuntimeError:
         return fn()
     return await asyncio.to_thread(fn)
-
-
-@atexit.register
-def _flush_at_exit() -> None:
-    with _live_lock:
-        sdks = list(_live)
-    for sdk in sdks:
-        try:
-            sdk.shutdown()
-        except Exception:
-            logger.exception("A-Track exit flush failed")

@@ -1,0 +1,206 @@
+"""How a process ends: one exit deadline for all SDKs, the SIGTERM flush, and
+multiprocessing children. Each case runs a real Python subprocess.
+
+Timing bounds are behaviour checks with generous margins (the machine is shared).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.fake_api import FakeApi, blackhole_url
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
+
+KEY = "pub_live_shutdown_4321"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def env(**extra: str) -> dict[str, str]:
+    out = dict(os.environ)
+    out["PYTHONPATH"] = str(ROOT)
+    out.pop("ATRACK_SIGTERM_FLUSH", None)
+    out.update(extra)
+    return out
+
+
+def run(script: str, *args: str, timeout: float = 60, **extra: str) -> tuple[float, str, str]:
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env(**extra),
+        check=False,
+    )
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return elapsed, proc.stdout, proc.stderr
+
+
+MANY_SDKS = textwrap.dedent(
+    """
+    import sys
+    from atrack_core import ATrackSdk, Options
+
+    url, transport = sys.argv[1], sys.argv[2]
+    timeouts = [float(t) for t in sys.argv[3].split(",")]
+    sdks = [
+        ATrackSdk(Options(@KEY@, endpoint=url, shutdown_timeout=t, transport=transport))
+        for t in timeouts
+    ]
+    for n, sdk in enumerate(sdks):
+        for i in range(20):
+            sdk.track("e", {"i": i}, uuid=f"u{n}-{i}")
+    """
+).replace("@KEY@", repr(KEY))
+
+
+def test_exit_waits_the_largest_shutdown_timeout_not_the_sum(transport: str) -> None:
+    base, _, _ = run("import atrack_core")
+    timeouts = [1.5, 0.5, 1.5, 1.0, 1.5]  # the sum is 6 s, the largest 1.5 s
+    with blackhole_url() as url:
+        elapsed, _, err = run(MANY_SDKS, url, transport, ",".join(map(str, timeouts)))
+    assert elapsed - base < 1.8 * max(timeouts), (elapsed, base)
+    lines = [line for line in err.splitlines() if "not delivered" in line]
+    assert len(lines) == len(timeouts), err
+    # Each SDK names its own bound, not what was left of the shared deadline ("0.0 s").
+    named = Counter(line.split("shutdown timeout ")[1].split(" s")[0] for line in lines)
+    assert named == {"1.5": 3, "0.5": 1, "1": 1}, err
+    assert KEY not in err
+
+
+SIGTERM_SCRIPT = textwrap.dedent(
+    """
+    import signal, sys, threading
+    from atrack_core import ATrackSdk, Options
+
+    url, transport, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    own = len(sys.argv) > 4 and sys.argv[4] == "own-handler"
+    if own:
+        def host_handler(signum, frame):
+            print("host-handler", flush=True)
+            sys.exit(0)
+        signal.signal(signal.SIGTERM, host_handler)
+    sdk = ATrackSdk(Options(@KEY@, endpoint=url, transport=transport))
+    print("handler", signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, flush=True)
+    for i in range(count):
+        sdk.track("e", {"i": i}, uuid=f"u{i % 10}")
+    print("queued", sdk.stats()["queued"] + sdk.stats()["in_flight"], flush=True)
+    threading.Event().wait()  # a server's main loop: it never returns by itself
+    """
+).replace("@KEY@", repr(KEY))
+
+
+def start_and_terminate(
+    url: str, transport: str, count: int, *args: str, **extra: str
+) -> tuple[int, list[str]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SIGTERM_SCRIPT, url, transport, str(count), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env(**extra),
+    )
+    assert proc.stdout is not None
+    lines = [proc.stdout.readline().strip(), proc.stdout.readline().strip()]
+    assert lines[1].startswith("queued"), [*lines, proc.stderr.read() if proc.stderr else ""]
+    proc.send_signal(signal.SIGTERM)
+    out, _err = proc.communicate(timeout=30)
+    return proc.returncode, lines + out.split("\n")
+
+
+def test_sigterm_without_a_host_handler_flushes_then_dies_by_sigterm(
+    fake_api: FakeApi, transport: str
+) -> None:
+    fake_api.latency = 0.05
+    code, lines = start_and_terminate(fake_api.url, transport, 100)
+    assert lines[0] == "handler False"  # the SDK installed its own
+    assert int(lines[1].split()[1]) > 0  # calls were still queued at SIGTERM
+    assert code == -signal.SIGTERM  # the process ends as it would have
+    ids = Counter(fake_api.request_ids())
+    assert len(ids) == 100 and max(ids.values()) == 1
+    assert sorted(b["attributes"]["i"] for b in fake_api.bodies()) == list(range(100))
+
+
+def test_sigterm_handler_of_the_host_is_never_replaced(fake_api: FakeApi) -> None:
+    code, lines = start_and_terminate(fake_api.url, "httpx", 5, "own-handler")
+    assert lines[0] == "handler False"  # not SIG_DFL: the host's own handler
+    assert "host-handler" in lines
+    assert code == 0  # the host's handler ran (sys.exit(0)), then the exit flush
+    assert len(fake_api.bodies()) == 5
+
+
+def test_sigterm_flush_can_be_turned_off(fake_api: FakeApi) -> None:
+    fake_api.latency = 0.05
+    code, lines = start_and_terminate(fake_api.url, "httpx", 100, ATRACK_SIGTERM_FLUSH="0")
+    assert lines[0] == "handler True"  # left alone
+    assert code == -signal.SIGTERM
+
+
+POOL_SCRIPT = textwrap.dedent(
+    """
+    import multiprocessing, sys
+    from atrack_core import ATrackSdk, Options
+
+    url, transport, how = sys.argv[1], sys.argv[2], sys.argv[3]
+    sdk = ATrackSdk(Options(@KEY@, endpoint=url, transport=transport))
+
+    def work(i):
+        sdk.track("child", {"i": i}, uuid=f"u{i}")
+        return i
+
+    if __name__ == "__main__":
+        ctx = multiprocessing.get_context("fork")
+        if how == "with":  # Pool.__exit__ terminates the workers (SIGTERM)
+            with ctx.Pool(4) as pool:
+                assert pool.map(work, range(25)) == list(range(25))
+        elif how == "close":  # workers end on their own, through os._exit
+            pool = ctx.Pool(4)
+            assert pool.map(work, range(25)) == list(range(25))
+            pool.close()
+            pool.join()
+        else:  # Process children
+            procs = [ctx.Process(target=work, args=(i,)) for i in range(25)]
+            for p in procs:
+                p.start()
+            for p in procs:
+                p.join()
+            assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+        print("parent-sent", sdk.stats()["enqueued"], flush=True)
+    """
+).replace("@KEY@", repr(KEY))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@pytest.mark.parametrize(
+    ("how", "sigterm"),
+    [("with", "1"), ("close", "1"), ("close", "0"), ("process", "0")],
+    ids=["pool-terminated", "pool-closed", "pool-closed-no-sigterm-flush", "process"],
+)
+def test_multiprocessing_children_deliver_their_calls(
+    fake_api: FakeApi, transport: str, how: str, sigterm: str
+) -> None:
+    fake_api.latency = 0.05  # every call is still queued when its child leaves
+    _, out, err = run(
+        POOL_SCRIPT,
+        fake_api.url,
+        transport,
+        how,
+        ATRACK_SIGTERM_FLUSH=sigterm,
+    )
+    assert out.split() == ["parent-sent", "0"], err
+    fake_api.wait_for(25)
+    ids = Counter(fake_api.request_ids())
+    assert max(ids.values()) == 1
+    assert sorted(b["attributes"]["i"] for b in fake_api.bodies()) == list(range(25))
