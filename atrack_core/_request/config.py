@@ -30,6 +30,9 @@ class ContextConfig:
       :data:`DEFAULT_SCRUB_PARAMS` for the matching rules); ``None`` means the default.
     - ``timezone_cookie`` / ``timezone_header``: where the front end puts the IANA zone.
 
+    :attr:`header_names` lists the request headers the context is built from (lower
+    case); integrations read and decode only those (and the ``cookie`` header).
+
     Bad values raise :class:`ValueError` (or :class:`TypeError` for a wrong type) naming
     the value.
     """
@@ -40,6 +43,7 @@ class ContextConfig:
         "_trust_all",
         "_trust_cache",
         "_trusting",
+        "header_names",
         "ip",
         "scrub_params",
         "timezone_cookie",
@@ -53,6 +57,7 @@ class ContextConfig:
     _trusting: bool
     _matcher: _ParamMatcher
     _trust_cache: dict[str, bool]
+    header_names: tuple[str, ...]
     ip: IpMode
     scrub_params: frozenset[str]
     timezone_cookie: str
@@ -93,6 +98,18 @@ class ContextConfig:
         setattr_(self, "scrub_params", params)
         setattr_(self, "timezone_cookie", timezone_cookie)
         setattr_(self, "timezone_header", timezone_header.lower())
+        # The headers the context is built from (lower case), so that adapters decode
+        # only these: forwarding headers matter only with trusted proxies. The cookie
+        # header is the lifecycle's to add (it reads the timezone cookie with its own).
+        headers: tuple[str, ...] = (
+            "referer",
+            "user-agent",
+            "accept-language",
+            timezone_header.lower(),
+        )
+        if trust_all or networks:
+            headers += ("x-forwarded-for", "forwarded")
+        setattr_(self, "header_names", headers)
         setattr_(self, "_matcher", matcher)
         setattr_(self, "_networks", networks)
         setattr_(self, "_trust_all", trust_all)

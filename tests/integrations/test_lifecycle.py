@@ -286,13 +286,13 @@ def test_before_send_cannot_corrupt_the_request_context(calls: CapturedCalls) ->
 def test_local_init_memory_is_bounded(
     sdk: ATrackSdk, calls: CapturedCalls, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from atrack_integrations import _lifecycle
+    from atrack_integrations import _init_dedupe
 
-    monkeypatch.setattr(_lifecycle, "_LOCAL_SEEN_MAX", 10)
+    monkeypatch.setattr(_init_dedupe, "_LOCAL_SEEN_MAX", 10)
     config = IntegrationConfig(sdk=sdk)
     for _ in range(25):
         config.begin(view("/"))
-    assert len(config._seen) <= 10
+    assert len(config.dedupe._seen) <= 10
     assert len(calls.inits) == 25
 
 

@@ -1,0 +1,98 @@
+"""Init dedupe: one ``/init`` per user per ``init_ttl``, across every worker.
+
+The storage's ``add`` is the one arbiter across workers and hosts (SPEC section 6 step
+4): N workers sharing a ``RedisStorage`` send one ``/init`` per user session. A
+process-local memory of recent inits (uuid -> monotonic deadline) saves the storage
+round trip on every request of a returning user.
+
+A failing storage is a miss, never an error: better a duplicate ``/init`` than a lost
+user. Its warning is rate-limited.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from atrack_core import ATrackSdk
+
+from ._contain import Contain
+
+if TYPE_CHECKING:
+    from ._tracker import RequestTracker
+
+__all__ = ["INIT_KEY_PREFIX", "InitDedupe"]
+
+logger = logging.getLogger("atrack")
+
+INIT_KEY_PREFIX = "init:"
+
+# Bounded: the local memory is cleared when it grows past this.
+_LOCAL_SEEN_MAX = 50_000
+# When another worker won the ``add``, its key expires at an unknown time within
+# ``init_ttl``: ask the storage again after at most this long.
+_LOCAL_SEEN_OTHER = 60.0
+_STORAGE_WARN_EVERY = 60.0
+
+_INIT_FAILED = Contain("A-Track /init for this request failed")
+
+
+class InitDedupe:
+    """Decides whether a user's ``/init`` is due, and sends it. Shared by every request
+    and thread of one installed integration."""
+
+    __slots__ = ("_lock", "_sdk", "_seen", "_warned_at", "ttl")
+
+    def __init__(self, sdk: ATrackSdk, ttl: float) -> None:
+        self._sdk = sdk
+        self.ttl = ttl
+        self._seen: dict[str, float] = {}
+        self._warned_at = -_STORAGE_WARN_EVERY
+        self._lock = threading.Lock()
+
+    def recent(self, uuid: str) -> bool:
+        """Whether this process knows ``uuid``'s ``/init`` went out within ``init_ttl``
+        (no I/O: the request path's fast answer for a returning user)."""
+        seen = self._seen.get(uuid)
+        return seen is not None and seen > time.monotonic()
+
+    def send(self, tracker: RequestTracker, attributes: dict[str, Any] | None) -> None:
+        """Send ``/init`` for the tracker's user unless one went out within ``init_ttl``
+        (from this process or, through the storage, any other); with ``attributes``
+        they go out either way. May block on the storage. Never raises."""
+        uuid = tracker._uuid
+        assert uuid is not None
+        now = time.monotonic()
+        seen = self._seen.get(uuid)
+        if seen is not None and seen > now and not attributes:
+            return
+        try:
+            added = self._sdk.storage.add(INIT_KEY_PREFIX + uuid, "1", self.ttl)
+        except Exception:  # noqa: BLE001 - logged (rate-limited) by _warn_storage
+            self._warn_storage()
+            added = True
+        if len(self._seen) >= _LOCAL_SEEN_MAX:
+            self._seen.clear()
+        self._seen[uuid] = now + (self.ttl if added else min(self.ttl, _LOCAL_SEEN_OTHER))
+        with _INIT_FAILED:
+            if added:
+                self._sdk.send_init(
+                    uuid, tracker.is_new_user, tracker._context_dict(), attributes, checked=True
+                )
+            elif attributes:
+                # The user was initialised already: the attributes still go out.
+                self._sdk.send_attributes(uuid, attributes, checked_attrs=True)
+
+    def _warn_storage(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._warned_at < _STORAGE_WARN_EVERY:
+                return
+            self._warned_at = now
+        logger.warning(
+            "A-Track storage failed on add (init dedupe); treating it as a miss "
+            "(logged at most once a minute)",
+            exc_info=True,
+        )

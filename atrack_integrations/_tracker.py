@@ -1,0 +1,183 @@
+"""RequestTracker: what a view uses to track the current request's user."""
+
+from __future__ import annotations
+
+import uuid as _uuid
+from typing import TYPE_CHECKING, Any
+
+from atrack_core._request import RequestView, request_context_dict
+from atrack_core._validate import check_name, to_json_object
+from atrack_core._wire import WireContext
+
+from ._contain import CALLER_ERRORS, Contain
+from ._cookie import is_canonical_uuid
+
+if TYPE_CHECKING:
+    from ._lifecycle import IntegrationConfig
+
+__all__ = ["RequestTracker"]
+
+_ATTRIBUTES_FAILED = Contain("A-Track set_attributes() failed", passes=CALLER_ERRORS)
+_CONTEXT_FAILED = Contain("A-Track could not build the request context")
+
+
+class RequestTracker:
+    """What a view uses to track the current request's user.
+
+    Attached by the integrations (``request.state.atrack``, ``request.atrack``,
+    ``environ["atrack"]``). Events carry the request's context; the SDK's own current
+    user is never changed.
+
+    - ``uuid``: the user's id (the identify hook's, the cookie's, or a new UUID4).
+    - ``is_new_user``: ``True`` when the uuid was generated for this request.
+    - ``context``: the request context (wire form, camelCase keys), built on first use.
+    - ``enabled``: ``False`` for a no-op tracker (``respect_dnt`` matched, or the SDK
+      failed to start): calls are validated, nothing is sent.
+    - ``passive``: ``True`` on excluded paths and ``HEAD``/``OPTIONS``: events are sent,
+      but no ``/init`` and no cookie.
+
+    Bad input raises ``ValueError``/``TypeError`` at the call; the SDK's own failures
+    are logged, never raised into the view.
+
+    >>> tracker = request.state.atrack          # doctest: +SKIP
+    >>> tracker.track("order_created", {"amount": 12})   # doctest: +SKIP
+    """
+
+    __slots__ = (
+        "_config",
+        "_context",
+        "_cookie_in",
+        "_cookie_out",
+        "_init_pending",
+        "_timezone_cookie",
+        "_uuid",
+        "_view",
+        "enabled",
+        "is_new_user",
+        "passive",
+    )
+
+    def __init__(
+        self,
+        config: IntegrationConfig,
+        view: RequestView,
+        uuid: str | None,
+        is_new_user: bool,
+        cookie_uuid: str | None = None,
+        passive: bool = False,
+        timezone_cookie: str | None = None,
+    ) -> None:
+        self._config = config
+        self._view = view
+        self._uuid = uuid
+        self.is_new_user = is_new_user
+        self._cookie_in = cookie_uuid
+        self._cookie_out: str | None = None
+        self._timezone_cookie = timezone_cookie
+        self._context: WireContext | None = None
+        self._init_pending = False
+        self.enabled = True
+        self.passive = passive
+
+    def __repr__(self) -> str:
+        state = "no-op" if not self.enabled else "passive" if self.passive else "active"
+        return f"<RequestTracker uuid={self._uuid!r} new={self.is_new_user} {state}>"
+
+    @property
+    def uuid(self) -> str:
+        uuid = self._uuid
+        if uuid is None:
+            # Passive trackers without a cookie: generated only if someone asks.
+            uuid = self._uuid = str(_uuid.uuid4())
+            self.is_new_user = True
+        return uuid
+
+    @property
+    def context(self) -> dict[str, Any]:
+        """The request context sent with events and ``/init`` (a copy)."""
+        return dict(self._context_dict())
+
+    def track(self, event: str, attributes: dict[str, Any] | None = None) -> None:
+        """Send an event for this request's user, with the request's context.
+
+        >>> request.state.atrack.track("order_created", {"amount": 12})  # doctest: +SKIP
+        """
+        if not self.enabled:
+            check_name(event, "event")
+            to_json_object(attributes, "attributes")
+            return
+        if self._init_pending:
+            self._send_init(None)
+        context = self._context
+        if context is None:
+            context = self._wire_context()
+        uuid = self._uuid
+        if uuid is None:
+            uuid = self.uuid
+        with Contain("A-Track track(%r) failed", event, passes=CALLER_ERRORS):
+            # A WireContext: the SDK trusts it and this (validated) uuid, and reuses the
+            # context's JSON for every event of the request.
+            self._config.sdk.send_event(uuid, event, attributes, context=context)
+
+    def set_attributes(self, attributes: dict[str, Any], replace: bool = False) -> None:
+        """Merge (or, with ``replace=True``, replace) this user's attributes."""
+        if not isinstance(replace, bool):
+            raise TypeError(f"replace must be a bool, got {type(replace).__name__}")
+        attrs = to_json_object(attributes, "attributes")
+        if not self.enabled:
+            return
+        if self._init_pending:
+            self._send_init(None)
+        with _ATTRIBUTES_FAILED:
+            self._config.sdk.send_attributes(self.uuid, attrs, replace=replace, checked_attrs=True)
+
+    def identify(self, uuid: str, attributes: dict[str, Any] | None = None) -> None:
+        """Switch this request to a known user (e.g. at login).
+
+        Later calls in this request use ``uuid``; ``/init`` is sent for it as the
+        ``init`` setting says (at once when ``attributes`` are given). When ``uuid`` is a
+        canonical UUID the response sets the cookie to it; other ids (``"user-42"``)
+        are not written to the cookie, which only carries canonical UUIDs; use the
+        ``identify`` hook to recognise logged-in users on later requests.
+        """
+        uuid = check_name(uuid, "uuid")
+        attrs = to_json_object(attributes, "attributes") if attributes is not None else None
+        if not self.enabled:
+            return
+        self._uuid = uuid
+        self.is_new_user = False
+        if not self.passive and is_canonical_uuid(uuid) and uuid != self._cookie_in:
+            self._cookie_out = uuid
+        config = self._config
+        if self.passive or config.init == "off":
+            if attrs:
+                with _ATTRIBUTES_FAILED:
+                    config.sdk.send_attributes(uuid, attrs, checked_attrs=True)
+            return
+        if config._lazy and not attrs:
+            self._init_pending = True
+            return
+        self._send_init(attrs)
+
+    # -- internals --------------------------------------------------------------------
+
+    def _send_init(self, attributes: dict[str, Any] | None) -> None:
+        self._init_pending = False
+        self._config.dedupe.send(self, attributes)
+
+    def _context_dict(self) -> dict[str, Any]:
+        context = self._context
+        if context is None:
+            context = self._wire_context()
+        return context.data
+
+    def _wire_context(self) -> WireContext:
+        # Built on first use (a page that tracks nothing never pays for it), once per
+        # request. Documented never to raise; if it does, events still go out.
+        data: dict[str, str] = {}
+        with _CONTEXT_FAILED:
+            data = request_context_dict(
+                self._view, self._config.context_config, timezone_cookie=self._timezone_cookie
+            )
+        context = self._context = WireContext(data)
+        return context
