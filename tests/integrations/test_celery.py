@@ -205,3 +205,14 @@ def test_header_format_round_trip_and_rejects() -> None:
     tracker.enabled = False  # a no-op tracker (respect_dnt): nothing follows the task
     assert encode(tracker) is None
     config.sdk.shutdown()
+
+
+def test_installed_once_per_app(tasks: Any) -> None:
+    from celery import Celery
+
+    from atrack_integrations.celery import ATrackCelery
+
+    with pytest.raises(RuntimeError, match="already installed"):
+        ATrackCelery(tasks.app)
+    with pytest.raises(ValueError, match="init must be"):
+        ATrackCelery(Celery("other"), init="sometimes")  # settings are checked at once
