@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
@@ -97,21 +97,17 @@ class Options:
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Options:
         """Build options from ``ATRACK_PUBLIC_KEY``, ``ATRACK_GEO``, ``ATRACK_ENDPOINT``,
-        ``ATRACK_DISABLED``, ``ATRACK_DELIVERY`` and ``ATRACK_TRANSPORT``; keyword
-        arguments win over them.
+        ``ATRACK_DISABLED``, ``ATRACK_DELIVERY``, ``ATRACK_TRANSPORT`` and
+        ``ATRACK_ALLOW_INSECURE_HTTP``; keyword arguments win over them.
 
         Raises ``ValueError`` when ``ATRACK_PUBLIC_KEY`` is missing and the SDK is not
-        disabled, or when ``ATRACK_DISABLED`` is not a boolean word.
+        disabled, or when ``ATRACK_DISABLED``/``ATRACK_ALLOW_INSECURE_HTTP`` is not a
+        boolean word.
         """
         env = os.environ if environ is None else environ
-        disabled_raw = env.get("ATRACK_DISABLED", "").strip().lower()
-        if disabled_raw in _TRUE:
-            disabled = True
-        elif disabled_raw in _FALSE:
-            disabled = False
-        else:
-            raise ValueError(f"ATRACK_DISABLED must be true/false/1/0, got {disabled_raw!r}")
-        kwargs: dict[str, Any] = {"disabled": disabled}
+        kwargs: dict[str, Any] = {"disabled": _env_bool(env, "ATRACK_DISABLED")}
+        if _env_bool(env, "ATRACK_ALLOW_INSECURE_HTTP"):
+            kwargs["allow_insecure_http"] = True
         if env.get("ATRACK_GEO"):
             kwargs["geo"] = env["ATRACK_GEO"]
         if env.get("ATRACK_ENDPOINT"):
@@ -123,12 +119,25 @@ class Options:
         kwargs.update(overrides)
         key = kwargs.pop("public_key", None) or env.get("ATRACK_PUBLIC_KEY", "")
         if not key and not kwargs.get("disabled"):
-            raise ValueError("ATRACK_PUBLIC_KEY is not set (set it, or ATRACK_DISABLED=1)")
+            raise ValueError(
+                "ATRACK_PUBLIC_KEY is not set: set it, or set ATRACK_DISABLED=1 to validate "
+                "calls without sending them (test runs; atrack_core.testing.capture_calls "
+                "records what would be sent)"
+            )
         return cls(key or "disabled", **kwargs)
 
     def base_url(self) -> str:
         """The validated base URL calls are posted under (no trailing slash)."""
         return validate_options(self)
+
+
+def _env_bool(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise ValueError(f"{name} must be true/false/1/0 (or yes/no/on/off), got {raw!r}")
 
 
 def validate_options(options: Options) -> str:
@@ -204,6 +213,9 @@ def _validate_endpoint(endpoint: str, allow_insecure_http: bool) -> str:
     if parts.scheme == "http" and not allow_insecure_http and not is_loopback_host(host):
         raise ValueError(
             f"endpoint {endpoint!r} uses plain http to a non-loopback host; the public key "
-            "would travel in clear text. Use https, or allow_insecure_http=True"
+            "would travel in clear text. Use https, or allow it: allow_insecure_http=True, "
+            "ATRACK_ALLOW_INSECURE_HTTP=1 in the environment, or the integration setting "
+            "allow_insecure_http (Django ATRACK['ALLOW_INSECURE_HTTP'], Flask "
+            "ATRACK_ALLOW_INSECURE_HTTP)"
         )
     return endpoint.rstrip("/")

@@ -46,6 +46,7 @@ from __future__ import annotations
 import heapq
 import logging
 import math
+import os
 import random
 import threading
 import time
@@ -290,6 +291,17 @@ class BackgroundDelivery:
                 self._multi.wake()
             left = self._outstanding
             threads = list(self._threads)
+        totals = self._stats.snapshot(0)
+        # The process's delivery record (the deployment tests read it from a log file).
+        logger.debug(
+            "A-Track shut down (pid %d): %d enqueued, %d sent, %d retried, %d failed, %d dropped",
+            os.getpid(),
+            totals["enqueued"],
+            totals["sent"],
+            totals["retried"],
+            totals["failed"],
+            totals["dropped"],
+        )
         if not flushed:
             bound = budget if budget is not None else timeout
             logger.warning(

@@ -4,6 +4,10 @@
 
     atrack collector [--host 127.0.0.1] [--port 8787] [--db PATH] [--latency SECONDS]
                      [--allow-host NAME ...]
+
+``--host 0.0.0.0`` listens on every interface; the banner then prints the loopback
+endpoint for this machine and, per ``--allow-host`` name, the endpoint other hosts (a
+docker-compose network) use with ``ATRACK_ALLOW_INSECURE_HTTP=1``.
     atrack send-event NAME --uuid U [--attr k=v ...] [--key K] [--endpoint URL]
     atrack --version
 
@@ -24,6 +28,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 from ._version import __version__
 
@@ -236,17 +241,9 @@ def _run_collector(args: argparse.Namespace) -> int:
     host = args.host
 
     def banner(url: str) -> None:
-        storage = os.path.abspath(args.db) if args.db else "memory (lost on exit; --db keeps it)"
-        print(f"A-Track collector on {url}", flush=True)
-        print(f"  inspector:  {url}/", flush=True)
-        print(f"  storage:    {storage}", flush=True)
-        print(f"  try:        export ATRACK_ENDPOINT={url}", flush=True)
-        if host not in ("127.0.0.1", "localhost", "::1"):
-            print(
-                "  warning:    the inspector and read API have no authentication; anyone "
-                f"who can reach {host} can read what was sent",
-                flush=True,
-            )
+        port = urlsplit(url).port or args.port
+        for line in collector_banner(host, port, args.db, args.allowed_hosts):
+            print(line, flush=True)
 
     try:
         serve(
@@ -273,6 +270,68 @@ def _run_collector(args: argparse.Namespace) -> int:
         pass
     print("collector stopped", flush=True)
     return EXIT_OK
+
+
+_LOOPBACK_NAMES: Final = ("127.0.0.1", "localhost", "::1")
+_WILDCARD_HOSTS: Final = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
+
+
+def _http_url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def collector_banner(
+    host: str, port: int, db: str | None, allowed_hosts: Sequence[str] = ()
+) -> list[str]:
+    """The lines ``atrack collector`` prints once it listens. Every ``ATRACK_ENDPOINT``
+    it suggests is one the SDK accepts and the collector's ``Host`` check answers: a
+    wildcard bind (``0.0.0.0``, ``::``) is no address to connect to, so this machine is
+    told the loopback URL, and other hosts a name from ``--allow-host`` with
+    ``ATRACK_ALLOW_INSECURE_HTTP=1`` (plain http to a non-loopback host)."""
+    storage = os.path.abspath(db) if db else "memory (lost on exit; --db keeps it)"
+    insecure = "ATRACK_ALLOW_INSECURE_HTTP=1"
+    if host in _WILDCARD_HOSTS:
+        local = _http_url(_WILDCARD_HOSTS[host], port)
+        lines = [
+            f"A-Track collector on every interface ({host or '*'}), port {port}",
+            f"  inspector:  {local}/",
+            f"  storage:    {storage}",
+            f"  try:        export ATRACK_ENDPOINT={local}",
+        ]
+        if allowed_hosts:
+            lines += [
+                f"  other hosts: export ATRACK_ENDPOINT={_http_url(name, port)} {insecure}"
+                for name in allowed_hosts
+            ]
+        else:
+            lines += [
+                "  other hosts: only loopback Host names are answered (against DNS "
+                "rebinding): restart",
+                "              with --allow-host NAME (the name they reach this machine "
+                "by, e.g. a compose service)",
+                f"              and export ATRACK_ENDPOINT={_http_url('NAME', port)} {insecure}",
+            ]
+    else:
+        url = _http_url(host, port)
+        lines = [
+            f"A-Track collector on {url}",
+            f"  inspector:  {url}/",
+            f"  storage:    {storage}",
+        ]
+        if host in _LOOPBACK_NAMES:
+            lines.append(f"  try:        export ATRACK_ENDPOINT={url}")
+        else:
+            lines.append(f"  try:        export ATRACK_ENDPOINT={url} {insecure}")
+            lines += [
+                f"  or:         export ATRACK_ENDPOINT={_http_url(name, port)} {insecure}"
+                for name in allowed_hosts
+            ]
+    if host not in _LOOPBACK_NAMES:
+        lines.append(
+            "  warning:    the inspector and read API have no authentication; anyone who "
+            f"can reach this machine on port {port} can read what was sent"
+        )
+    return lines
 
 
 def _send_event(args: argparse.Namespace) -> int:

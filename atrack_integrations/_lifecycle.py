@@ -170,6 +170,7 @@ class IntegrationConfig:
         endpoint: str | None = None,
         delivery: str | None = None,
         storage: Storage | str | None = None,
+        allow_insecure_http: bool | str | None = None,
     ) -> None:
         # Validate everything before building an SDK, so a typo does not leave a
         # half-configured client (and its worker thread) behind.
@@ -205,6 +206,7 @@ class IntegrationConfig:
             endpoint=endpoint,
             delivery=delivery,
             storage=storage,
+            allow_insecure_http=allow_insecure_http,
         )
         self.identify = identify
         self.cookie = cookie

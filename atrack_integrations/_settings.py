@@ -86,6 +86,7 @@ SETTING_NAMES: tuple[str, ...] = (
     "endpoint",
     "delivery",
     "storage",
+    "allow_insecure_http",
 )
 """Every setting name an integration accepts (lower case; Django upper-cases them, Flask
 prefixes them with ``ATRACK_``)."""
@@ -121,6 +122,7 @@ def resolve_sdk(
     delivery: str | None = None,
     storage: Storage | str | None = None,
     environ: Mapping[str, str] | None = None,
+    allow_insecure_http: bool | str | None = None,
 ) -> ATrackSdk:
     """The SDK an integration uses: ``sdk`` when given, else one built from the
     ``public_key``/``geo``/``endpoint``/``delivery``/``storage`` settings over
@@ -138,6 +140,7 @@ def resolve_sdk(
             ("endpoint", endpoint),
             ("delivery", delivery),
             ("storage", storage),
+            ("allow_insecure_http", allow_insecure_http),
         )
         if value is not None
     }
@@ -153,6 +156,8 @@ def resolve_sdk(
     if isinstance(storage, str):
         loaded = import_from_string(storage, "storage")
         given["storage"] = loaded() if isinstance(loaded, type) else loaded
+    if allow_insecure_http is not None:
+        given["allow_insecure_http"] = check_bool(allow_insecure_http, "allow_insecure_http")
     env = dict(environ) if environ is not None else None
     return ATrackSdk(Options.from_env(env, **given))
 

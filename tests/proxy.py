@@ -11,10 +11,15 @@ from urllib.parse import urlsplit
 
 class LoopbackProxy:
     """Forwards absolute-form requests (``POST http://127.0.0.1:N/event``) to their
-    target, loopback only, and records the URLs it forwarded."""
+    target, loopback only, and records the URLs it forwarded.
 
-    def __init__(self) -> None:
+    ``names`` stands in for a network's DNS (a docker-compose service name): a request
+    for ``http://collector:N/`` with ``names={"collector": "127.0.0.1"}`` goes to
+    127.0.0.1 port N, its ``Host`` header unchanged."""
+
+    def __init__(self, names: dict[str, str] | None = None) -> None:
         self.forwarded: list[str] = []
+        resolve = dict(names or {})
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -25,12 +30,13 @@ class LoopbackProxy:
 
             def do_POST(self) -> None:
                 target = urlsplit(self.path)
-                if target.hostname not in ("127.0.0.1", "localhost") or not target.port:
+                address = resolve.get(target.hostname or "", target.hostname)
+                if address not in ("127.0.0.1", "localhost") or not target.port:
                     self.send_error(403, "loopback targets only")
                     return
                 body = self.rfile.read(int(self.headers.get("content-length") or 0))
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "proxy-connection"}
-                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=10)
+                conn = http.client.HTTPConnection(address, target.port, timeout=10)
                 try:
                     conn.request("POST", target.path, body=body, headers=headers)
                     answer = conn.getresponse()

@@ -224,9 +224,35 @@ def test_transport_is_validated(transport: object, error: type[Exception]) -> No
         build(transport=transport)
 
 
+def test_from_env_allow_insecure_http() -> None:
+    remote = {"ATRACK_PUBLIC_KEY": "k", "ATRACK_ENDPOINT": "http://collector:8787"}
+    with pytest.raises(ValueError, match="ATRACK_ALLOW_INSECURE_HTTP") as refused:
+        Options.from_env(remote).base_url()
+    message = str(refused.value)
+    assert "clear text" in message and "allow_insecure_http=True" in message
+    assert "ALLOW_INSECURE_HTTP" in message.replace("ATRACK_ALLOW_INSECURE_HTTP", "")
+    for word in ("1", "true", "YES", " on "):
+        options = Options.from_env({**remote, "ATRACK_ALLOW_INSECURE_HTTP": word})
+        assert options.allow_insecure_http is True
+        assert options.base_url() == "http://collector:8787"
+    for word in ("", "0", "false", "off"):
+        options = Options.from_env({**remote, "ATRACK_ALLOW_INSECURE_HTTP": word})
+        assert options.allow_insecure_http is False
+    # A keyword argument wins over the environment.
+    options = Options.from_env(
+        {**remote, "ATRACK_ALLOW_INSECURE_HTTP": "1"}, allow_insecure_http=False
+    )
+    assert options.allow_insecure_http is False
+    with pytest.raises(ValueError, match="ATRACK_ALLOW_INSECURE_HTTP must be"):
+        Options.from_env({**remote, "ATRACK_ALLOW_INSECURE_HTTP": "please"})
+
+
 def test_from_env_errors() -> None:
-    with pytest.raises(ValueError, match="ATRACK_PUBLIC_KEY"):
+    with pytest.raises(ValueError, match="ATRACK_PUBLIC_KEY") as missing:
         Options.from_env({})
+    # The message says what a test run does instead of setting a key.
+    assert "ATRACK_DISABLED=1" in str(missing.value)
+    assert "capture_calls" in str(missing.value)
     with pytest.raises(ValueError, match="ATRACK_DISABLED"):
         Options.from_env({"ATRACK_PUBLIC_KEY": "k", "ATRACK_DISABLED": "maybe"})
     # Disabled without a key is fine: nothing will be sent.

@@ -167,6 +167,29 @@ def test_config_keys_and_identify_hook(sdk: ATrackSdk, calls: CapturedCalls) -> 
     assert app.config["ATRACK_INIT"] == "eager"  # defaults are visible in app.config
 
 
+def test_allow_insecure_http_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("ATRACK_ALLOW_INSECURE_HTTP", "ATRACK_ENDPOINT", "ATRACK_DISABLED"):
+        monkeypatch.delenv(name, raising=False)
+    app = flask.Flask(__name__)
+    app.config.update(
+        ATRACK_PUBLIC_KEY="pub_test_key_1234", ATRACK_ENDPOINT="http://collector:8787"
+    )
+    with pytest.raises(ValueError, match="ATRACK_ALLOW_INSECURE_HTTP"):
+        ATrack(app)
+    app = flask.Flask(__name__)
+    app.config.update(
+        ATRACK_PUBLIC_KEY="pub_test_key_1234",
+        ATRACK_ENDPOINT="http://collector:8787",
+        ATRACK_ALLOW_INSECURE_HTTP=True,
+    )
+    ATrack(app)
+    sdk = app.extensions["atrack"].sdk
+    try:
+        assert sdk.base_url == "http://collector:8787"
+    finally:
+        sdk.shutdown()
+
+
 def test_factory_pattern_with_init_app(
     calls: CapturedCalls, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -69,6 +69,18 @@ def test_e002_bad_values(extra: dict[str, Any], fragment: str) -> None:
     assert fragment in messages[0].msg
 
 
+def test_allow_insecure_http_setting_admits_a_plain_http_collector_by_name() -> None:
+    remote = {**settings.ATRACK, "ENDPOINT": "http://collector:8787"}
+    with override_settings(ATRACK=remote):
+        [refused] = check_settings()
+    assert "ALLOW_INSECURE_HTTP" in refused.msg
+    with override_settings(ATRACK={**remote, "ALLOW_INSECURE_HTTP": True}):
+        assert check_settings() == []
+    with override_settings(ATRACK={**remote, "ALLOW_INSECURE_HTTP": "maybe"}):
+        [bad] = check_settings()
+    assert "allow_insecure_http" in bad.msg
+
+
 def test_e002_not_a_dict() -> None:
     assert ids(ATRACK=["PUBLIC_KEY"]) == ["atrack.E002"]
 
