@@ -447,6 +447,8 @@ class BackgroundDelivery:
         counts as in flight and its lane stays blocked, so ``flush()`` returns only after
         ``on_error`` has seen it, and the user's next call waits for the report."""
         stats = self._stats
+        if outcome.resent:
+            stats.retried += 1
         self._track_reachability_locked(call, outcome)
         if outcome.ok:
             stats.in_flight -= 1
