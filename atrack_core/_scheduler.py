@@ -52,6 +52,7 @@ from __future__ import annotations
 import heapq
 import logging
 import math
+import os
 import random
 import threading
 import time
@@ -320,6 +321,17 @@ class BackgroundDelivery:
                 self._multi.wake()
             left = self._outstanding
             threads = list(self._threads)
+        totals = self._stats.snapshot(0)
+        # The process's delivery record (the deployment tests read it from a log file).
+        logger.debug(
+            "A-Track shut down (pid %d): %d enqueued, %d sent, %d retried, %d failed, %d dropped",
+            os.getpid(),
+            totals["enqueued"],
+            totals["sent"],
+            totals["retried"],
+            totals["failed"],
+            totals["dropped"],
+        )
         if not flushed:
             bound = budget if budget is not None else timeout
             logger.warning(
@@ -465,6 +477,8 @@ class BackgroundDelivery:
         counts as in flight and its lane stays blocked, so ``flush()`` returns only after
         ``on_error`` has seen it, and the user's next call waits for the report."""
         stats = self._stats
+        if outcome.resent:
+            stats.retried += 1
         self._track_reachability_locked(call, outcome)
         if outcome.ok:
             stats.in_flight -= 1

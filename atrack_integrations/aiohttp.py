@@ -170,10 +170,10 @@ def _view(request: web.Request, names: tuple[str, ...]) -> RequestView:
     for name in names:
         values = headers.getall(name, None)
         if values:
-            # aiohttp decodes header bytes as UTF-8 (surrogates for invalid bytes); back to
-            # the bytes as latin-1 text, as ASGI and WSGI hand them over, so the same raw
-            # request gives the same context under every adapter.
-            texts = [v if v.isascii() else _as_latin1(v) for v in values]
+            # aiohttp decodes header bytes as UTF-8, invalid bytes as surrogates: those
+            # values become their bytes as latin-1 text, as the WSGI, Django and ASGI
+            # adapters read them (one raw request, one context everywhere).
+            texts = [v if v.isascii() else _as_text(v) for v in values]
             picked[name] = ("; " if name == "cookie" else ", ").join(texts)
     raw = request.raw_path
     path, _, query = raw.partition("?")
@@ -188,5 +188,9 @@ def _view(request: web.Request, names: tuple[str, ...]) -> RequestView:
     )
 
 
-def _as_latin1(value: str) -> str:
-    return value.encode("utf-8", "surrogateescape").decode("latin-1")
+def _as_text(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: the bytes were not UTF-8
+        return value.encode("utf-8", "surrogateescape").decode("latin-1")
+    return value

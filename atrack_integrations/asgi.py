@@ -26,6 +26,7 @@ from atrack_core._request import RequestView
 
 from ._current import CURRENT
 from ._lifecycle import STATE_KEY, IntegrationConfig, RequestTracker
+from ._wsgi_common import wsgi_text
 
 __all__ = ["ASGIApp", "ATrackMiddleware", "Message", "Receive", "Scope", "Send", "get_tracker"]
 
@@ -130,6 +131,10 @@ class ATrackMiddleware:
             key = wanted.get(name)
             if key is not None:
                 text = value.decode("latin-1")
+                if not text.isascii():
+                    # UTF-8 bytes (a user agent) as text, as the WSGI and Django
+                    # adapters read them: one raw request, one context everywhere.
+                    text = wsgi_text(text)
                 previous = picked.get(key)
                 if previous is None:
                     picked[key] = text

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from typing import Any
 
 try:
@@ -60,6 +61,8 @@ logger = logging.getLogger("atrack.celery")
 # What a task tracker stands on: its context comes from the header, never from a view.
 _NO_REQUEST = RequestView("GET", "http", None, "/", "", {}, None)
 _TOKEN_ATTR = "_atrack_token"
+# Apps with an ATrackCelery: a second one would nest its tokens in the first's.
+_INSTALLED: weakref.WeakSet[Celery] = weakref.WeakSet()
 
 
 class ATrackCelery:
@@ -67,12 +70,18 @@ class ATrackCelery:
 
     ``ATrackCelery(app, *, sdk=None, **settings)``: ``settings`` are the integration
     settings (``public_key``, ``endpoint`` …, as for the middlewares), used to build the
-    worker's SDK when ``sdk`` is not given. That SDK is built on first use, so a web
+    worker's SDK when ``sdk`` is not given. A second one on the same app raises
+    ``RuntimeError``. That SDK is built on first use, so a web
     process that only publishes tasks never builds one. Call it where the Celery app is
     defined, so that both the web processes and the workers run it.
     """
 
     def __init__(self, app: Celery, *, sdk: ATrackSdk | None = None, **settings: Any) -> None:
+        if app in _INSTALLED:
+            raise RuntimeError(
+                "A-Track is already installed on this Celery app; call ATrackCelery(app) "
+                "once, where the app is defined"
+            )
         self.app = app
         self._sdk = sdk
         self._settings = settings
@@ -82,6 +91,7 @@ class ATrackCelery:
         else:
             self._config = None
         self._lock = threading.Lock()
+        _INSTALLED.add(app)
         # weak=False: the handlers are bound methods of this object, which the app's
         # module may not keep a reference to.
         signals.before_task_publish.connect(self._on_publish, weak=False)

@@ -39,3 +39,9 @@ def order_paid(amount: int) -> str:
     tracker = current_tracker()
     assert tracker is not None
     return tracker.uuid
+
+
+@app.task
+def boom() -> None:
+    tracker = current_tracker()
+    raise ValueError(f"boom as {None if tracker is None else tracker.uuid}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import uuid as uuid_mod
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -218,3 +219,65 @@ def test_setup_twice_is_refused(sdk: ATrackSdk) -> None:
     app = make_app(sdk)
     with pytest.raises(RuntimeError, match="already set up"):
         setup(app, sdk=sdk)
+
+
+@pytest.mark.parametrize("user_agent", ["Mözilla/5 ✓".encode(), b"Caf\xe9/1 (latin-1)"])
+def test_same_raw_request_same_context_as_asgi_and_wsgi(sdk: ATrackSdk, user_agent: bytes) -> None:
+    from atrack_integrations.asgi import ATrackMiddleware
+    from atrack_integrations.wsgi import ATrackWSGIMiddleware
+
+    async def context_view(request: web.Request) -> web.Response:
+        return web.json_response(request["atrack"].context)
+
+    contexts: dict[str, Any] = {}
+
+    async def asgi_app(scope: Any, receive: Any, send: Any) -> None:
+        contexts["asgi"] = scope["state"]["atrack"].context
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    def wsgi_app(environ: Any, start_response: Any) -> list[bytes]:
+        contexts["wsgi"] = environ["atrack"].context
+        start_response("200 OK", [])
+        return [b""]
+
+    async def test() -> None:
+        app = web.Application()
+        setup(app, sdk=sdk, init="off")
+        app.router.add_get("/p", context_view)
+        async with running(app) as url:
+            host, port = url.removeprefix("http://").split(":")
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(
+                b"GET /p?q=1 HTTP/1.1\r\nHost: shop.test\r\nUser-Agent: " + user_agent
+                + b"\r\nConnection: close\r\n\r\n"
+            )  # fmt: skip
+            raw = await reader.read()
+            writer.close()
+        contexts["aiohttp"] = json.loads(raw.partition(b"\r\n\r\n")[2])
+        scope = {
+            "type": "http", "method": "GET", "path": "/p", "raw_path": b"/p",
+            "query_string": b"q=1", "client": ("127.0.0.1", 5),
+            "headers": [(b"host", b"shop.test"), (b"user-agent", user_agent)],
+        }  # fmt: skip
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request"}
+
+        async def send(message: Any) -> None:
+            return None
+
+        await ATrackMiddleware(asgi_app, sdk=sdk, init="off")(scope, receive, send)
+
+    run(test)
+    environ = {
+        "REQUEST_METHOD": "GET", "PATH_INFO": "/p", "QUERY_STRING": "q=1",
+        "REMOTE_ADDR": "127.0.0.1", "HTTP_HOST": "shop.test",
+        "HTTP_USER_AGENT": user_agent.decode("latin-1"),  # PEP 3333
+    }  # fmt: skip
+    ATrackWSGIMiddleware(wsgi_app, sdk=sdk, init="off")(environ, lambda *a: None)
+    assert contexts["aiohttp"] == contexts["asgi"] == contexts["wsgi"]
+    expected = (
+        user_agent.decode("utf-8", "strict") if b"\xe9" not in user_agent else "Café/1 (latin-1)"
+    )
+    assert contexts["wsgi"]["userAgent"] == expected

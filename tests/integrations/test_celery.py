@@ -45,8 +45,10 @@ def tasks(broker: str) -> Any:
 
 
 @contextlib.contextmanager
-def worker(broker: str, fake_api: FakeApi, tasks: Any) -> Iterator[subprocess.Popen[bytes]]:
-    """A prefork worker with two children; yields once it has run a task."""
+def worker(
+    broker: str, fake_api: FakeApi, tasks: Any, pool: str = "prefork"
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A worker (prefork: two children); yields once it has run a task."""
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
@@ -56,7 +58,7 @@ def worker(broker: str, fake_api: FakeApi, tasks: Any) -> Iterator[subprocess.Po
     }
     cmd = [
         sys.executable, "-m", "celery", "-A", "tests.integrations.celery_app", "worker",
-        "--pool", "prefork", "--concurrency", "2", "--loglevel", "WARNING",
+        "--pool", pool, "--concurrency", "2", "--loglevel", "WARNING",
         "--without-heartbeat", "--without-mingle", "--without-gossip",
         "--hostname", f"atrack-{uuid_mod.uuid4().hex[:8]}@%h",
     ]  # fmt: skip
@@ -138,6 +140,31 @@ def test_task_published_outside_a_request_gets_no_tracker(
     assert fake_api.bodies("/event") == []
 
 
+def test_a_failing_task_leaves_no_tracker_for_the_next_one(
+    broker: str, fake_api: FakeApi, tasks: Any
+) -> None:
+    from flask import Flask, jsonify
+
+    from atrack_integrations.flask import ATrack
+
+    app = Flask(__name__)
+    ATrack(app, sdk=ATrackSdk(Options("pub_test_key_1234", disabled=True)))
+
+    @app.post("/fail")
+    def fail() -> Any:
+        from flask import request
+
+        return jsonify(uuid=request.atrack.uuid, task=tasks.boom.delay().id)
+
+    # solo: every task runs in the worker's one thread, one after the other.
+    with worker(broker, fake_api, tasks, pool="solo"):
+        body = app.test_client().post("/fail").json
+        with pytest.raises(Exception, match=f"boom as {body['uuid']}"):
+            tasks.app.AsyncResult(body["task"]).get(timeout=30)
+        # Published outside a request, run next in the same thread: no tracker left.
+        assert tasks.who.delay().get(timeout=30) is None
+
+
 def test_prefork_children_flush_when_the_worker_stops(
     broker: str, fake_api: FakeApi, tasks: Any
 ) -> None:
@@ -178,3 +205,14 @@ def test_header_format_round_trip_and_rejects() -> None:
     tracker.enabled = False  # a no-op tracker (respect_dnt): nothing follows the task
     assert encode(tracker) is None
     config.sdk.shutdown()
+
+
+def test_installed_once_per_app(tasks: Any) -> None:
+    from celery import Celery
+
+    from atrack_integrations.celery import ATrackCelery
+
+    with pytest.raises(RuntimeError, match="already installed"):
+        ATrackCelery(tasks.app)
+    with pytest.raises(ValueError, match="init must be"):
+        ATrackCelery(Celery("other"), init="sometimes")  # settings are checked at once
