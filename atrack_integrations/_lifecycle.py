@@ -60,6 +60,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
 import uuid as _uuid
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
@@ -171,6 +172,9 @@ class IntegrationConfig:
         delivery: str | None = None,
         storage: Storage | str | None = None,
         allow_insecure_http: bool | str | None = None,
+        outbox: str | os.PathLike[str] | None = None,
+        outbox_max_bytes: int | str | None = None,
+        outbox_max_age: float | str | None = None,
     ) -> None:
         # Validate everything before building an SDK, so a typo does not leave a
         # half-configured client (and its worker thread) behind.
@@ -207,6 +211,9 @@ class IntegrationConfig:
             delivery=delivery,
             storage=storage,
             allow_insecure_http=allow_insecure_http,
+            outbox=outbox,
+            outbox_max_bytes=outbox_max_bytes,
+            outbox_max_age=outbox_max_age,
         )
         self.identify = identify
         self.cookie = cookie

@@ -8,6 +8,7 @@ request.
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Literal, TypeAlias
 
@@ -87,6 +88,9 @@ SETTING_NAMES: tuple[str, ...] = (
     "delivery",
     "storage",
     "allow_insecure_http",
+    "outbox",
+    "outbox_max_bytes",
+    "outbox_max_age",
 )
 """Every setting name an integration accepts (lower case; Django upper-cases them, Flask
 prefixes them with ``ATRACK_``)."""
@@ -123,6 +127,9 @@ def resolve_sdk(
     storage: Storage | str | None = None,
     environ: Mapping[str, str] | None = None,
     allow_insecure_http: bool | str | None = None,
+    outbox: str | os.PathLike[str] | None = None,
+    outbox_max_bytes: int | str | None = None,
+    outbox_max_age: float | str | None = None,
 ) -> ATrackSdk:
     """The SDK an integration uses: ``sdk`` when given, else one built from the
     ``public_key``/``geo``/``endpoint``/``delivery``/``storage`` settings over
@@ -141,6 +148,9 @@ def resolve_sdk(
             ("delivery", delivery),
             ("storage", storage),
             ("allow_insecure_http", allow_insecure_http),
+            ("outbox", outbox),
+            ("outbox_max_bytes", outbox_max_bytes),
+            ("outbox_max_age", outbox_max_age),
         )
         if value is not None
     }
@@ -158,6 +168,12 @@ def resolve_sdk(
         given["storage"] = loaded() if isinstance(loaded, type) else loaded
     if allow_insecure_http is not None:
         given["allow_insecure_http"] = check_bool(allow_insecure_http, "allow_insecure_http")
+    if outbox_max_bytes is not None:
+        given["outbox_max_bytes"] = int(
+            check_number(outbox_max_bytes, "outbox_max_bytes", integer=True)
+        )
+    if outbox_max_age is not None:
+        given["outbox_max_age"] = float(check_number(outbox_max_age, "outbox_max_age"))
     env = dict(environ) if environ is not None else None
     return ATrackSdk(Options.from_env(env, **given))
 
