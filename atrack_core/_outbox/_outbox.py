@@ -93,6 +93,7 @@ class Outbox:
         self._spill_bytes = 0
         self._spilling = False
         self._wake = threading.Event()
+        self._opened = threading.Event()  # the file is open and orphans adopted (or failed)
         self._idle = threading.Condition()  # drain() waits here
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -218,6 +219,8 @@ class Outbox:
         """Wait until no call waits on disk to be loaded now (spilled or adopted);
         parked calls (waiting out ``PARK_DELAY``) do not count."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        if self._thread is not None and not self._opened.wait(timeout):
+            return False
         with self._idle:
             while self._spilling or self._spill:
                 if self._thread is None or not self._thread.is_alive():
@@ -261,6 +264,8 @@ class Outbox:
             )
             self._spilling = False
             return
+        finally:
+            self._opened.set()
         last_maintained = 0.0
         while True:
             self._wake.wait(COMMIT_INTERVAL)
