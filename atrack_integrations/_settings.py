@@ -16,6 +16,7 @@ from atrack_core import ATrackSdk, Options, Storage
 
 __all__ = [
     "DEFAULT_EXCLUDE_PATHS",
+    "ENVIRON_KEY",
     "SETTING_NAMES",
     "STATE_KEY",
     "Exclusions",
@@ -29,8 +30,12 @@ __all__ = [
 ]
 
 STATE_KEY = "atrack"
-"""Where adapters attach the tracker (``scope["state"]``, ``environ``, ``request``), and the
-marker that makes a second installation of a middleware do nothing."""
+"""Where adapters attach the tracker (``scope["state"]["atrack"]``, ``request.atrack``),
+and the marker that makes a second installation of a middleware do nothing."""
+
+ENVIRON_KEY = "atrack.tracker"
+"""The tracker's key in a WSGI ``environ``: PEP 3333 wants a dotted prefix on extension
+keys (a key without one must hold a string; ``wsgiref.validate`` checks it)."""
 
 DEFAULT_EXCLUDE_PATHS: tuple[str, ...] = (
     "/health",

@@ -39,6 +39,7 @@ from atrack_core import ATrackSdk
 from atrack_core._request import RequestView
 
 from ._current import CURRENT
+from ._decode import url_text
 from ._lifecycle import STATE_KEY, IntegrationConfig, RequestTracker
 
 __all__ = ["CONFIG_KEY", "get_tracker", "setup"]
@@ -101,7 +102,7 @@ def _middleware(config: IntegrationConfig) -> Any:
             if needs_request:
                 tracker = await config.abegin(view, request, path=path)
             else:
-                tracker = config.begin(view, None, path=path)
+                tracker = config.begin(view, request, path=path, in_event_loop=True)
             if first:
                 _store_first(request, tracker)
                 first = False
@@ -128,7 +129,10 @@ def _cookie_hook(
         tracker = request.get(STATE_KEY)
         if not isinstance(tracker, RequestTracker):
             return
-        cookie = config.set_cookie_header(tracker)  # never raises
+        # The response starts: the eager /init if due for its status, and the cookie.
+        cookie = config.finish(tracker, response.status)  # never raises
+        if tracker._last is not None:
+            await config.settle(tracker)  # the init dedupe in the background, done
         if cookie is None:
             return
         try:
@@ -176,6 +180,9 @@ def _view(request: web.Request, names: tuple[str, ...]) -> RequestView:
             texts = [v if v.isascii() else _as_text(v) for v in values]
             picked[name] = ("; " if name == "cookie" else ", ").join(texts)
     raw = request.raw_path
+    if not raw.isascii():
+        # Non-ASCII bytes percent-encoded as sent, as every adapter reads them.
+        raw = url_text(raw.encode("utf-8", "surrogateescape"))
     path, _, query = raw.partition("?")
     return RequestView(
         request.method,

@@ -67,7 +67,7 @@ def quart_app(sdk: ATrackSdk | None = None) -> Any:
 
 class _WhoResource:
     def on_get(self, req: Any, resp: Any) -> None:
-        resp.media = answer(req.env["atrack"], req.get_param("tag") or "")
+        resp.media = answer(req.env["atrack.tracker"], req.get_param("tag") or "")
 
 
 class _AsyncWhoResource:

@@ -237,7 +237,7 @@ def test_same_raw_request_same_context_as_asgi_and_wsgi(sdk: ATrackSdk, user_age
         await send({"type": "http.response.body", "body": b""})
 
     def wsgi_app(environ: Any, start_response: Any) -> list[bytes]:
-        contexts["wsgi"] = environ["atrack"].context
+        contexts["wsgi"] = environ["atrack.tracker"].context
         start_response("200 OK", [])
         return [b""]
 
