@@ -29,6 +29,9 @@ class Call:
     # Position in the SDK's call order (set by the scheduler at enqueue); flush() waits
     # for the calls below its own.
     seq: int = 0
+    # The outbox's row for this call (see ``_outbox``): 0 not written yet, > 0 the row
+    # id, < 0 settled or parked before it was written. Changed under the scheduler lock.
+    stored: int = 0
 
     @property
     def is_event(self) -> bool:

@@ -68,13 +68,15 @@ _NAMES = {
 class _State:
     """One handle's per-request results, filled by libcurl's callbacks."""
 
-    __slots__ = ("body", "retry_after", "size", "token")
+    __slots__ = ("body", "floor", "retry_after", "size", "token")
 
     def __init__(self) -> None:
         self.token: object = None
         self.body: list[bytes] = []
         self.size = 0
         self.retry_after: str | None = None
+        # A lower bound of the bytes one sending of the request takes (see _result).
+        self.floor = 0
 
     def reset(self, token: object) -> None:
         self.token = token
@@ -122,7 +124,9 @@ def _handle(endpoint: Endpoint, state: _State) -> Any:
     return h
 
 
-def _prepare(h: Any, url: str, headers: Mapping[str, str], body: bytes) -> None:
+def _prepare(h: Any, url: str, headers: Mapping[str, str], body: bytes) -> int:
+    """Set the request on ``h``; returns a lower bound of its size on the wire (the body
+    and the header lines this code sets: libcurl adds only its own few on top)."""
     h.setopt(pycurl.URL, url)
     # "Expect:" turns off libcurl's 100-continue round trip for larger bodies.
     lines = [f"{k}: {v}" for k, v in headers.items()]
@@ -130,13 +134,19 @@ def _prepare(h: Any, url: str, headers: Mapping[str, str], body: bytes) -> None:
     h.setopt(pycurl.HTTPHEADER, lines)
     h.setopt(pycurl.POSTFIELDSIZE, len(body))
     h.setopt(pycurl.COPYPOSTFIELDS, body)
+    return len(body) + sum(len(line) + 2 for line in lines[:-1])
 
 
 def _result(h: Any, state: _State, code: int, message: str) -> Response | TransportError:
     status = int(h.getinfo(pycurl.RESPONSE_CODE) or 0)
     if status and (code == 0 or code in (pycurl.E_WRITE_ERROR, pycurl.E_OPERATION_TIMEDOUT)):
         # Answered: a body cut at 64 KiB or by the deadline is kept as far as it came.
-        return Response(status, state.retry_after, b"".join(state.body))
+        # libcurl sends a request again, on its own and once, when the reused keep-alive
+        # connection it went out on turns out closed before any byte of an answer (the
+        # server may have processed it). Its request size then counts both sendings:
+        # reported, so the engine counts the resend as the retry it is.
+        resent = int(h.getinfo(pycurl.REQUEST_SIZE) or 0) >= 2 * state.floor > 0
+        return Response(status, state.retry_after, b"".join(state.body), resent)
     if code == 0:  # pragma: no cover - libcurl always has a status after a transfer
         return TransportError("RemoteProtocolError: no status line")
     name = _NAMES.get(code, "CurlError")
@@ -180,7 +190,7 @@ class CurlConnection(Connection):
             self._pid = os.getpid()
         h = self._handle
         self._state.reset(None)
-        _prepare(h, self._base + path, headers, body)
+        self._state.floor = _prepare(h, self._base + path, headers, body)
         try:
             h.perform()
             result = _result(h, self._state, 0, "")
@@ -277,7 +287,7 @@ class CurlMulti(Multi):
             state = _State()
             h = _handle(self._endpoint, state)
         state.reset(token)
-        _prepare(h, self._base + path, headers, body)
+        state.floor = _prepare(h, self._base + path, headers, body)
         self._busy[id(h)] = (h, state)
         self._multi.add_handle(h)
 

@@ -154,6 +154,8 @@ class SyncDelivery:
                 except Exception as exc:  # a bug must reach the caller as an ATrackError
                     logger.exception("A-Track sync delivery failed on %r", call)
                     outcome = Outcome(False, error=DeliveryError(f"{call.path} failed: {exc!r}"))
+                if outcome.resent:
+                    self._stats.add("retried")
                 if outcome.ok:
                     self._stats.add("sent")
                     return True

@@ -23,6 +23,8 @@ DEFAULT_MAX_QUEUE_SIZE = 50_000
 DEFAULT_MAX_CONCURRENCY = 128
 DEFAULT_MAX_RETRIES = 5
 DEFAULT_SHUTDOWN_TIMEOUT = 5.0
+DEFAULT_OUTBOX_MAX_BYTES = 256 * 1024 * 1024
+DEFAULT_OUTBOX_MAX_AGE = 24 * 3600.0
 
 Delivery = Literal["background", "sync"]
 TransportName = Literal["auto", "httpx", "curl"]
@@ -86,6 +88,10 @@ class Options:
     # "auto": libcurl (pycurl, extra ``fast``) when installed, else httpx. A Transport
     # instance plugs in another one (atrack_core.testing does).
     transport: TransportName | Transport = "auto"
+    # A directory: calls are kept on disk until delivered (docs/outbox.md).
+    outbox: str | os.PathLike[str] | None = None
+    outbox_max_bytes: int = DEFAULT_OUTBOX_MAX_BYTES
+    outbox_max_age: float = DEFAULT_OUTBOX_MAX_AGE
 
     def __repr__(self) -> str:
         key = mask_key(self.public_key) if isinstance(self.public_key, str) else "?"
@@ -97,7 +103,7 @@ class Options:
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Options:
         """Build options from ``ATRACK_PUBLIC_KEY``, ``ATRACK_GEO``, ``ATRACK_ENDPOINT``,
-        ``ATRACK_DISABLED``, ``ATRACK_DELIVERY``, ``ATRACK_TRANSPORT`` and
+        ``ATRACK_DISABLED``, ``ATRACK_DELIVERY``, ``ATRACK_TRANSPORT``, ``ATRACK_OUTBOX`` and
         ``ATRACK_ALLOW_INSECURE_HTTP``; keyword arguments win over them.
 
         Raises ``ValueError`` when ``ATRACK_PUBLIC_KEY`` is missing and the SDK is not
@@ -116,6 +122,8 @@ class Options:
             kwargs["delivery"] = env["ATRACK_DELIVERY"]
         if env.get("ATRACK_TRANSPORT"):
             kwargs["transport"] = env["ATRACK_TRANSPORT"].strip().lower()
+        if env.get("ATRACK_OUTBOX", "").strip():
+            kwargs["outbox"] = env["ATRACK_OUTBOX"].strip()
         kwargs.update(overrides)
         key = kwargs.pop("public_key", None) or env.get("ATRACK_PUBLIC_KEY", "")
         if not key and not kwargs.get("disabled"):
@@ -178,6 +186,15 @@ def validate_options(options: Options) -> str:
         hook = getattr(options, name)
         if hook is not None and not callable(hook):
             raise TypeError(f"{name} must be callable or None, got {type(hook).__name__}")
+    outbox = options.outbox
+    if outbox is not None and (not isinstance(outbox, (str, os.PathLike)) or not str(outbox)):
+        raise TypeError(f"outbox must be a directory path or None, got {outbox!r}")
+    max_bytes = options.outbox_max_bytes
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 65536:
+        raise ValueError(f"outbox_max_bytes must be an int >= 65536, got {max_bytes!r}")
+    max_age = options.outbox_max_age
+    if isinstance(max_age, bool) or not isinstance(max_age, (int, float)) or not max_age > 0:
+        raise ValueError(f"outbox_max_age must be a positive number of seconds, got {max_age!r}")
     if options.storage is not None:
         for method in ("get", "set", "add", "delete"):
             if not callable(getattr(options.storage, method, None)):

@@ -28,12 +28,14 @@ ERROR_TEXT = 500
 class Outcome:
     """The result of one attempt: delivered, retry after ``delay``, or give up."""
 
-    __slots__ = ("delay", "error", "ok")
+    __slots__ = ("delay", "error", "ok", "resent")
 
     def __init__(self, ok: bool, delay: float | None = None, error: DeliveryError | None = None):
         self.ok = ok
         self.delay = delay
         self.error = error
+        # The transport resent the request on its own (``Response.resent``).
+        self.resent = False
 
     @property
     def answered(self) -> bool:
@@ -66,7 +68,17 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 
 def classify(call: Call, response: Response | None, exc: BaseException | None) -> Outcome:
-    """Decide what one attempt's result means, per the wire protocol's retry rules."""
+    """Decide what one attempt's result means, per the wire protocol's retry rules. A
+    request the transport resent on its own counts as one more attempt."""
+    if response is not None and response.resent:
+        call.attempts += 1
+        outcome = _classify(call, response, None)
+        outcome.resent = True
+        return outcome
+    return _classify(call, response, exc)
+
+
+def _classify(call: Call, response: Response | None, exc: BaseException | None) -> Outcome:
     if response is not None:
         status = response.status
         if 200 <= status < 300:

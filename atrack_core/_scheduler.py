@@ -28,11 +28,17 @@ the same critical section and ``stats()`` is always consistent):
 - An outage (``OUTAGE_AFTER`` attempts in a row without any HTTP response) switches to
   one probe at a time until the API answers again.
 
-Hooks for a persistent store (an outbox), set as ``BackgroundDelivery.hooks``:
+Hooks for a persistent store (an outbox, ``_outbox``), set as ``BackgroundDelivery.hooks``:
 ``accepted(call)`` after a call is enqueued (caller's thread), ``overflow(call)`` when
 it does not fit (``True``: the store keeps it), ``settled(call, delivered)`` when it
-was delivered or finally given up (under the scheduler's lock: must not block).
-``submit()`` accepts calls rebuilt by a store, with their request id and ``created``.
+was delivered or finally rejected, ``park(call)`` when a retryable call ran out of
+retries (or the SDK stops): ``True``, the store keeps it for later and it is neither
+reported nor counted as failed (both under the scheduler's lock: must not block).
+While ``spilling`` is true the store holds older calls on disk only, and new calls go
+to ``overflow`` too, so a user's calls keep their order. ``submit(resumed=True)`` takes
+a call the store loads back (with its request id and ``created``), spilling or not.
+With hooks, the request id is assigned at submit, before any sender can see the call,
+so the store writes the id the API will see.
 
 Senders are daemon threads: the exit flush (``_shutdown.py``) bounds the wait by
 ``shutdown_timeout``, and a sender stuck on an unreachable API cannot keep the
@@ -46,6 +52,7 @@ from __future__ import annotations
 import heapq
 import logging
 import math
+import os
 import random
 import threading
 import time
@@ -58,7 +65,7 @@ from ._errors import DeliveryError
 from ._reporting import Reporter, Stats
 from ._retry import Outcome, attempt, classify, prepare
 from ._transport import Connection, Endpoint, Multi, Response, Transport
-from ._wire import PATH_EVENT
+from ._wire import PATH_EVENT, new_request_id
 
 if TYPE_CHECKING:
     from ._options import Options
@@ -95,6 +102,11 @@ class StoreHooks(Protocol):
     def overflow(self, call: Call) -> bool: ...
 
     def settled(self, call: Call, delivered: bool) -> None: ...
+
+    def park(self, call: Call) -> bool: ...
+
+    @property
+    def spilling(self) -> bool: ...
 
 
 class _Lane:
@@ -190,19 +202,27 @@ class BackgroundDelivery:
 
     # -- the interface ATrackSdk uses ---------------------------------------------------
 
-    def submit(self, call: Call) -> bool:
+    def submit(self, call: Call, *, resumed: bool = False) -> bool:
         """Enqueue without blocking; ``False`` (counted, reported) when it does not fit.
 
-        A call rebuilt by a store keeps its ``request_id`` and ``created``."""
+        A call rebuilt by a store keeps its ``request_id`` and ``created``; the store
+        passes ``resumed=True`` for it."""
         stats = self._stats
         size = len(call.body)
         if not call.created:
             call.created = time.time()
+        hooks = self.hooks
+        divert = False
+        if hooks is not None:
+            if not call.request_id:
+                call.request_id = new_request_id()
+            divert = hooks.spilling and not resumed
         with self._lock:
             closed = self._closed
             waiting = self._outstanding - stats.in_flight
             accepted = (
-                not closed
+                not divert
+                and not closed
                 and waiting < self._max_queue
                 and (self._bytes + size <= self._max_bytes or waiting == 0)
             )
@@ -232,7 +252,6 @@ class BackgroundDelivery:
                     lane.waiting.append(call)
         if self._pending:
             self._start_pending()
-        hooks = self.hooks
         if accepted:
             if hooks is not None:
                 hooks.accepted(call)
@@ -248,6 +267,18 @@ class BackgroundDelivery:
     def queued(self) -> int:
         with self._lock:
             return self._queued_locked()
+
+    @property
+    def lock(self) -> threading.Lock:
+        """The scheduler's lock (a store assigns its row ids under it)."""
+        return self._lock
+
+    def room(self) -> int:
+        """How many more calls may wait now (a store loads that many back)."""
+        with self._lock:
+            if self._closed or self._bytes * 4 >= self._max_bytes * 3:
+                return 0
+            return max(0, self._max_queue - self._queued_locked())
 
     def _queued_locked(self) -> int:
         return self._outstanding - self._stats.in_flight
@@ -290,6 +321,17 @@ class BackgroundDelivery:
                 self._multi.wake()
             left = self._outstanding
             threads = list(self._threads)
+        totals = self._stats.snapshot(0)
+        # The process's delivery record (the deployment tests read it from a log file).
+        logger.debug(
+            "A-Track shut down (pid %d): %d enqueued, %d sent, %d retried, %d failed, %d dropped",
+            os.getpid(),
+            totals["enqueued"],
+            totals["sent"],
+            totals["retried"],
+            totals["failed"],
+            totals["dropped"],
+        )
         if not flushed:
             bound = budget if budget is not None else timeout
             logger.warning(
@@ -435,21 +477,30 @@ class BackgroundDelivery:
         counts as in flight and its lane stays blocked, so ``flush()`` returns only after
         ``on_error`` has seen it, and the user's next call waits for the report."""
         stats = self._stats
+        if outcome.resent:
+            stats.retried += 1
         self._track_reachability_locked(call, outcome)
         if outcome.ok:
             stats.in_flight -= 1
             stats.sent += 1
             self._finish_locked(call, True)
             return None
-        if outcome.delay is not None and call.attempts <= self._max_retries and not self._stopping:
+        delay = outcome.delay
+        retryable = delay is not None
+        if delay is not None and call.attempts <= self._max_retries and not self._stopping:
             stats.in_flight -= 1
             stats.retried += 1
-            heapq.heappush(self._delayed, (time.monotonic() + outcome.delay, call.seq, call))
+            heapq.heappush(self._delayed, (time.monotonic() + delay, call.seq, call))
             if not self._timer:
                 self._timer = True
                 self._pending.append("timer")
             else:
                 self._tick.notify()
+            return None
+        if retryable and self.hooks is not None and self.hooks.park(call):
+            # Kept by the outbox for a later try (until its max age): not a failure.
+            stats.in_flight -= 1
+            self._finish_locked(call, None)
             return None
         return outcome.error or DeliveryError(f"{call.path} failed")
 
@@ -499,7 +550,8 @@ class BackgroundDelivery:
         self._stats.failed += 1
         self._finish_locked(call, False)
 
-    def _finish_locked(self, call: Call, delivered: bool) -> None:
+    def _finish_locked(self, call: Call, delivered: bool | None) -> None:
+        """``delivered``: ``None`` when the store parked the call."""
         lane = self._lanes[call.uuid]
         if call is lane.barrier:
             lane.barrier = None
@@ -511,7 +563,7 @@ class BackgroundDelivery:
             del self._lanes[call.uuid]
         self._outstanding -= 1
         self._bytes -= len(call.body)
-        if self.hooks is not None:
+        if self.hooks is not None and delivered is not None:
             self.hooks.settled(call, delivered)
         if self._waiters:
             notify = False

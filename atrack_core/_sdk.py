@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid as _uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from . import _delivery, _shutdown
+from . import _delivery, _outbox, _shutdown
 from ._call import Call
 from ._delivery import Delivery, SyncDelivery, make_delivery, sync_delivery
 from ._errors import NoUserError
 from ._models import Attributes, EventPayload, InitPayload, InitResult, User
 from ._options import Options, mask_key, validate_options
 from ._reporting import Reporter, Stats
+from ._scheduler import BackgroundDelivery
 from ._storage import MemoryStorage, Storage
 from ._validate import check_name, to_json_object
 from ._wire import (
@@ -58,9 +60,27 @@ class ATrackSdk:
         self._stats = Stats()
         self._reporter = Reporter(options, self._stats)
         self._closed = False
+        directory = None if options.disabled or options.outbox is None else options.outbox
+        if directory is not None and options.delivery == "sync":
+            logger.warning(
+                "A-Track outbox %s ignored: delivery='sync' sends each call before it "
+                "returns, there is nothing to keep",
+                directory,
+            )
+            directory = None
+        # Checked before anything starts: a refused directory raises here.
+        outbox_dir = None if directory is None else _outbox.prepare_dir(directory)
         self._delivery: Delivery = make_delivery(
             options, self.base_url, self._stats, self._reporter
         )
+        self._outbox: _outbox.Outbox | None = None
+        if outbox_dir is not None and isinstance(self._delivery, BackgroundDelivery):
+            self._outbox = _outbox.Outbox(
+                outbox_dir,
+                self._delivery,
+                max_bytes=options.outbox_max_bytes,
+                max_age=options.outbox_max_age,
+            )
         # (transport, delivery) while atrack_core.testing overrides the transport
         self._overridden: tuple[object, SyncDelivery] | None = None
         _shutdown.register(self)
@@ -193,8 +213,16 @@ class ATrackSdk:
 
     def flush(self, timeout: float | None = 5.0) -> bool:
         """Block until every call made before this one was delivered or dropped.
-        ``True`` when that happened within ``timeout`` seconds."""
-        return self._delivery.flush(timeout)
+        ``True`` when that happened within ``timeout`` seconds. With an outbox, calls
+        it holds on disk to be sent now (spilled, adopted) count too; calls parked
+        after their retries ran out do not."""
+        outbox = self._outbox
+        if outbox is None:
+            return self._delivery.flush(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return outbox.drain(timeout) and self._delivery.flush(
+            None if deadline is None else max(0.0, deadline - time.monotonic())
+        )
 
     def shutdown(self, timeout: float | None = None) -> None:
         """Flush (bounded by ``timeout``, default ``shutdown_timeout``) and stop. Idempotent."""
@@ -212,7 +240,16 @@ class ATrackSdk:
                 self._delivery.flush(timeout)
             return
         self._closed = True
+        outbox = self._outbox
+        if outbox is not None:
+            start = time.monotonic()
+            outbox.drain(timeout)
+            if timeout is not None:
+                timeout = max(0.0, timeout - (time.monotonic() - start))
         self._delivery.shutdown(timeout, budget=budget)
+        if outbox is not None:
+            # What was not delivered stays in the file for the next process.
+            outbox.close()
         _shutdown.unregister(self)
 
     async def aflush(self, timeout: float | None = 5.0) -> bool:
@@ -225,8 +262,12 @@ class ATrackSdk:
 
     def stats(self) -> dict[str, int]:
         """Delivery counters: enqueued, sent, failed, retried, dropped, queued, in_flight
-        (and ``filtered``: calls ``before_send`` dropped)."""
-        return self._stats.snapshot(self._delivery.queued())
+        (and ``filtered``: calls ``before_send`` dropped); with an outbox, ``outbox_*``
+        (see docs/outbox.md)."""
+        snapshot = self._stats.snapshot(self._delivery.queued())
+        if self._outbox is not None:
+            snapshot.update(self._outbox.stats())
+        return snapshot
 
     def __enter__(self) -> ATrackSdk:
         return self

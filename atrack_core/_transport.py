@@ -49,6 +49,9 @@ class Response:
     status: int
     retry_after: str | None = None
     body: bytes = b""
+    # The transport sent the request a second time on its own before this answer (so
+    # the API may have it twice, under its one request id): counted as a retry.
+    resent: bool = False
 
 
 class TransportError(Exception):

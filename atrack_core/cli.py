@@ -25,6 +25,7 @@ import math
 import os
 import sqlite3
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Final
@@ -226,6 +227,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     send.add_argument("-v", "--verbose", action="store_true", help="show the SDK's log lines")
     send.set_defaults(handler=_send_event)
+
+    outbox = commands.add_parser(
+        "outbox",
+        help="look into or deliver an outbox directory (Options.outbox)",
+        description="Pending calls kept in an outbox directory (docs/outbox.md).",
+    )
+    outbox_commands = outbox.add_subparsers(dest="outbox_command", required=True)
+    inspect = outbox_commands.add_parser("inspect", help="pending calls per file")
+    inspect.add_argument("directory", metavar="DIR")
+    inspect.add_argument("--json", action="store_true", help="machine-readable output")
+    inspect.set_defaults(handler=_outbox_inspect)
+    flush = outbox_commands.add_parser(
+        "flush",
+        help="deliver the calls of files whose process is gone (a host being retired)",
+    )
+    flush.add_argument("directory", metavar="DIR")
+    flush.add_argument("--key", help="public key (default: $ATRACK_PUBLIC_KEY)")
+    flush.add_argument(
+        "--endpoint",
+        metavar="URL",
+        help="base URL (default: $ATRACK_ENDPOINT, else the hosted API)",
+    )
+    flush.add_argument("--geo", help="API region (default: $ATRACK_GEO)")
+    flush.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=300.0,
+        metavar="SECONDS",
+        help="give up after this long; what is left stays in DIR (%(default)s)",
+    )
+    flush.add_argument(
+        "--allow-insecure-http",
+        action="store_true",
+        help="allow plain http:// to a host other than loopback (the key travels in clear)",
+    )
+    flush.add_argument("-v", "--verbose", action="store_true", help="show the SDK's log lines")
+    flush.set_defaults(handler=_outbox_flush)
     return parser
 
 
@@ -425,6 +463,79 @@ def _failure(exc: Exception, base_url: str) -> str:
     if body:
         message += f": {body.strip()}"
     return message
+
+
+def _outbox_inspect(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ._outbox import describe
+
+    directory = Path(args.directory)
+    if not directory.is_dir():
+        _error(f"{args.directory} is not a directory")
+        return 2
+    files = describe(directory)
+    if args.json:
+        print(json.dumps(files, indent=2))
+        return 0
+    if not files:
+        print(f"{directory}: no outbox files")
+        return 0
+    total = 0
+    for entry in files:
+        owner = "process alive" if entry["owner_alive"] else "process gone"
+        if "error" in entry:
+            print(f"{entry['file']}  ({owner})  unreadable: {entry['error']}")
+            continue
+        total += entry["pending"]
+        oldest = entry["oldest"]
+        age = f", oldest {time.time() - oldest:.0f} s ago" if oldest else ""
+        paths = ", ".join(f"{path} {n}" for path, n in sorted(entry["by_path"].items()))
+        print(
+            f"{entry['file']}  ({owner})  {entry['pending']} calls, {entry['bytes']} bytes"
+            f"{age}{'  [' + paths + ']' if paths else ''}"
+        )
+    print(f"{total} calls pending in {len(files)} files")
+    return 0
+
+
+def _outbox_flush(args: argparse.Namespace) -> int:
+    from ._options import Options
+    from ._sdk import ATrackSdk
+
+    key = args.key or os.environ.get("ATRACK_PUBLIC_KEY", "")
+    if not key:
+        _error("no public key: pass --key or set ATRACK_PUBLIC_KEY")
+        return 2
+    endpoint = args.endpoint or os.environ.get("ATRACK_ENDPOINT") or None
+    geo = args.geo or os.environ.get("ATRACK_GEO") or None
+    try:
+        options = Options(
+            key,
+            endpoint=endpoint,
+            geo=geo,
+            outbox=args.directory,
+            allow_insecure_http=args.allow_insecure_http,
+            shutdown_timeout=args.timeout,
+        )
+        with _sdk_logs(shown=args.verbose):
+            sdk = ATrackSdk(options)
+            # Starting with the directory adopts every file whose process is gone.
+            delivered = sdk.flush(args.timeout)
+            stats = sdk.stats()
+            sdk.shutdown(timeout=1.0)
+    except (ValueError, TypeError) as exc:
+        _error(str(exc))
+        return 2
+    left = stats.get("outbox_pending", 0)
+    print(
+        f"adopted {stats.get('outbox_adopted', 0)} calls, delivered {stats['sent']}, "
+        f"rejected {stats['failed']}, parked for later {stats.get('outbox_parked', 0)}"
+    )
+    if not delivered or stats.get("outbox_parked", 0):
+        print(f"not everything was delivered; {left} calls stay in {args.directory}")
+        return 1
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

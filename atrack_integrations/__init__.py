@@ -1,8 +1,10 @@
 """Web-framework integrations for the A-Track SDK.
 
 One module per framework (``asgi``, ``fastapi``, ``starlette``, ``wsgi``, ``flask``,
-``django``), each a thin adapter over one shared per-request lifecycle
-(:class:`IntegrationConfig`, :class:`RequestTracker`). Importing this package imports no
+``django``, ``aiohttp``), each a thin adapter over one shared per-request lifecycle
+(:class:`IntegrationConfig`, :class:`RequestTracker`), and ``celery``, which carries a
+request's user into the tasks it publishes. Each makes the request's tracker current for
+the request (:func:`current_tracker`, :func:`track`). Importing this package imports no
 framework; importing a framework module imports only that framework.
 """
 

@@ -12,8 +12,11 @@ user. Its warning is rate-limited.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
 
 from atrack_core import ATrackSdk
@@ -23,7 +26,7 @@ from ._contain import Contain
 if TYPE_CHECKING:
     from ._tracker import RequestTracker
 
-__all__ = ["INIT_KEY_PREFIX", "InitDedupe"]
+__all__ = ["INIT_KEY_PREFIX", "InitDedupe", "OrderedOffload"]
 
 logger = logging.getLogger("atrack")
 
@@ -36,7 +39,11 @@ _LOCAL_SEEN_MAX = 50_000
 _LOCAL_SEEN_OTHER = 60.0
 _STORAGE_WARN_EVERY = 60.0
 
+# Work waiting for the ordered worker; past this (the storage hangs), more is dropped.
+_OFFLOAD_MAX_PENDING = 10_000
+
 _INIT_FAILED = Contain("A-Track /init for this request failed")
+_OFFLOADED_FAILED = Contain("A-Track request work in the background failed")
 
 
 class InitDedupe:
@@ -96,3 +103,74 @@ class InitDedupe:
             "(logged at most once a minute)",
             exc_info=True,
         )
+
+
+class OrderedOffload:
+    """A few worker threads that run a request's storage-bound work off the event loop,
+    each request's work in the order it was submitted.
+
+    Under ASGI a view calls ``tracker.track()`` on the event loop; when that call first
+    needs the init dedupe and the storage does I/O (Redis), the dedupe, the ``/init``
+    and every later call of that request go here instead, so a hung storage stalls no
+    event loop and the user's calls keep their order (the ``/init`` first): a request's
+    next item starts when its previous one is done. Different requests run side by
+    side (8 threads), so new users do not queue behind each other. A returning user
+    never gets here (the process-local memory answers). Started on first use, and
+    again in a forked child. Bounded: past 10,000 waiting items (a storage that hangs
+    for long) further work is dropped with a warning.
+    """
+
+    __slots__ = ("_lock", "_pending", "_pid", "_pool")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._pid = 0
+        self._pending: set[Future[None]] = set()
+
+    def submit(self, work: Callable[[], None], after: Future[None] | None) -> Future[None] | None:
+        """Run ``work`` once ``after`` (the same request's previous item) is done; the
+        future is done once ``work`` has run (``None``: dropped)."""
+        pool = self._pool
+        if pool is None or self._pid != os.getpid():
+            pool = self._start()
+        if len(self._pending) >= _OFFLOAD_MAX_PENDING:
+            logger.warning("A-Track background work is backed up (storage hanging?); dropped")
+            return None
+        future: Future[None] = Future()
+        pending = self._pending
+        with self._lock:
+            pending.add(future)
+
+        def run() -> None:
+            try:
+                with _OFFLOADED_FAILED:
+                    work()
+            finally:
+                with self._lock:
+                    pending.discard(future)
+                future.set_result(None)
+
+        if after is None or after.done():
+            pool.submit(run)
+        else:
+            after.add_done_callback(lambda _: pool.submit(run))
+        return future
+
+    def drain(self, timeout: float | None) -> bool:
+        """Wait until the work submitted so far has run; ``False`` on timeout."""
+        with self._lock:
+            pending = list(self._pending)
+        if not pending:
+            return True
+        _, not_done = wait(pending, timeout)
+        return not not_done
+
+    def _start(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None or self._pid != os.getpid():
+                # In a forked child the parent's threads and items are not ours.
+                self._pending = set()
+                self._pool = ThreadPoolExecutor(8, thread_name_prefix="atrack-offload")
+                self._pid = os.getpid()
+            return self._pool

@@ -11,7 +11,7 @@ things, and nothing else:
    ``tracker = await config.abegin(view, request)`` (async code: awaits an async
    ``identify`` hook). Both never raise: a failure of the SDK's own work is logged and a
    tracker is returned anyway, so view code keeps working. Attach the tracker where the
-   framework's views find it (``scope["state"]["atrack"]``, ``environ["atrack"]``,
+   framework's views find it (``scope["state"]["atrack"]``, ``environ["atrack.tracker"]``,
    ``request.atrack``). If the marker is already there, another installation of the
    middleware did the work: do nothing (see :data:`STATE_KEY`).
 3. On the response: ``value = config.set_cookie_header(tracker)``; when it is not
@@ -57,23 +57,25 @@ Decisions (also in ``docs/asgi.md``):
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
+import os
 import uuid as _uuid
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 from atrack_core import ATrackSdk, MemoryStorage, Storage
 from atrack_core._request import ContextConfig, RequestView
-from atrack_core._sdk import _in_thread
 from atrack_core._validate import check_name
 
 from ._contain import Contain
 from ._cookie import DEFAULT_COOKIE_MAX_AGE, DEFAULT_COOKIE_NAME, CookiePolicy, is_canonical_uuid
-from ._init_dedupe import INIT_KEY_PREFIX, InitDedupe
+from ._init_dedupe import INIT_KEY_PREFIX, InitDedupe, OrderedOffload
 from ._settings import (
     DEFAULT_EXCLUDE_PATHS,
     DEFAULT_INIT_TTL,
+    ENVIRON_KEY,
     SETTING_NAMES,
     STATE_KEY,
     Exclusions,
@@ -88,6 +90,7 @@ from ._tracker import RequestTracker
 
 __all__ = [
     "DEFAULT_EXCLUDE_PATHS",
+    "ENVIRON_KEY",
     "INIT_KEY_PREFIX",
     "SETTING_NAMES",
     "STATE_KEY",
@@ -101,6 +104,7 @@ __all__ = [
 ]
 
 _BEGIN_FAILED = Contain("A-Track could not start tracking this request; it goes on untracked")
+_FINISH_FAILED = Contain("A-Track could not finish tracking this request")
 _IDENTIFY_FAILED = Contain(
     "A-Track identify hook failed; using the cookie for this request", level=logging.WARNING
 )
@@ -168,6 +172,9 @@ class IntegrationConfig:
         delivery: str | None = None,
         storage: Storage | str | None = None,
         allow_insecure_http: bool | str | None = None,
+        outbox: str | os.PathLike[str] | None = None,
+        outbox_max_bytes: int | str | None = None,
+        outbox_max_age: float | str | None = None,
     ) -> None:
         # Validate everything before building an SDK, so a typo does not leave a
         # half-configured client (and its worker thread) behind.
@@ -204,6 +211,9 @@ class IntegrationConfig:
             delivery=delivery,
             storage=storage,
             allow_insecure_http=allow_insecure_http,
+            outbox=outbox,
+            outbox_max_bytes=outbox_max_bytes,
+            outbox_max_age=outbox_max_age,
         )
         self.identify = identify
         self.cookie = cookie
@@ -231,12 +241,14 @@ class IntegrationConfig:
         # -- precomputed for the request path ---------------------------------------
         self._eager = init == "eager"
         self._lazy = init == "lazy"
+        self._init_on = init != "off"
         # The in-memory storage answers in microseconds; any other (a subclass too) may
-        # do network I/O.
-        self._offload_init = self._eager and type(self.sdk.storage) is not MemoryStorage
-        #: Async adapters must use :meth:`abegin` (an identify hook may be async, or the
-        #: init dedupe may do I/O); otherwise the cheaper :meth:`begin` does the same.
-        self.async_begin = self.identify is not None or self._offload_init
+        # do network I/O, which must not run on an event loop.
+        self._offloader = OrderedOffload() if type(self.sdk.storage) is not MemoryStorage else None
+        self._async_hook = identify is not None and _is_async_callable(identify)
+        #: Async adapters must use :meth:`abegin` (a coroutine identify hook is awaited
+        #: there); otherwise ``begin(..., in_event_loop=True)`` does the same, cheaper.
+        self.async_begin = self._async_hook
 
     @classmethod
     def from_settings(
@@ -281,27 +293,31 @@ class IntegrationConfig:
         *,
         cookies: Mapping[str, str] | None = None,
         path: str | None = None,
+        in_event_loop: bool = False,
     ) -> RequestTracker:
-        """Start a request (SPEC section 6 steps 1-5 and 7) and return its tracker.
+        """Start a request (SPEC section 6 steps 1, 2, 5 and 7) and return its tracker.
 
-        ``request`` is what the ``identify`` hook receives (the framework's request).
-        ``cookies``: the request's cookies when the framework has parsed them already
-        (else the ``cookie`` header of ``view`` is read, once). ``path``: the decoded
-        path to match ``exclude_paths`` against (default: ``view.path``).
+        ``request`` is what the ``identify`` hook receives (the framework's request); the
+        hook is called only once the uuid is needed (a call on the tracker, the eager
+        ``/init`` at :meth:`finish`), so ``None`` may be passed and the request bound
+        later with :meth:`bind_request`. ``cookies``: the request's cookies when the
+        framework has parsed them already (else the ``cookie`` header of ``view`` is
+        read, once). ``path``: the decoded path to match ``exclude_paths`` against
+        (default: ``view.path``). ``in_event_loop``: the tracker is used on an event
+        loop (ASGI): its storage round trips go to a worker thread.
 
-        An ``async`` identify hook cannot be awaited here: it is logged and the cookie
-        is used; async adapters call :meth:`abegin`. Never raises.
+        A coroutine ``identify`` hook cannot be awaited here: async adapters call
+        :meth:`abegin`. Never raises.
         """
         with _BEGIN_FAILED:
             tracker = self._skipped(view, cookies, path)
-            if tracker is not None:
-                return tracker
-            identified = None
-            if self.identify is not None:
-                identified = self._identify_sync(request)
-            tracker = self._start(view, cookies, identified)
-            if self._eager and not self.dedupe.recent(tracker._uuid):  # type: ignore[arg-type]
-                self._send_init(tracker)
+            if tracker is None:
+                tracker = self._start(view, cookies)
+                if self.identify is not None:
+                    tracker._identify_due = True
+                    tracker._hook_request = request
+                if in_event_loop and self._offloader is not None:
+                    tracker._offload = self._offloader
             return tracker
         return self._disabled(view)
 
@@ -313,31 +329,93 @@ class IntegrationConfig:
         cookies: Mapping[str, str] | None = None,
         path: str | None = None,
     ) -> RequestTracker:
-        """:meth:`begin` for async adapters: an ``identify`` hook may be sync or async,
-        and a storage that does I/O is asked from a worker thread, never on the loop."""
+        """:meth:`begin` for async adapters (the tracker is used on the event loop). A
+        coroutine ``identify`` hook is awaited here (a view's sync ``track()`` could not
+        await it later); a sync one is called when the uuid is needed, as in
+        :meth:`begin`."""
+        tracker = self.begin(view, request, cookies=cookies, path=path, in_event_loop=True)
+        if tracker._identify_due and self._async_hook:
+            await self.await_identity(tracker)
+        return tracker
+
+    async def await_identity(self, tracker: RequestTracker) -> None:
+        """Await a coroutine identify hook for ``tracker`` now (async adapters that call
+        :meth:`begin` themselves; :meth:`abegin` does it). Never raises."""
+        if not tracker._identify_due:
+            return
+        request = tracker._hook_request
+        tracker._identify_due = False
+        tracker._hook_request = None
         with _BEGIN_FAILED:
-            tracker = self._skipped(view, cookies, path)
-            if tracker is not None:
-                return tracker
-            identified = None
-            if self.identify is not None:
-                identified = await self._identify_async(request)
-            tracker = self._start(view, cookies, identified)
-            if self._eager and not self.dedupe.recent(tracker._uuid):  # type: ignore[arg-type]
-                if self._offload_init:
-                    # A storage that does I/O (Redis) must not hold the event loop:
-                    # while it hangs, every request of the worker would wait behind it.
-                    # Only a user this process has not initialised recently pays for
-                    # the thread hop.
-                    await _in_thread(lambda: self._send_init(tracker))
-                else:
-                    self._send_init(tracker)
-            return tracker
-        return self._disabled(view)
+            identified = await self._identify_async(request)
+            if identified is not None and identified != tracker._uuid:
+                if tracker.is_new_user:
+                    tracker._cookie_out = None
+                tracker._uuid = identified
+                tracker.is_new_user = False
+                if self._init_on:
+                    tracker._init_pending = not self.dedupe.recent(identified)
+
+    def bind_request(self, tracker: RequestTracker, request: Any) -> None:
+        """Give the identify hook the framework's request once the adapter has it
+        (Flask's request exists only inside the WSGI call), if the hook has not been
+        asked yet. Never raises."""
+        if tracker._identify_due:
+            tracker._hook_request = request
+
+    def finish(self, tracker: RequestTracker, status: int) -> str | None:
+        """The response starts with ``status``: send the eager ``/init`` if it is due
+        (statuses below 400 only, unless the view tracked something: pages that do not
+        exist create no user), and return the ``Set-Cookie`` value for the response, or
+        ``None`` when the uuid cookie need not change (SPEC step 6). Never raises.
+
+        Cheap when nothing is due: a returning user's tracker has no pending ``/init``.
+        """
+        if tracker._init_pending and self._eager and status < 400:
+            with _FINISH_FAILED:
+                if tracker._identify_due:
+                    tracker._resolve()
+                if tracker._init_pending:
+                    tracker._send_init(None)
+        elif tracker._identify_due and tracker.is_new_user:
+            # No cookie came in: whether one goes out depends on who the hook says
+            # this is (a user it names gets none, as before the hook was deferred).
+            with _FINISH_FAILED:
+                tracker._resolve()
+        value = tracker._cookie_out
+        if value is None:
+            return None
+        return self.cookie.header(value, tracker._view.scheme == "https")
+
+    async def settle(self, tracker: RequestTracker) -> None:
+        """Async adapters, before the response starts: wait (awaiting, the loop runs on)
+        until the work this tracker handed to the background worker has run, so the
+        user's next request, maybe on another worker, finds the init dedupe done.
+        Only new users (or a storage the process has not asked recently) wait, for one
+        storage round trip, as they did when that ran in ``abegin``. Never raises."""
+        last = tracker._last
+        if last is None or last.done():
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # not asyncio (trio): the work still runs, in order
+        with _FINISH_FAILED:
+            await asyncio.wrap_future(last, loop=loop)
+
+    def drain(self, timeout: float | None = 5.0) -> bool:
+        """Wait until the storage-bound work trackers handed to the background worker
+        (under an event loop) has run, so that its calls are queued in the SDK: call it
+        before ``sdk.flush()`` at shutdown (the ASGI middleware does) and in tests.
+        ``False`` on timeout."""
+        if self._offloader is None:
+            return True
+        return self._offloader.drain(timeout)
 
     def set_cookie_header(self, tracker: RequestTracker) -> str | None:
         """The ``Set-Cookie`` value for the response (SPEC step 6), or ``None`` when the
-        uuid cookie need not change. Never raises."""
+        uuid cookie need not change. Never raises. Adapters call :meth:`finish`, which
+        also sends the eager ``/init``; this is for tests and tools."""
         value = tracker._cookie_out
         if value is None:
             return None
@@ -369,24 +447,19 @@ class IntegrationConfig:
                 return tracker
         return None
 
-    def _start(
-        self, view: RequestView, cookies: Mapping[str, str] | None, identified: str | None
-    ) -> RequestTracker:
+    def _start(self, view: RequestView, cookies: Mapping[str, str] | None) -> RequestTracker:
         cookie_uuid, timezone = self._read_cookies(view, cookies)
-        if identified is not None:
-            tracker = RequestTracker(self, view, identified, False, cookie_uuid, False, timezone)
-        elif cookie_uuid is not None:
+        if cookie_uuid is not None:
             tracker = RequestTracker(self, view, cookie_uuid, False, cookie_uuid, False, timezone)
+            # A returning user this process initialised recently: nothing is due.
+            if self._init_on and (self.identify is not None or not self.dedupe.recent(cookie_uuid)):
+                tracker._init_pending = True
         else:
             uuid = str(_uuid.uuid4())
             tracker = RequestTracker(self, view, uuid, True, None, False, timezone)
             tracker._cookie_out = uuid
-        if self._lazy:
-            tracker._init_pending = True
+            tracker._init_pending = self._init_on
         return tracker
-
-    def _send_init(self, tracker: RequestTracker) -> None:
-        self.dedupe.send(tracker, None)
 
     def _disabled(self, view: RequestView) -> RequestTracker:
         tracker = RequestTracker(self, view, None, False, None, True)
@@ -415,6 +488,11 @@ class IntegrationConfig:
                 result = await result
             return _check_identified(result)
         return None
+
+
+def _is_async_callable(fn: object) -> bool:
+    call = getattr(fn, "__call__", None)  # noqa: B004 - an object with an async __call__
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)
 
 
 def _check_identified(value: object) -> str | None:

@@ -8,6 +8,7 @@ request.
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Literal, TypeAlias
 
@@ -15,6 +16,7 @@ from atrack_core import ATrackSdk, Options, Storage
 
 __all__ = [
     "DEFAULT_EXCLUDE_PATHS",
+    "ENVIRON_KEY",
     "SETTING_NAMES",
     "STATE_KEY",
     "Exclusions",
@@ -28,8 +30,12 @@ __all__ = [
 ]
 
 STATE_KEY = "atrack"
-"""Where adapters attach the tracker (``scope["state"]``, ``environ``, ``request``), and the
-marker that makes a second installation of a middleware do nothing."""
+"""Where adapters attach the tracker (``scope["state"]["atrack"]``, ``request.atrack``),
+and the marker that makes a second installation of a middleware do nothing."""
+
+ENVIRON_KEY = "atrack.tracker"
+"""The tracker's key in a WSGI ``environ``: PEP 3333 wants a dotted prefix on extension
+keys (a key without one must hold a string; ``wsgiref.validate`` checks it)."""
 
 DEFAULT_EXCLUDE_PATHS: tuple[str, ...] = (
     "/health",
@@ -82,6 +88,9 @@ SETTING_NAMES: tuple[str, ...] = (
     "delivery",
     "storage",
     "allow_insecure_http",
+    "outbox",
+    "outbox_max_bytes",
+    "outbox_max_age",
 )
 """Every setting name an integration accepts (lower case; Django upper-cases them, Flask
 prefixes them with ``ATRACK_``)."""
@@ -118,6 +127,9 @@ def resolve_sdk(
     storage: Storage | str | None = None,
     environ: Mapping[str, str] | None = None,
     allow_insecure_http: bool | str | None = None,
+    outbox: str | os.PathLike[str] | None = None,
+    outbox_max_bytes: int | str | None = None,
+    outbox_max_age: float | str | None = None,
 ) -> ATrackSdk:
     """The SDK an integration uses: ``sdk`` when given, else one built from the
     ``public_key``/``geo``/``endpoint``/``delivery``/``storage`` settings over
@@ -136,6 +148,9 @@ def resolve_sdk(
             ("delivery", delivery),
             ("storage", storage),
             ("allow_insecure_http", allow_insecure_http),
+            ("outbox", outbox),
+            ("outbox_max_bytes", outbox_max_bytes),
+            ("outbox_max_age", outbox_max_age),
         )
         if value is not None
     }
@@ -153,6 +168,12 @@ def resolve_sdk(
         given["storage"] = loaded() if isinstance(loaded, type) else loaded
     if allow_insecure_http is not None:
         given["allow_insecure_http"] = check_bool(allow_insecure_http, "allow_insecure_http")
+    if outbox_max_bytes is not None:
+        given["outbox_max_bytes"] = int(
+            check_number(outbox_max_bytes, "outbox_max_bytes", integer=True)
+        )
+    if outbox_max_age is not None:
+        given["outbox_max_age"] = float(check_number(outbox_max_age, "outbox_max_age"))
     env = dict(environ) if environ is not None else None
     return ATrackSdk(Options.from_env(env, **given))
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import uuid as _uuid
+from collections.abc import Callable
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from atrack_core._request import RequestView, request_context_dict
@@ -13,6 +15,7 @@ from ._contain import CALLER_ERRORS, Contain
 from ._cookie import is_canonical_uuid
 
 if TYPE_CHECKING:
+    from ._init_dedupe import OrderedOffload
     from ._lifecycle import IntegrationConfig
 
 __all__ = ["RequestTracker"]
@@ -25,7 +28,7 @@ class RequestTracker:
     """What a view uses to track the current request's user.
 
     Attached by the integrations (``request.state.atrack``, ``request.atrack``,
-    ``environ["atrack"]``). Events carry the request's context; the SDK's own current
+    ``environ["atrack.tracker"]``). Events carry the request's context; the SDK's own current
     user is never changed.
 
     - ``uuid``: the user's id (the identify hook's, the cookie's, or a new UUID4).
@@ -48,8 +51,14 @@ class RequestTracker:
         "_context",
         "_cookie_in",
         "_cookie_out",
+        "_hook_request",
+        "_identify_due",
         "_init_pending",
+        "_last",
+        "_offload",
+        "_ordered",
         "_timezone_cookie",
+        "_tracked",
         "_uuid",
         "_view",
         "enabled",
@@ -75,7 +84,23 @@ class RequestTracker:
         self._cookie_out: str | None = None
         self._timezone_cookie = timezone_cookie
         self._context: WireContext | None = None
+        #: The /init is still to be decided for this request (eager: at the response
+        #: start, or before the first call; lazy: before the first call).
         self._init_pending = False
+        #: The identify hook is still to be asked (it is asked only when the uuid is
+        #: needed, see IntegrationConfig.finish), with this request.
+        self._identify_due = False
+        self._hook_request: Any = None
+        #: Under an event loop with a storage that does I/O: the ordered worker that
+        #: runs the init dedupe (and, once used, every later call of this request).
+        self._offload: OrderedOffload | None = None
+        self._ordered = False
+        #: The last work handed to the worker: the response waits for it (awaited, not
+        #: blocking the loop), so the user's next request, maybe on another worker,
+        #: finds the init dedupe done.
+        self._last: Future[None] | None = None
+        #: Something was sent for this user (an event, attributes, an /init).
+        self._tracked = False
         self.enabled = True
         self.passive = passive
 
@@ -85,6 +110,8 @@ class RequestTracker:
 
     @property
     def uuid(self) -> str:
+        if self._identify_due:
+            self._resolve()
         uuid = self._uuid
         if uuid is None:
             # Passive trackers without a cookie: generated only if someone asks.
@@ -106,6 +133,8 @@ class RequestTracker:
             check_name(event, "event")
             to_json_object(attributes, "attributes")
             return
+        if self._identify_due:
+            self._resolve()
         if self._init_pending:
             self._send_init(None)
         context = self._context
@@ -114,6 +143,15 @@ class RequestTracker:
         uuid = self._uuid
         if uuid is None:
             uuid = self.uuid
+        self._tracked = True
+        if self._ordered:
+            # Behind this request's /init in the ordered worker: validated here, sent
+            # there, so the order of the user's calls is kept.
+            event = check_name(event, "event")
+            attrs = to_json_object(attributes, "attributes")
+            sdk = self._config.sdk
+            self._submit(lambda: sdk.send_event(uuid, event, attrs, context=context))
+            return
         with Contain("A-Track track(%r) failed", event, passes=CALLER_ERRORS):
             # A WireContext: the SDK trusts it and this (validated) uuid, and reuses the
             # context's JSON for every event of the request.
@@ -126,10 +164,11 @@ class RequestTracker:
         attrs = to_json_object(attributes, "attributes")
         if not self.enabled:
             return
+        if self._identify_due:
+            self._resolve()
         if self._init_pending:
             self._send_init(None)
-        with _ATTRIBUTES_FAILED:
-            self._config.sdk.send_attributes(self.uuid, attrs, replace=replace, checked_attrs=True)
+        self._send_attributes(attrs, replace)
 
     def identify(self, uuid: str, attributes: dict[str, Any] | None = None) -> None:
         """Switch this request to a known user (e.g. at login).
@@ -144,6 +183,8 @@ class RequestTracker:
         attrs = to_json_object(attributes, "attributes") if attributes is not None else None
         if not self.enabled:
             return
+        self._identify_due = False  # the view knows better than the hook
+        self._hook_request = None
         self._uuid = uuid
         self.is_new_user = False
         if not self.passive and is_canonical_uuid(uuid) and uuid != self._cookie_in:
@@ -151,19 +192,60 @@ class RequestTracker:
         config = self._config
         if self.passive or config.init == "off":
             if attrs:
-                with _ATTRIBUTES_FAILED:
-                    config.sdk.send_attributes(uuid, attrs, checked_attrs=True)
+                self._send_attributes(attrs, False)
             return
-        if config._lazy and not attrs:
+        if not attrs:
+            # The switched user's /init goes out as the init setting says (at the
+            # response start, or before the next call).
             self._init_pending = True
             return
         self._send_init(attrs)
 
     # -- internals --------------------------------------------------------------------
 
+    def _resolve(self) -> None:
+        """Ask the identify hook now that the uuid is needed; its user wins over the
+        cookie. A user it names is no new visitor: the anonymous cookie is not set."""
+        request = self._hook_request
+        self._identify_due = False
+        self._hook_request = None
+        if request is None:
+            return  # no request was bound (Flask dispatched without its WSGI wrapper)
+        identified = self._config._identify_sync(request)
+        if identified is not None and identified != self._uuid:
+            if self.is_new_user:
+                self._cookie_out = None
+            self._uuid = identified
+            self.is_new_user = False
+
     def _send_init(self, attributes: dict[str, Any] | None) -> None:
+        """Send this user's /init (deduplicated); under an event loop with a storage
+        that does I/O, from the ordered worker, and this request's later calls too."""
         self._init_pending = False
-        self._config.dedupe.send(self, attributes)
+        self._tracked = True
+        dedupe = self._config.dedupe
+        offload = self._offload
+        if offload is None:
+            dedupe.send(self, attributes)
+        elif self._ordered or attributes or not dedupe.recent(self._uuid):  # type: ignore[arg-type]
+            self._ordered = True
+            self._submit(lambda: dedupe.send(self, attributes))
+
+    def _send_attributes(self, attrs: dict[str, Any], replace: bool) -> None:
+        self._tracked = True
+        uuid = self.uuid
+        sdk = self._config.sdk
+        if self._ordered:
+            self._submit(
+                lambda: sdk.send_attributes(uuid, attrs, replace=replace, checked_attrs=True)
+            )
+            return
+        with _ATTRIBUTES_FAILED:
+            sdk.send_attributes(uuid, attrs, replace=replace, checked_attrs=True)
+
+    def _submit(self, work: Callable[[], None]) -> None:
+        assert self._offload is not None
+        self._last = self._offload.submit(work, self._last)
 
     def _context_dict(self) -> dict[str, Any]:
         context = self._context

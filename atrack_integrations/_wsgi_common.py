@@ -17,9 +17,17 @@ from urllib.parse import quote
 
 from atrack_core._request import RequestView
 
-from ._lifecycle import STATE_KEY, IntegrationConfig, RequestTracker
+from ._decode import wsgi_text, wsgi_url_text
+from ._lifecycle import ENVIRON_KEY, IntegrationConfig, RequestTracker
 
-__all__ = ["HeaderKeys", "environ_path", "header_keys", "view_from_environ", "wsgi_text"]
+__all__ = [
+    "HeaderKeys",
+    "environ_path",
+    "header_keys",
+    "start_response_with_cookie",
+    "view_from_environ",
+    "wsgi_text",
+]
 
 HeaderKeys = tuple[tuple[str, str], ...]
 """``(environ key, lower-case header name)`` pairs: the headers to read."""
@@ -38,22 +46,6 @@ def header_keys(config: IntegrationConfig) -> HeaderKeys:
     return tuple(("HTTP_" + name.upper().replace("-", "_"), name) for name in config.header_names)
 
 
-def wsgi_text(value: str) -> str:
-    """A header or query value as text.
-
-    PEP 3333 hands bytes over as latin-1 decoded strings, so a UTF-8 user agent arrives
-    as mojibake; this undoes that. Values that are already real text (Django under
-    ASGI decodes the query string as UTF-8) are returned unchanged. ASCII, the common
-    case, costs one ``isascii()``.
-    """
-    if value.isascii():
-        return value
-    try:
-        return value.encode("latin-1").decode("utf-8")
-    except UnicodeError:
-        return value
-
-
 def environ_path(environ: Mapping[str, Any]) -> str:
     """The request path as sent on the wire (still percent-encoded).
 
@@ -64,7 +56,7 @@ def environ_path(environ: Mapping[str, Any]) -> str:
     """
     raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
     if raw.__class__ is str and raw[:1] == "/":
-        return raw
+        return raw if raw.isascii() else wsgi_url_text(raw)
     path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
     if path.isascii() and "?" not in path and "#" not in path:
         return path or "/"
@@ -82,12 +74,13 @@ def view_from_environ(
     *,
     scheme: str | None = None,
     path: str | None = None,
+    query: str | None = None,
 ) -> RequestView:
     """The :class:`RequestView` of a WSGI environ, with the headers named by ``keys``.
 
-    ``scheme`` and ``path`` override what the environ says, for frameworks that know
-    better (Django's ``request.scheme`` honours ``SECURE_PROXY_SSL_HEADER``; under ASGI
-    the raw path is in the scope).
+    ``scheme``, ``path`` and ``query`` override what the environ says, for frameworks
+    that know better (Django's ``request.scheme`` honours ``SECURE_PROXY_SSL_HEADER``;
+    under ASGI the raw path and query are in the scope).
     """
     headers: dict[str, str] = {}
     get = environ.get
@@ -101,14 +94,17 @@ def view_from_environ(
         # (gunicorn, Django under ASGI), while cookies are separated by ";". A comma is
         # not valid in a cookie value (RFC 6265), so it is read as a separator.
         headers["cookie"] = cookie.replace(",", ";")
-    query = get("QUERY_STRING") or ""
+    if query is None:
+        query = get("QUERY_STRING") or ""
+        if not query.isascii():
+            query = wsgi_url_text(query)
     host = get("HTTP_HOST")
     return RequestView(
         get("REQUEST_METHOD") or "GET",
         scheme or get("wsgi.url_scheme") or "http",
         host if host.__class__ is str else None,
         path if path is not None else environ_path(environ),
-        query if query.isascii() else wsgi_text(query),
+        query,
         headers,
         get("REMOTE_ADDR") or None,
     )
@@ -117,15 +113,16 @@ def view_from_environ(
 def start_response_with_cookie(
     config: IntegrationConfig, environ: dict[str, Any], start_response: Any
 ) -> Any:
-    """Wrap a WSGI ``start_response`` so that it adds the tracker's ``Set-Cookie``
-    (found in ``environ`` when the response starts), leaving the body untouched."""
+    """Wrap a WSGI ``start_response``: when the response starts, the lifecycle finishes
+    (the eager ``/init`` if due for this status) and its ``Set-Cookie`` is added. The
+    body is untouched."""
 
     def wrapped(status: str, headers: list[tuple[str, str]], exc_info: Any = None, /) -> Any:
-        # Read now, not before: the tracker may have been started late (Flask's
-        # before_request), and the view may have switched the user (tracker.identify).
-        tracker = environ.get(STATE_KEY)
-        if isinstance(tracker, RequestTracker):
-            cookie = config.set_cookie_header(tracker)  # never raises
+        # Read now, not before: the view may have switched the user (tracker.identify).
+        tracker = environ.get(ENVIRON_KEY)
+        if tracker.__class__ is RequestTracker:
+            code = int(status[:3]) if status[:3].isdigit() else 500
+            cookie = config.finish(tracker, code)  # never raises
             if cookie is not None:
                 # A new list: the app may reuse its headers list between responses.
                 headers = [*headers, ("Set-Cookie", cookie)]

@@ -23,13 +23,20 @@ from typing import Any, TypeAlias
 
 from atrack_core import ATrackSdk
 from atrack_core._request import RequestView
+from atrack_core._sdk import _in_thread
 
+from ._contain import Contain
 from ._current import CURRENT
+from ._decode import header_text, url_text
 from ._lifecycle import STATE_KEY, IntegrationConfig, RequestTracker
 
 __all__ = ["ASGIApp", "ATrackMiddleware", "Message", "Receive", "Scope", "Send", "get_tracker"]
 
 logger = logging.getLogger("atrack")
+
+_MIDDLEWARE_FAILED = Contain("A-Track middleware failed; the request goes on untracked")
+_FLUSH_FAILED = Contain("A-Track flush at shutdown failed")
+_COOKIE_FAILED = Contain("A-Track could not set its cookie on this response")
 
 Scope: TypeAlias = MutableMapping[str, Any]
 Message: TypeAlias = MutableMapping[str, Any]
@@ -89,28 +96,26 @@ class ATrackMiddleware:
             await self.app(scope, receive, send)
             return
         config = self.config
-        try:
+        tracker = None
+        with _MIDDLEWARE_FAILED:
             view = self._view(scope)
-            if self._request_factory is None and not config.async_begin:
-                tracker = config.begin(view, None, path=scope.get("path"))
-            else:
+            if not config.async_begin:
                 request = None if self._request_factory is None else self._request_factory(scope)
+                tracker = config.begin(view, request, path=scope.get("path"), in_event_loop=True)
+            else:
+                request = self._request_factory(scope)  # type: ignore[misc]
                 tracker = await config.abegin(view, request, path=scope.get("path"))
-            state[STATE_KEY] = tracker
-        except Exception:
-            logger.error("A-Track middleware failed; the request goes on untracked", exc_info=True)
+        if tracker is None:
             # A no-op tracker still, so that view code using it keeps working.
-            state[STATE_KEY] = disabled = config._disabled(_UNKNOWN_REQUEST)
-            token = CURRENT.set(disabled)
-            try:
-                await self.app(scope, receive, send)
-            finally:
-                CURRENT.reset(token)
-            return
+            tracker = config._disabled(_UNKNOWN_REQUEST)
+        state[STATE_KEY] = tracker
 
-        async def send_with_cookie(message: Message) -> None:
-            if message["type"] == "http.response.start" and tracker._cookie_out is not None:
-                message = _with_cookie(config, tracker, message)
+        async def send_finishing(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                if tracker._init_pending or tracker._identify_due or tracker._cookie_out:
+                    message = _finish(config, tracker, message)
+                if tracker._last is not None:
+                    await config.settle(tracker)  # the init dedupe in the background, done
             await send(message)
 
         # current_tracker() for the whole request, streamed body included (it is sent
@@ -118,7 +123,7 @@ class ATrackMiddleware:
         # The app's exceptions propagate from here unchanged.
         token = CURRENT.set(tracker)
         try:
-            await self.app(scope, receive, send_with_cookie)
+            await self.app(scope, receive, send_finishing)
         finally:
             CURRENT.reset(token)
 
@@ -129,22 +134,22 @@ class ATrackMiddleware:
         for name, value in scope["headers"]:
             key = wanted.get(name)
             if key is not None:
-                text = value.decode("latin-1")
+                text = header_text(value)
                 previous = picked.get(key)
                 if previous is None:
                     picked[key] = text
                 else:
                     picked[key] = previous + ("; " if key == "cookie" else ", ") + text
             elif name == b"host":
-                host = value.decode("latin-1")
+                host = header_text(value)
         client = scope.get("client")
         raw_path = scope.get("raw_path")
         return RequestView(
             scope["method"],
             scope.get("scheme", "http"),
             host,
-            raw_path.decode("latin-1") if raw_path else scope.get("path", "/"),
-            scope.get("query_string", b"").decode("latin-1"),
+            url_text(raw_path) if raw_path else scope.get("path", "/"),
+            url_text(scope.get("query_string", b"")),
             picked,
             client[0] if client else None,
         )
@@ -158,16 +163,16 @@ class ATrackMiddleware:
             if flushed:
                 return
             flushed = True
-            try:
+            with _FLUSH_FAILED:
                 timeout = self.sdk.options.shutdown_timeout
+                # Work handed to the background worker (a storage round trip) first.
+                await _in_thread(lambda: self.config.drain(timeout))
                 if not await self.sdk.aflush(timeout):
                     logger.warning(
                         "A-Track flush at shutdown timed out after %ss; undelivered calls "
                         "are dropped",
                         timeout,
                     )
-            except Exception:
-                logger.error("A-Track flush at shutdown failed", exc_info=True)
 
         async def lifespan_receive() -> Message:
             nonlocal shutting_down
@@ -207,18 +212,19 @@ def get_tracker(scope: Scope) -> RequestTracker:
     return tracker
 
 
-def _with_cookie(config: IntegrationConfig, tracker: RequestTracker, message: Message) -> Message:
-    try:
-        cookie = config.set_cookie_header(tracker)
+def _finish(config: IntegrationConfig, tracker: RequestTracker, message: Message) -> Message:
+    """The response starts: the lifecycle finishes (the eager ``/init`` if due for this
+    status, off the loop when the storage does I/O) and its cookie is added."""
+    with _COOKIE_FAILED:
+        status = message.get("status", 200)
+        cookie = config.finish(tracker, status if status.__class__ is int else 500)
         if cookie is None:
             return message
         # A new message, not an edit: the app may reuse its headers list.
         headers = list(message.get("headers", ()))
         headers.append((b"set-cookie", cookie.encode("latin-1")))
         return {**message, "headers": headers}
-    except Exception:
-        logger.error("A-Track could not set its cookie on this response", exc_info=True)
-        return message
+    return message
 
 
 def _request_factory() -> Callable[[Scope], Any]:

@@ -24,7 +24,6 @@ arguments of :class:`ATrack` are defaults for them; the app's config wins.
 from __future__ import annotations
 
 import inspect
-import logging
 from typing import TYPE_CHECKING, Any
 
 try:
@@ -36,21 +35,19 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from atrack_core import ATrackSdk
 
-from ._current import CURRENT, active_body
-from ._lifecycle import SETTING_NAMES, STATE_KEY, IntegrationConfig, RequestTracker
-from ._wsgi_common import header_keys, start_response_with_cookie, view_from_environ
+from ._contain import Contain
+from ._lifecycle import ENVIRON_KEY, SETTING_NAMES, STATE_KEY, IntegrationConfig, RequestTracker
+from ._wsgi_common import header_keys, view_from_environ
+from .wsgi import ATrackWSGIMiddleware
 
 if TYPE_CHECKING:
     from flask import Flask
 
 __all__ = ["ATrack", "ATrackState", "get_tracker"]
 
-logger = logging.getLogger("atrack")
+_EXTENSION_FAILED = Contain("A-Track extension failed; the request goes on untracked")
 
 EXTENSION_KEY = "atrack"
-# Set in the environ by the WSGI wrapper: it resets current_tracker() after the request,
-# so before_request may set it (a request dispatched without app.wsgi_app may not).
-_SCOPED_KEY = "atrack.scoped"
 CONFIG_PREFIX = "ATRACK_"
 
 # Every setting's default, read from IntegrationConfig itself so the two cannot drift;
@@ -119,70 +116,37 @@ class ATrack:
         app.extensions[EXTENSION_KEY] = state
 
         keys = header_keys(config)
-        # Without an identify hook (which must get the Flask request) the tracker is
-        # started at the WSGI level, before Flask builds its request; the cookie is
-        # always added through start_response. One before_request hook remains, to
-        # expose the tracker as request.atrack and g.atrack. Measured against the
-        # before/after_request pair doing all of it: 70 -> 57k instructions added per
-        # request (callgrind), 1-1.5 µs.
-        starts_early = config.identify is None
-        wsgi_app = app.wsgi_app
-
-        def atrack_wsgi_app(environ: dict[str, Any], start_response: Any) -> Any:
-            if STATE_KEY in environ:
-                # A WSGI middleware outside (or a second wrapper) owns this request.
-                return wsgi_app(environ, start_response)
-            if starts_early:
-                try:
-                    view = view_from_environ(environ, keys)
-                    # begin() never raises: its own failures give a no-op tracker.
-                    environ[STATE_KEY] = config.begin(
-                        view, None, path=environ.get("PATH_INFO") or "/"
-                    )
-                except Exception:
-                    logger.error(
-                        "A-Track extension failed; the request goes on untracked", exc_info=True
-                    )
-                    return wsgi_app(environ, start_response)
-            # current_tracker() while Flask runs and while the body is iterated (a
-            # generator view streams after wsgi_app returned); reset before returning,
-            # so the server's (or the test client's) thread never keeps it. With an
-            # identify hook the tracker is made current by before_request.
-            environ[_SCOPED_KEY] = True
-            token = CURRENT.set(environ.get(STATE_KEY))
-            try:
-                respond = start_response_with_cookie(config, environ, start_response)
-                body = wsgi_app(environ, respond)
-            finally:
-                CURRENT.reset(token)
-            return active_body(body, environ.get(STATE_KEY), environ)
+        # The tracker starts at the WSGI level, in ATrackWSGIMiddleware (one lifecycle,
+        # not a copy of it): before Flask builds its request, with the cookie added and
+        # the eager /init sent through start_response. The identify hook must get the
+        # Flask request: it is bound in before_request, and the hook is asked only when
+        # the uuid is needed (after that). One before_request hook exposes the tracker
+        # as request.atrack and g.atrack.
+        middleware = ATrackWSGIMiddleware._over(app.wsgi_app, config, hook_gets_environ=False)
 
         def before_request() -> None:
             # The real request object once: every access through the proxy costs.
             req = request._get_current_object()  # type: ignore[attr-defined]
             environ = req.environ
-            tracker = environ.get(STATE_KEY)
+            tracker = environ.get(ENVIRON_KEY)
             if tracker is None:
-                # The identify hook's case (it gets this request); also a request
-                # dispatched without app.wsgi_app (test_request_context), which gets
-                # a tracker but no cookie.
-                try:
+                # Dispatched without app.wsgi_app (test_request_context +
+                # full_dispatch_request): a tracker, but no cookie (no response start
+                # to add it to) and no eager /init (only one a tracked call sends).
+                with _EXTENSION_FAILED:
                     view = view_from_environ(environ, keys)
-                except Exception:
-                    logger.error(
-                        "A-Track extension failed; the request goes on untracked", exc_info=True
-                    )
+                    tracker = config.begin(view, req, path=environ.get("PATH_INFO") or "/")
+                    environ[ENVIRON_KEY] = tracker
+                if tracker is None:
                     return
-                tracker = config.begin(view, req, path=environ.get("PATH_INFO") or "/")
-                environ[STATE_KEY] = tracker
-                if _SCOPED_KEY in environ:
-                    CURRENT.set(tracker)  # the WSGI wrapper resets it
+            else:
+                config.bind_request(tracker, req)
             req.atrack = tracker
             g.atrack = tracker
 
         # First in line, so that the app's own before_request hooks can use the tracker.
         app.before_request_funcs.setdefault(None, []).insert(0, before_request)
-        app.wsgi_app = atrack_wsgi_app  # type: ignore[method-assign]
+        app.wsgi_app = middleware  # type: ignore[method-assign]
 
 
 def get_tracker() -> RequestTracker:

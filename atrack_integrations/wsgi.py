@@ -7,26 +7,26 @@
     app = ATrackWSGIMiddleware(app, sdk=sdk)
 
     # in the app
-    environ["atrack"].track("order_created", {"amount": 12})
+    environ["atrack.tracker"].track("order_created", {"amount": 12})
 
 Imports no framework.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol, TypeAlias
 
 from atrack_core import ATrackSdk
 
+from ._contain import Contain
 from ._current import CURRENT, active_body
-from ._lifecycle import STATE_KEY, IntegrationConfig, RequestTracker
+from ._lifecycle import ENVIRON_KEY, IntegrationConfig, RequestTracker
 from ._wsgi_common import header_keys, start_response_with_cookie, view_from_environ
 
 __all__ = ["ATrackWSGIMiddleware", "StartResponse", "WSGIApp", "WSGIEnviron", "get_tracker"]
 
-logger = logging.getLogger("atrack")
+_MIDDLEWARE_FAILED = Contain("A-Track middleware failed; the request goes on untracked")
 
 WSGIEnviron: TypeAlias = dict[str, Any]
 
@@ -42,7 +42,7 @@ WSGIApp: TypeAlias = Callable[[WSGIEnviron, StartResponse], Iterable[bytes]]
 
 class ATrackWSGIMiddleware:
     """A-Track for any WSGI app: one ``/init`` per user session, a uuid cookie, and a
-    :class:`~atrack_integrations._lifecycle.RequestTracker` in ``environ["atrack"]``.
+    :class:`~atrack_integrations._lifecycle.RequestTracker` in ``environ["atrack.tracker"]``.
 
     ``ATrackWSGIMiddleware(app, *, sdk=None, **settings)``: the settings are the
     integration settings of the spec (``identify``, ``cookie_name``, ``init``,
@@ -55,31 +55,49 @@ class ATrackWSGIMiddleware:
     may run app code (a generator) is wrapped so that ``current_tracker()`` works there
     too; lists and ``wsgi.file_wrapper`` bodies are returned as they are. Installed
     twice (or under the Flask extension), the inner installation sees
-    ``environ["atrack"]`` and does nothing. Its own failures are logged; the app's
+    ``environ["atrack.tracker"]`` and does nothing. Its own failures are logged; the app's
     exceptions propagate unchanged.
     """
 
     def __init__(self, app: WSGIApp, *, sdk: ATrackSdk | None = None, **settings: Any) -> None:
+        self._setup(app, IntegrationConfig(sdk=sdk, **settings), hook_gets_environ=True)
+
+    @classmethod
+    def _over(
+        cls, app: WSGIApp, config: IntegrationConfig, *, hook_gets_environ: bool
+    ) -> ATrackWSGIMiddleware:
+        """The middleware over ``app`` with a validated configuration (the Flask
+        extension's; its identify hook gets the Flask request, bound later)."""
+        self = cls.__new__(cls)
+        self._setup(app, config, hook_gets_environ=hook_gets_environ)
+        return self
+
+    def _setup(self, app: WSGIApp, config: IntegrationConfig, *, hook_gets_environ: bool) -> None:
         self.app = app
-        self.config = IntegrationConfig(sdk=sdk, **settings)
-        self.sdk = self.config.sdk
-        self._header_keys = header_keys(self.config)
+        self.config = config
+        self.sdk = config.sdk
+        self._header_keys = header_keys(config)
+        self._hook_gets_environ = hook_gets_environ
 
     def __repr__(self) -> str:
         return f"ATrackWSGIMiddleware({self.app!r}, config={self.config!r})"
 
     def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
-        if STATE_KEY in environ:
+        if ENVIRON_KEY in environ:
             # Installed twice: the outer installation owns this request.
             return self.app(environ, start_response)
         config = self.config
-        try:
+        tracker = None
+        with _MIDDLEWARE_FAILED:
             view = view_from_environ(environ, self._header_keys)
             # Excluded paths are matched against the app's own (decoded) path.
-            tracker = config.begin(view, environ, path=environ.get("PATH_INFO") or "/")
-            environ[STATE_KEY] = tracker
-        except Exception:
-            logger.error("A-Track middleware failed; the request goes on untracked", exc_info=True)
+            tracker = config.begin(
+                view,
+                environ if self._hook_gets_environ else None,
+                path=environ.get("PATH_INFO") or "/",
+            )
+            environ[ENVIRON_KEY] = tracker
+        if tracker is None:
             return self.app(environ, start_response)
         # current_tracker() while the app runs and while its body is iterated, never
         # in this thread after the call (the server may reuse it for another request).
@@ -92,12 +110,12 @@ class ATrackWSGIMiddleware:
 
 
 def get_tracker(environ: Mapping[str, Any]) -> RequestTracker:
-    """The tracker of the request ``environ`` belongs to (``environ["atrack"]``, typed).
+    """The tracker of the request ``environ`` belongs to (``environ["atrack.tracker"]``, typed).
 
     Raises ``RuntimeError`` when there is none (the middleware is not installed), so the
     mistake shows on the first request.
     """
-    tracker = environ.get(STATE_KEY)
+    tracker = environ.get(ENVIRON_KEY)
     if not isinstance(tracker, RequestTracker):
         raise RuntimeError(
             "no A-Track tracker on this request: wrap the app with "

@@ -321,7 +321,7 @@ def bench_wsgi(n: int, repeats: int) -> list[Row]:
     from atrack_integrations.wsgi import ATrackWSGIMiddleware
 
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        tracker = environ.get("atrack")
+        tracker = environ.get("atrack.tracker")
         if tracker is not None and environ["PATH_INFO"] == "/products":
             tracker.track("product_list_viewed", {"page": 2})
         start_response("200 OK", [("Content-Type", "text/plain")])

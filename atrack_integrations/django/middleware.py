@@ -13,7 +13,9 @@ from django.core.exceptions import ImproperlyConfigured
 
 from atrack_core._request import RequestView
 
+from .._contain import Contain
 from .._current import CURRENT, ActiveBody, active_aiter
+from .._decode import url_text
 from .._lifecycle import STATE_KEY, IntegrationConfig, RequestTracker
 from .._wsgi_common import HeaderKeys, environ_path, header_keys, view_from_environ
 from . import conf
@@ -21,6 +23,10 @@ from . import conf
 __all__ = ["ATrackMiddleware", "get_tracker"]
 
 logger = logging.getLogger("atrack.django")
+
+_MIDDLEWARE_FAILED = Contain("A-Track middleware failed; the request goes on untracked")
+_COOKIE_FAILED = Contain("A-Track could not set its cookie on this response")
+_STREAM_FAILED = Contain("A-Track could not follow this streaming response")
 
 
 class ATrackMiddleware:
@@ -63,47 +69,63 @@ class ATrackMiddleware:
             return self.__acall__(request)
         if STATE_KEY in request.__dict__:
             return self.get_response(request)  # installed twice: the outer one works
-        try:
-            config = conf.get_config()
-            view = _view(request, _keys(config))
-            tracker = config.begin(view, request, path=request.path_info)
-            request.atrack = tracker
-        except Exception:
-            logger.error("A-Track middleware failed; the request goes on untracked", exc_info=True)
+        started = _begin(request, in_event_loop=False)
+        if started is None:
             return self.get_response(request)
-        token = CURRENT.set(tracker)
+        token = CURRENT.set(started[1])
         try:
             response = self.get_response(request)
         finally:
             CURRENT.reset(token)
-        _set_cookie(config, tracker, response)
-        _stream_with_tracker(response, tracker)
-        return response
+        return _finish(*started, response)
 
     async def __acall__(self, request: Any) -> Any:
         get_response: Callable[[Any], Awaitable[Any]] = self.get_response
         if STATE_KEY in request.__dict__:
             return await get_response(request)
-        try:
-            config = conf.get_config()
-            view = _view(request, _keys(config))
-            if not config.async_begin:
-                tracker = config.begin(view, request, path=request.path_info)
-            else:
-                tracker = await config.abegin(view, request, path=request.path_info)
-            request.atrack = tracker
-        except Exception:
-            logger.error("A-Track middleware failed; the request goes on untracked", exc_info=True)
+        started = _begin(request, in_event_loop=True)
+        if started is None:
             return await get_response(request)
+        config, tracker = started
+        if tracker._identify_due:
+            # Under ASGI Django's IDENTIFY gives an awaitable (await request.auser(), or
+            # a sync hook in Django's thread): a view's sync track() could not await
+            # it later, so it is awaited now.
+            await config.await_identity(tracker)
         # Views run in this context or a copy of it (sync_to_async copies it).
         token = CURRENT.set(tracker)
         try:
             response = await get_response(request)
         finally:
             CURRENT.reset(token)
-        _set_cookie(config, tracker, response)
-        _stream_with_tracker(response, tracker)
+        response = _finish(config, tracker, response)
+        if tracker._last is not None:
+            await config.settle(tracker)  # the init dedupe in the background, done
         return response
+
+
+def _begin(request: Any, *, in_event_loop: bool) -> tuple[IntegrationConfig, RequestTracker] | None:
+    """The start both modes share: the tracker attached as ``request.atrack``."""
+    with _MIDDLEWARE_FAILED:
+        config = conf.get_config()
+        view = _view(request, _keys(config))
+        tracker = config.begin(view, request, path=request.path_info, in_event_loop=in_event_loop)
+        request.atrack = tracker
+        return config, tracker
+    return None
+
+
+def _finish(config: IntegrationConfig, tracker: RequestTracker, response: Any) -> Any:
+    """The end both modes share: the eager ``/init`` if due for the response's status,
+    the cookie, and a streaming body that keeps the tracker current."""
+    with _COOKIE_FAILED:
+        cookie = config.finish(tracker, response.status_code)  # never raises
+        if cookie is not None:
+            # Django keeps cookies apart from other headers, in response.cookies.
+            line = _CookieLine(cookie)
+            response.cookies[line.key] = line
+    _stream_with_tracker(response, tracker)
+    return response
 
 
 def get_tracker(request: Any) -> RequestTracker:
@@ -137,14 +159,19 @@ def _keys(config: IntegrationConfig) -> HeaderKeys:
 def _view(request: Any, keys: HeaderKeys) -> RequestView:
     meta = request.META
     scope = request.__dict__.get("scope")
+    query = None
     if scope is not None:
-        # ASGI: the raw path is in the scope (META's PATH_INFO is decoded).
+        # ASGI: the raw path and query are in the scope (META's are decoded), read as
+        # every adapter reads them.
         raw = scope.get("raw_path")
-        path = raw.decode("latin-1") if raw else environ_path(meta)
+        path = url_text(raw) if raw else environ_path(meta)
+        raw_query = scope.get("query_string", b"")
+        # Test clients may put text there.
+        query = url_text(raw_query) if raw_query.__class__ is bytes else str(raw_query)
     else:
         path = environ_path(meta)
     # request.scheme honours SECURE_PROXY_SSL_HEADER: the Secure flag follows it.
-    return view_from_environ(meta, keys, scheme=request.scheme, path=path)
+    return view_from_environ(meta, keys, scheme=request.scheme, path=path, query=query)
 
 
 def _stream_with_tracker(response: Any, tracker: RequestTracker) -> None:
@@ -152,25 +179,11 @@ def _stream_with_tracker(response: Any, tracker: RequestTracker) -> None:
     # current while each chunk is produced (files need not: no app code runs there).
     if not getattr(response, "streaming", False) or hasattr(response, "file_to_stream"):
         return
-    try:
+    with _STREAM_FAILED:
         if getattr(response, "is_async", False):
             response.streaming_content = active_aiter(response.streaming_content, tracker)
         else:
             response.streaming_content = ActiveBody(response.streaming_content, tracker)
-    except Exception:
-        logger.error("A-Track could not follow this streaming response", exc_info=True)
-
-
-def _set_cookie(config: IntegrationConfig, tracker: RequestTracker, response: Any) -> None:
-    cookie = config.set_cookie_header(tracker)  # never raises
-    if cookie is None:
-        return
-    try:
-        # Django keeps cookies apart from other headers, in response.cookies.
-        line = _CookieLine(cookie)
-        response.cookies[line.key] = line
-    except Exception:
-        logger.error("A-Track could not set its cookie on this response", exc_info=True)
 
 
 _NO_ATTRIBUTES = dict.fromkeys(Morsel._reserved, "")  # type: ignore[attr-defined]

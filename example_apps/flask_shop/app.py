@@ -11,7 +11,9 @@ Point it at the local collector with ``ATRACK_ENDPOINT=http://127.0.0.1:8787`` (
 - ``GET /?source=...``: the landing page; tracks ``landing_viewed`` with the source.
 - ``POST /signup`` ``{"email": ..., "plan": ...}``: sets the user's attributes.
 - ``POST /login`` ``{"user_id": ...}``: switches the tracker to a known user.
-- ``POST /orders`` ``{"amount": ..., "currency": ...}``: tracks ``order_created``.
+- ``POST /orders`` ``{"amount": ..., "currency": ...}``: tracks ``order_created`` (from
+  the order service, through the current tracker) and, with ``SHOP_CELERY_BROKER`` set,
+  enqueues a receipt task that tracks ``receipt_sent`` in the worker (``tasks.py``).
 - ``GET /health``: excluded from tracking by default.
 """
 
@@ -23,12 +25,12 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from flask import Blueprint, Flask, jsonify, request
+from flask import Blueprint, Flask, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from atrack_core import ATrackSdk, Options
 from atrack_integrations.flask import ATrack
-from example_apps._shop import landing_page
+from example_apps._shop import landing_page, record_order
 
 logger = logging.getLogger("example_apps.flask_shop")
 
@@ -52,6 +54,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         # then reads ATRACK_REDIS_URL.
         app.config.setdefault("ATRACK_STORAGE", "atrack_core.redis.RedisStorage")
     atrack.init_app(app)
+    app.config.setdefault("SHOP_CELERY_BROKER", os.environ.get("SHOP_CELERY_BROKER"))
+    if app.config["SHOP_CELERY_BROKER"]:
+        from example_apps.flask_shop.tasks import celery
+
+        celery.conf.broker_url = app.config["SHOP_CELERY_BROKER"]
     app.register_blueprint(shop)
     return app
 
@@ -108,8 +115,14 @@ def create_order() -> ResponseReturnValue:
         or len(currency) != 3
     ):
         return _bad("expected {amount > 0, currency: 3 letters}")
-    request.atrack.track("order_created", {"amount": amount, "currency": currency})  # type: ignore[attr-defined]
-    return jsonify(status="created", amount=amount, currency=currency), 201
+    order = record_order(amount, currency)
+    if current_app.config["SHOP_CELERY_BROKER"]:
+        from example_apps.flask_shop.tasks import send_receipt
+
+        # Published during the request: the worker's receipt_sent event is this user's,
+        # with this page's context.
+        send_receipt.delay(amount, currency)
+    return jsonify(order), 201
 
 
 @shop.get("/health")

@@ -20,7 +20,7 @@ from starlette.routing import Route
 
 from atrack_integrations.starlette import ATrackMiddleware
 from example_apps._sdk import build_sdk
-from example_apps._shop import landing_page
+from example_apps._shop import landing_page, record_order
 
 # From the ATRACK_* environment; RedisStorage when ATRACK_REDIS_URL is set.
 sdk = build_sdk()
@@ -72,10 +72,7 @@ async def create_order(request: Request) -> Response:
         or not isinstance(currency, str)
     ):
         return JSONResponse({"error": "expected {'amount': number > 0}"}, status_code=422)
-    request.state.atrack.track("order_created", {"amount": amount, "currency": currency})
-    return JSONResponse(
-        {"status": "created", "amount": amount, "currency": currency}, status_code=201
-    )
+    return JSONResponse(record_order(amount, currency), status_code=201)
 
 
 async def health(request: Request) -> Response:

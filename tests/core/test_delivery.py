@@ -116,6 +116,26 @@ def test_dropped_connection_and_timeout_are_retried(fake_api: FakeApi, sdk_facto
     assert sdk.stats()["sent"] == 1
 
 
+@pytest.mark.parametrize("delivery", ["background", "sync"])
+def test_a_request_dropped_on_a_reused_connection_is_counted_as_a_retry(
+    fake_api: FakeApi, sdk_factory: Any, delivery: str
+) -> None:
+    """The API received the call, then closed the keep-alive connection unanswered:
+    httpx reports the error and the engine retries; libcurl resends on its own. Either
+    way the API has it twice under one request id, and stats() counts the retry (every
+    copy at the API is an attempt the SDK counted)."""
+    sdk = sdk_factory(fake_api.url, delivery=delivery, max_concurrency=1)
+    sdk.track("first", uuid="u")  # opens the connection the next call reuses
+    assert sdk.flush(5) is True
+    fake_api.plan("/event", Plan(drop=True))
+    sdk.track("second", uuid="u")
+    assert sdk.flush(5) is True
+    ids = fake_api.request_ids()
+    assert len(ids) == 3 and len(set(ids)) == 2 and ids[1] == ids[2]
+    stats = sdk.stats()
+    assert (stats["sent"], stats["retried"], stats["failed"]) == (2, 1, 0)
+
+
 def test_gives_up_after_max_retries_and_reports(fake_api: FakeApi, sdk_factory: Any) -> None:
     errors = Errors()
     fake_api.default = Plan(503)

@@ -154,6 +154,7 @@ POOL_SCRIPT = textwrap.dedent(
     from atrack_core import ATrackSdk, Options
 
     url, transport, how = sys.argv[1], sys.argv[2], sys.argv[3]
+    method = sys.argv[4] if len(sys.argv) > 4 else "fork"
     sdk = ATrackSdk(Options(@KEY@, endpoint=url, transport=transport))
 
     def work(i):
@@ -161,7 +162,7 @@ POOL_SCRIPT = textwrap.dedent(
         return i
 
     if __name__ == "__main__":
-        ctx = multiprocessing.get_context("fork")
+        ctx = multiprocessing.get_context(method)
         if how == "with":  # Pool.__exit__ terminates the workers (SIGTERM)
             with ctx.Pool(4) as pool:
                 assert pool.map(work, range(25)) == list(range(25))
@@ -204,3 +205,33 @@ def test_multiprocessing_children_deliver_their_calls(
     ids = Counter(fake_api.request_ids())
     assert max(ids.values()) == 1
     assert sorted(b["attributes"]["i"] for b in fake_api.bodies()) == list(range(25))
+
+
+@pytest.mark.parametrize("how", ["with", "close"], ids=["pool-terminated", "pool-closed"])
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_multiprocessing_spawned_children_deliver_their_calls(
+    fake_api: FakeApi, transport: str, how: str, method: str, tmp_path: Path
+) -> None:
+    """spawn and forkserver children import the script and build their own SDK (3.14
+    makes forkserver the default on Linux): the same flush must run in them."""
+    if method == "forkserver" and sys.platform == "win32":
+        pytest.skip("no forkserver on Windows")
+    script = tmp_path / "pool_script.py"
+    script.write_text(POOL_SCRIPT)
+    fake_api.latency = 0.05
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, str(script), fake_api.url, transport, how, method],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env(),
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.split() == ["parent-sent", "0"], proc.stderr
+    fake_api.wait_for(25)
+    ids = Counter(fake_api.request_ids())
+    assert max(ids.values()) == 1
+    assert sorted(b["attributes"]["i"] for b in fake_api.bodies()) == list(range(25))
+    assert time.monotonic() - start < 50

@@ -32,8 +32,9 @@ def own_redis(tmp_path: Path, redis_server: RedisServer) -> Iterator[RedisServer
 
 
 class Server:
-    """A gunicorn (or uvicorn) master on a free loopback port; :meth:`terminate` sends
-    SIGTERM and times the exit. :meth:`output` is everything it wrote (both streams)."""
+    """A gunicorn, uvicorn or other server (``kind="python -m waitress"``) master on a
+    free loopback port; :meth:`terminate` sends SIGTERM and times the exit.
+    :meth:`output` is everything it wrote (both streams)."""
 
     def __init__(
         self, args: Sequence[str], env: Mapping[str, str], log: Path, kind: str = "gunicorn"
@@ -51,6 +52,12 @@ class Server:
             self.cmd = [
                 sys.executable, "-m", "uvicorn", "--host", "127.0.0.1",
                 "--port", str(self.port), "--log-level", "info", *args,
+            ]  # fmt: skip
+        elif kind.startswith("python -m "):
+            # Any server run as a module; "{port}" in args is the port.
+            self.cmd = [
+                sys.executable, "-m", kind.removeprefix("python -m "),
+                *(a.replace("{port}", str(self.port)) for a in args),
             ]  # fmt: skip
         else:
             raise ValueError(kind)

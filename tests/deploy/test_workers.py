@@ -6,7 +6,10 @@ jar, against a real gunicorn (or uvicorn) master; the SDK sends to a local colle
 added latency, so calls are still queued when the master gets SIGTERM. Then:
 
 - exactly one ``/init`` per user across all the workers (deduplicated through Redis);
-- every event delivered exactly once (each request id once at the collector) and with
+- every event delivered, once as the API keeps it: a call may arrive more than once
+  only as a retry under the same request id (a timeout on a loaded machine), never as a
+  different call, and the copies may not outnumber the retries the workers' SDKs
+  counted (their DEBUG shutdown lines, ``tests/deploy/logsite``); each event carries
   the uuid of that user's cookie;
 - nothing lost on SIGTERM: no explicit flush, the workers' exit flush (WSGI: the
   ``atexit`` flush; ASGI: the lifespan flush) sends what was still queued.
@@ -17,16 +20,19 @@ from __future__ import annotations
 import collections
 import importlib.util
 import json
+import os
+import re
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.deploy.conftest import Server, StartServer
+from tests.deploy.conftest import ROOT, Server, StartServer
 from tests.redis_server import RedisServer
 
 pytest.importorskip("gunicorn")
@@ -92,6 +98,20 @@ def collector() -> Iterator[Any]:
         yield running
 
 
+def debug_log(redis: RedisServer) -> Path:
+    return Path(redis.workdir) / "atrack-debug.log"
+
+
+def shutdown_totals(log: Path) -> tuple[int, int, int]:
+    """(SDKs that logged their shutdown, calls they sent, retries they counted), from
+    the DEBUG log every process of the server wrote (``tests/deploy/logsite``)."""
+    text = log.read_text() if log.exists() else ""
+    found = re.findall(
+        r"A-Track shut down \(pid \d+\): \d+ enqueued, (\d+) sent, (\d+) retried", text
+    )
+    return len(found), sum(int(s) for s, _ in found), sum(int(r) for _, r in found)
+
+
 def check_deployment(
     server: Server, collector: Any, redis: RedisServer, report: dict[str, Any]
 ) -> None:
@@ -110,6 +130,7 @@ def check_deployment(
     if len(uuids) != USERS:
         server.fail(f"{USERS} users got only {len(uuids)} distinct uuids")
 
+    log = debug_log(redis)
     arrived_before = len(collector.store.calls())
     code = server.terminate()
     if code != 0:
@@ -129,10 +150,24 @@ def check_deployment(
     rejected = [c for c in calls if c["status"] != 200]
     if rejected:
         fail(f"the collector rejected {len(rejected)} calls, e.g. {rejected[0]}")
-    by_request = collections.Counter((c["path"], c["request_id"]) for c in calls)
-    twice = {k: n for k, n in by_request.items() if n > 1}
-    if twice:
-        fail(f"{len(twice)} calls arrived more than once: {list(twice.items())[:5]}")
+    # At least once, never a different call under one id: a retry (a timeout under
+    # load, a reset) resends a call with its request id, and the API deduplicates by it.
+    copies: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+    for c in calls:
+        copies[c["request_id"]].append(c)
+    mixed = [rid for rid, cs in copies.items() if len({(c["path"], c["body"]) for c in cs}) > 1]
+    if mixed:
+        fail(f"{len(mixed)} request ids carry different calls, e.g. {copies[mixed[0]]}")
+    duplicates = len(calls) - len(copies)
+    # Every extra copy is a retry the SDKs counted (their shutdown lines, read from the
+    # workers' log): a copy nobody retried would be a resend behind the engine's back.
+    sdks, sent, retried = shutdown_totals(log)
+    report.update(duplicates=duplicates, retried=retried)
+    if sdks < 4 or sent > len(copies):
+        fail(f"the workers' log has {sdks} shutdown lines, {sent} sent: incomplete")
+    if duplicates > retried:
+        fail(f"{duplicates} duplicate arrivals but the workers counted {retried} retries")
+    calls = [cs[0] for cs in copies.values()]  # one per call, as the API keeps them
 
     inits = [c for c in calls if c["path"] == "/init"]
     init_counts = collections.Counter(c["uuid"] for c in inits)
@@ -201,6 +236,9 @@ def deployment_env(collector: Any, redis: RedisServer) -> dict[str, str]:
         "ATRACK_PUBLIC_KEY": KEY,
         "ATRACK_ENDPOINT": collector.url,
         "ATRACK_REDIS_URL": redis.url,
+        # Every process logs A-Track at DEBUG to a file (retries counted at shutdown).
+        "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests' / 'deploy' / 'logsite'}",
+        "ATRACK_TEST_LOG": str(debug_log(redis)),
     }
 
 

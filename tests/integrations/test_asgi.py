@@ -395,13 +395,14 @@ def test_identify_in_the_view_switches_user_and_cookie(
     response = call(app, "POST", f"/login?uuid={other}&attrs=1", cookie=f"atrack_uuid={KNOWN}")
     assert response.json() == {"uuid": other}
     assert cookie_value(response) == other
+    # The eager /init goes out at the response start: the view switched the user
+    # before anything was sent, so the cookie's user gets none.
     assert [(c.path, c.body["uuid"]) for c in calls.calls] == [
-        ("/init", KNOWN),
         ("/init", other),
         ("/event", other),
     ]
-    assert calls.inits[1]["attributes"] == {"plan": "pro"}
-    assert calls.inits[1]["isNewUser"] is False
+    assert calls.inits[0]["attributes"] == {"plan": "pro"}
+    assert calls.inits[0]["isNewUser"] is False
 
 
 def test_identify_in_the_view_with_a_server_id_keeps_the_cookie(
@@ -413,7 +414,8 @@ def test_identify_in_the_view_with_a_server_id_keeps_the_cookie(
     assert anonymous is not None
     assert UUID_RE.match(anonymous)
     assert response.json() == {"uuid": "user-42"}
-    assert [c.body["uuid"] for c in calls.calls] == [anonymous, "user-42", "user-42"]
+    # The anonymous visitor tracked nothing before the switch: no /init for it.
+    assert [c.body["uuid"] for c in calls.calls] == ["user-42", "user-42"]
 
 
 def test_identify_attributes_for_an_already_initialised_user(
@@ -423,7 +425,8 @@ def test_identify_attributes_for_an_already_initialised_user(
     call(app, "POST", "/login?uuid=user-42")
     calls.clear()
     call(app, "POST", "/login?uuid=user-42&attrs=1")
-    assert [c.path for c in calls.calls] == ["/init", "/attributes", "/event"]
+    # The anonymous visitor of each request tracked nothing: no /init for it.
+    assert [c.path for c in calls.calls] == ["/attributes", "/event"]
     assert calls.attributes[0]["attributes"] == {"plan": "pro"}
 
 
@@ -480,12 +483,22 @@ def test_failing_storage_is_a_miss(calls: CapturedCalls, logs: LogRecorder) -> N
         app = make_app(sdk)
         for _ in range(3):
             assert call(app, cookie=f"atrack_uuid={KNOWN}").status_code == 200
+        # Off the event loop, the storage is asked by the background worker.
+        assert config_of(app).drain(5.0)
     finally:
         sdk.shutdown()
     # The local memory of recent inits stops a storm of /init while the storage is down.
     assert len(calls.inits) == 1
     warnings = [m for m in logs.messages() if "storage failed" in m]
     assert len(warnings) == 1  # rate-limited
+
+
+def config_of(app: Any) -> Any:
+    """The IntegrationConfig of the ATrackMiddleware inside a Starlette app."""
+    mw = app.middleware_stack  # built by the first request
+    while not isinstance(mw, ATrackMiddleware):
+        mw = mw.app
+    return mw.config
 
 
 class ExplodingSdk(ATrackSdk):
@@ -553,13 +566,13 @@ def test_cookie_failure_on_response_is_contained(
     app = make_app(sdk)
     mw = app.build_middleware_stack()
 
-    def broken(tracker: RequestTracker) -> str | None:
+    def broken(tracker: RequestTracker, status: int) -> str | None:
         raise RuntimeError("boom")
 
     # Reach the middleware instance inside Starlette's stack.
     while not isinstance(mw, ATrackMiddleware):
         mw = mw.app
-    monkeypatch.setattr(mw.config, "set_cookie_header", broken)
+    monkeypatch.setattr(mw.config, "finish", broken)
     response = call(mw)
     assert response.status_code == 200
     assert cookie_value(response) is None
@@ -849,18 +862,23 @@ def test_a_slow_storage_does_not_hold_the_event_loop(calls: CapturedCalls) -> No
     sdk = ATrackSdk(Options("pub_test_1234", disabled=True, storage=storage))
     app = make_app(sdk)
 
-    async def go() -> float:
+    async def visit() -> httpx.Response:
+        # One client each: four first visits, no cookie shared between them.
         transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
         async with httpx.AsyncClient(transport=transport, base_url="http://shop.example") as http:
-            started = time.monotonic()
-            # Four first visits at once: with the add on the event loop they would
-            # queue behind each other (4 x 0.3 s).
-            responses = await asyncio.gather(*(http.get("/") for _ in range(4)))
-            assert all(r.status_code == 200 for r in responses)
-            return time.monotonic() - started
+            return await http.get("/")
+
+    async def go() -> float:
+        started = time.monotonic()
+        # Four first visits at once: with the add on the event loop they would queue
+        # behind each other (4 x 0.3 s).
+        responses = await asyncio.gather(*(visit() for _ in range(4)))
+        assert all(r.status_code == 200 for r in responses)
+        return time.monotonic() - started
 
     try:
         elapsed = asyncio.run(go())
+        assert config_of(app).drain(5.0)
     finally:
         sdk.shutdown()
     assert len(calls.inits) == 4

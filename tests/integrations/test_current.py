@@ -181,7 +181,7 @@ def create_wsgi_app() -> Any:
         if environ["PATH_INFO"] == "/stream":
             start_response("200 OK", [("Content-Type", "text/plain")])
             return (f"{who()}\n".encode() for _ in range(2))
-        body = json.dumps({"uuid": environ["atrack"].uuid, "who": who()})
+        body = json.dumps({"uuid": environ["atrack.tracker"].uuid, "who": who()})
         start_response("200 OK", [("Content-Type", "application/json")])
         return [body.encode()]
 

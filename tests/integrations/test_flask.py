@@ -358,11 +358,12 @@ def test_public_api() -> None:
         assert getattr(module, name) is not None
 
 
-def test_identify_hook_tracker_starts_in_before_request_and_still_sets_the_cookie(
+def test_identify_hook_gets_the_flask_request_only_when_needed_and_the_cookie_is_set(
     sdk: ATrackSdk, calls: CapturedCalls
 ) -> None:
-    # With an identify hook the tracker starts once Flask's request exists; the cookie
-    # is still added on the way out, also after a switch in the view.
+    # The tracker starts at the WSGI level; the hook gets Flask's request (bound in
+    # before_request), and only when the uuid is needed. The cookie is added on the way
+    # out, also after a switch in the view.
     app = flask.Flask(__name__)
     seen: list[Any] = []
 
@@ -377,7 +378,12 @@ def test_identify_hook_tracker_starts_in_before_request_and_still_sets_the_cooki
     resp = client.post(f"/login?as={known}")
     assert resp.json["uuid"] == known
     assert resp.headers.getlist("Set-Cookie")[0].startswith(f"atrack_uuid={known};")
+    assert seen == []  # the view named the user: the hook was not needed
+    resp = client.get("/?source=ads")
+    assert resp.json["uuid"] == known
+    assert len(seen) == 1
     assert isinstance(seen[0], flask.Request)
+    assert [e["uuid"] for e in calls.events] == [known]
 
 
 def test_request_dispatched_without_wsgi_app_still_gets_a_tracker(

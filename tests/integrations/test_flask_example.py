@@ -80,3 +80,53 @@ def test_under_gunicorn(fake_api: FakeApi) -> None:
         received = fake_api.wait_for(3)
     assert sorted(r.path for r in received) == ["/event", "/event", "/init"]
     assert {r.body["uuid"] for r in received} == {uuid}
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+def test_order_enqueues_a_receipt_tracked_by_a_celery_worker(
+    fake_api: FakeApi, redis_server: Any
+) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("celery")
+    broker = redis_server.url.rsplit("/", 1)[0] + "/12"
+    sdk = ATrackSdk(Options("pub_test_key_1234", endpoint=fake_api.url))
+    client = create_app({"ATRACK_SDK": sdk, "SHOP_CELERY_BROKER": broker}).test_client()
+    root = Path(__file__).resolve().parents[2]
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(root),
+        "SHOP_CELERY_BROKER": broker,
+        "ATRACK_PUBLIC_KEY": "pub_test_key_1234",
+        "ATRACK_ENDPOINT": fake_api.url,
+    }
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "example_apps.flask_shop.tasks", "worker",
+         "--pool", "solo", "--loglevel", "WARNING", "--without-heartbeat", "--without-mingle",
+         "--without-gossip"],
+        cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        response = client.post("/orders", json={"amount": 9.5}, headers={"User-Agent": "Shop/2"})
+        assert response.status_code == 201
+        assert sdk.flush(5)
+        received = fake_api.wait_for(3, timeout=60)  # /init, order_created, receipt_sent
+    finally:
+        worker.terminate()
+        worker.wait(30)
+        if worker.stdout:
+            worker.stdout.close()
+        sdk.shutdown()
+    uuid = client.get_cookie("atrack_uuid").value
+    events = {r.body["event"]: r.body for r in received if r.path == "/event"}
+    assert set(events) == {"order_created", "receipt_sent"}
+    receipt = events["receipt_sent"]
+    assert receipt["uuid"] == uuid
+    assert receipt["attributes"] == {"amount": 9.5, "currency": "EUR"}
+    assert receipt["context"] == events["order_created"]["context"]
+    assert receipt["context"]["userAgent"] == "Shop/2"
+    assert [r.path for r in received].count("/init") == 1

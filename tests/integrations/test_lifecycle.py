@@ -181,16 +181,37 @@ def test_begin_and_cookie_header_for_an_adapter(sdk: ATrackSdk, calls: CapturedC
     assert isinstance(first, RequestTracker)
     assert first.is_new_user
     assert is_canonical_uuid(first.uuid)
-    header = config.set_cookie_header(first)
+    assert calls.calls == []  # the eager /init waits for the response start
+    header = config.finish(first, 200)
     assert header == (f"atrack_uuid={first.uuid}; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax")
+    assert config.set_cookie_header(first) == header
     again = config.begin(view("/", cookie=f"atrack_uuid={first.uuid}"))
     assert again.uuid == first.uuid
     assert not again.is_new_user
-    assert config.set_cookie_header(again) is None
+    assert config.finish(again, 200) is None
     # Frameworks that parsed the cookies already pass them in.
     parsed = config.begin(view("/"), cookies={"atrack_uuid": KNOWN})
     assert parsed.uuid == KNOWN
+    config.finish(parsed, 200)
     assert [c.body["uuid"] for c in calls.calls] == [first.uuid, KNOWN]
+
+
+@pytest.mark.parametrize("status", [404, 400, 500])
+def test_no_user_for_error_pages_unless_the_view_tracked(
+    sdk: ATrackSdk, calls: CapturedCalls, status: int
+) -> None:
+    # Scanners and bots hitting pages that do not exist create no user.
+    config = IntegrationConfig(sdk=sdk)
+    quiet = config.begin(view("/wp-login.php"))
+    assert config.finish(quiet, status) is not None  # the cookie is still set
+    assert calls.calls == []
+    tracked = config.begin(view("/checkout"))
+    tracked.track("payment_failed")
+    config.finish(tracked, status)
+    assert [c.path for c in calls.calls] == ["/init", "/event"]
+    ok = config.begin(view("/"))
+    config.finish(ok, 302)
+    assert [c.path for c in calls.calls] == ["/init", "/event", "/init"]
 
 
 def test_sync_begin_with_an_async_hook_falls_back(
@@ -291,7 +312,7 @@ def test_local_init_memory_is_bounded(
     monkeypatch.setattr(_init_dedupe, "_LOCAL_SEEN_MAX", 10)
     config = IntegrationConfig(sdk=sdk)
     for _ in range(25):
-        config.begin(view("/"))
+        config.finish(config.begin(view("/")), 200)
     assert len(config.dedupe._seen) <= 10
     assert len(calls.inits) == 25
 

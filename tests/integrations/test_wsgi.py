@@ -104,7 +104,7 @@ def run(app: Any, environ: dict[str, Any]) -> tuple[Response, bytes]:
 
 
 def tracking_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-    tracker = environ["atrack"]
+    tracker = environ["atrack.tracker"]
     tracker.track("viewed", {"path": environ["PATH_INFO"]})
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [tracker.uuid.encode()]
@@ -222,7 +222,7 @@ def test_excluded_requests_do_no_work(
     seen: list[Any] = []
 
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        seen.append(environ["atrack"])
+        seen.append(environ["atrack.tracker"])
         start_response("200 OK", [])
         return [b""]
 
@@ -247,7 +247,7 @@ def test_identify_at_login_switches_user_and_sets_cookie(
     sdk: ATrackSdk, calls: CapturedCalls
 ) -> None:
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        environ["atrack"].identify("3f1c3a52-8f4b-4c1e-9a55-0c7a9d1b2e11", {"plan": "pro"})
+        environ["atrack.tracker"].identify("3f1c3a52-8f4b-4c1e-9a55-0c7a9d1b2e11", {"plan": "pro"})
         start_response("200 OK", [])
         return [b""]
 

@@ -213,7 +213,7 @@ def create_app() -> Any:
         if path == "/health":
             start_response("200 OK", [("Content-Type", "text/plain")])
             return [b"ok"]
-        tracker = environ["atrack"]
+        tracker = environ["atrack.tracker"]
         tag = environ.get("QUERY_STRING", "").partition("tag=")[2]
         # A short sleep interleaves the threads, so shared per-request state would show.
         threading.Event().wait(0.005)

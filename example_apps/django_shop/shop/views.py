@@ -17,6 +17,8 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
+from atrack_integrations import track
+
 LANDING = """<!doctype html>
 <html><head><meta charset="utf-8"><title>A-Track shop</title></head>
 <body>
@@ -97,8 +99,15 @@ def create_order(request: HttpRequest) -> HttpResponse:
         or len(currency) != 3
     ):
         return _bad("expected {amount > 0, currency: 3 letters}")
-    request.atrack.track("order_created", {"amount": amount, "currency": currency})
-    return JsonResponse({"status": "created", "amount": amount, "currency": currency}, status=201)
+    return JsonResponse(record_order(amount, currency), status=201)
+
+
+def record_order(amount: float, currency: str) -> dict[str, Any]:
+    """The shop's order service: it never sees the request, and tracks for the request's
+    user through the current tracker (``NoRequestError`` outside a request)."""
+    # ... store the order ...
+    track("order_created", {"amount": amount, "currency": currency})
+    return {"status": "created", "amount": amount, "currency": currency}
 
 
 def health(request: HttpRequest) -> HttpResponse:

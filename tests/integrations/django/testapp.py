@@ -222,3 +222,10 @@ urlpatterns += [
     path("acstream", acstream),
     path("cboom", cboom),
 ]
+
+try:  # Django REST framework, when installed (the dev group has it)
+    from tests.integrations.django.drf_views import WhoView
+except ImportError:  # pragma: no cover - depends on the environment
+    pass
+else:
+    urlpatterns.append(path("drf/who", WhoView.as_view()))

@@ -1,0 +1,145 @@
+"""The outbox's SQLite file: schema and the statements the writer runs.
+
+WAL mode with ``synchronous=NORMAL``: a commit is in the WAL file when it returns, so
+it survives the process being killed; only a power cut or kernel crash can lose the
+last commits (fsync happens at checkpoints). ``auto_vacuum=INCREMENTAL`` gives freed
+pages back to the file system as the backlog drains, so the file's size follows what
+it holds.
+
+``held``: 1 while the call is in the scheduler's memory, 0 while it is only here
+(spilled, parked, adopted); a held-0 row is loaded back once ``due`` has passed.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+
+from .._call import Call
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS calls (
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL,
+    uuid TEXT NOT NULL,
+    body BLOB NOT NULL,
+    request_id TEXT NOT NULL,
+    created REAL NOT NULL,
+    held INTEGER NOT NULL,
+    due REAL NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS calls_waiting ON calls (held, due, id);
+"""
+# Bytes a row costs beyond its body (columns, index entry, page slack): used for the
+# size bound, which then holds for the file itself (measured in the outbox tests).
+ROW_OVERHEAD = 160
+COLUMNS = "id, path, uuid, body, request_id, created"
+Row = tuple[int, str, str, bytes, str, float]
+
+
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """Open (creating the schema) an outbox file; raises ``sqlite3.Error`` if corrupt."""
+    if readonly:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+        db.execute("SELECT count(*) FROM calls").fetchone()
+        return db
+    db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    try:
+        db.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise sqlite3.DatabaseError(f"journal_mode is {mode}, not wal")
+        db.execute("PRAGMA synchronous = NORMAL")
+        db.execute("PRAGMA journal_size_limit = 4194304")
+        db.executescript(SCHEMA)
+        db.execute("PRAGMA quick_check").fetchone()
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def size_of(call: Call) -> int:
+    return len(call.body) + len(call.uuid) + ROW_OVERHEAD
+
+
+def stored_bytes(db: sqlite3.Connection) -> tuple[int, int]:
+    """(rows, their size as :func:`size_of` counts it)."""
+    rows, size = db.execute(
+        f"SELECT count(*), coalesce(sum(length(body) + length(uuid) + {ROW_OVERHEAD}), 0)"
+        " FROM calls"
+    ).fetchone()
+    return int(rows), int(size)
+
+
+def insert(db: sqlite3.Connection, calls: Iterable[tuple[Call, int, float]]) -> None:
+    """``(call, held, due)`` with ``call.stored`` as the row id."""
+    db.executemany(
+        "INSERT OR REPLACE INTO calls (id, path, uuid, body, request_id, created, held, due)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            (c.stored, c.path, c.uuid, c.body, c.request_id, c.created, held, due)
+            for c, held, due in calls
+        ),
+    )
+
+
+def delete(db: sqlite3.Connection, ids: Iterable[int]) -> None:
+    db.executemany("DELETE FROM calls WHERE id = ?", ((i,) for i in ids))
+
+
+def set_waiting(db: sqlite3.Connection, rows: Iterable[tuple[int, float]]) -> None:
+    """Back to disk only: ``(id, due)``."""
+    db.executemany("UPDATE calls SET held = 0, due = ? WHERE id = ?", ((d, i) for i, d in rows))
+
+
+def due(db: sqlite3.Connection, now: float, limit: int) -> list[Row]:
+    """The oldest waiting rows that may be loaded now, in call order."""
+    return db.execute(
+        f"SELECT {COLUMNS} FROM calls WHERE held = 0 AND due <= ? ORDER BY id LIMIT ?",
+        (now, limit),
+    ).fetchall()
+
+
+def mark_held(db: sqlite3.Connection, ids: Iterable[int]) -> None:
+    db.executemany("UPDATE calls SET held = 1 WHERE id = ?", ((i,) for i in ids))
+
+
+def waiting_due(db: sqlite3.Connection, now: float) -> bool:
+    return (
+        db.execute("SELECT 1 FROM calls WHERE held = 0 AND due <= ? LIMIT 1", (now,)).fetchone()
+        is not None
+    )
+
+
+def expire(db: sqlite3.Connection, before: float) -> tuple[int, int]:
+    """Delete waiting rows created before ``before``: (rows, bytes)."""
+    rows, size = db.execute(
+        f"SELECT count(*), coalesce(sum(length(body) + length(uuid) + {ROW_OVERHEAD}), 0)"
+        " FROM calls WHERE held = 0 AND created < ?",
+        (before,),
+    ).fetchone()
+    if rows:
+        db.execute("DELETE FROM calls WHERE held = 0 AND created < ?", (before,))
+    return int(rows), int(size)
+
+
+def all_rows(db: sqlite3.Connection) -> list[Row]:
+    return db.execute(f"SELECT {COLUMNS} FROM calls ORDER BY id").fetchall()
+
+
+def max_id(db: sqlite3.Connection) -> int:
+    return int(db.execute("SELECT coalesce(max(id), 0) FROM calls").fetchone()[0])
+
+
+def call_of(row: Row) -> Call:
+    rowid, path, uuid, body, request_id, created = row
+    return Call(path, uuid, bytes(body), request_id=request_id, created=created, stored=rowid)
+
+
+def vacuum(db: sqlite3.Connection) -> None:
+    """Give free pages back once many are free."""
+    free = db.execute("PRAGMA freelist_count").fetchone()[0]
+    if free > 256:
+        db.execute("PRAGMA incremental_vacuum")

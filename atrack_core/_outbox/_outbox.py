@@ -1,0 +1,541 @@
+"""The outbox: what the scheduler hands it, a writer thread, adoption of orphaned files.
+
+The caller's thread only appends to a deque (``accepted``/``overflow``); everything
+that touches the disk runs in one writer thread per process:
+
+- every ``COMMIT_INTERVAL`` (sooner once ``WAKE_AT`` calls wait) it writes the calls
+  accepted since the last commit, in one transaction, skipping those already settled
+  (with a healthy API most calls are delivered before they are ever written), and
+  deletes the rows of calls delivered or finally rejected meanwhile;
+- it loads calls that wait on disk only (spilled, parked, adopted) back into the
+  scheduler, oldest first, as the scheduler has room;
+- it adopts the files of processes that are gone (see ``_files``), expires calls older
+  than ``outbox_max_age`` and gives free pages back.
+
+Row ids and ``Call.stored`` are assigned under the scheduler's lock, the same lock
+``settled``/``park`` run under, so a call settled before it was written is never
+written, and one settled after is deleted by the next commit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .. import _fork
+from .._call import Call
+from . import _db, _files
+
+if TYPE_CHECKING:
+    from .._scheduler import BackgroundDelivery
+
+logger = logging.getLogger("atrack.outbox")
+
+COMMIT_INTERVAL = 0.05
+WAKE_AT = 1000  # calls waiting to be written that wake the writer before its interval
+LOAD_BATCH = 2000
+# A call that ran out of retries waits this long on disk before it is tried again.
+PARK_DELAY = 10.0
+# A loaded call that found the scheduler full again waits this long.
+BOUNCE_DELAY = 0.2
+MAINTAIN_INTERVAL = 5.0  # adoption scan, expiry, vacuum
+# Calls spilled but not yet written are memory too: beyond this, a spill is a drop.
+MAX_SPILL_MEMORY = 16 * 1024 * 1024
+DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+DEFAULT_MAX_AGE = 24 * 3600.0
+
+_COUNTS = ("rows", "bytes", "spilled", "parked", "adopted", "expired", "dropped", "loaded")
+_PARKED = -2
+_SETTLED = -1
+
+# Connections inherited across fork: never used or closed in the child (closing could
+# checkpoint or delete the parent's WAL), kept referenced so no finaliser closes them.
+_abandoned: list[sqlite3.Connection] = []
+
+
+class Outbox:
+    """A per-process durable store for a :class:`BackgroundDelivery`; see the module
+    docstring. Built by ``ATrackSdk`` when ``Options.outbox`` is set."""
+
+    def __init__(
+        self,
+        directory: Path,
+        delivery: BackgroundDelivery,
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        max_age: float = DEFAULT_MAX_AGE,
+        report_drop: Callable[[Call], None] | None = None,
+    ) -> None:
+        self.directory = directory
+        self._delivery = delivery
+        self._max_bytes = max_bytes
+        self._max_age = max_age
+        self._report_drop = report_drop
+        self._init_state()
+        delivery.hooks = self
+        _fork.register(self)
+        self._start()
+
+    def _init_state(self) -> None:
+        self._new: deque[Call] = deque()  # accepted, not yet looked at by the writer
+        self._spill: deque[Call] = deque()  # to be written as waiting (or put back)
+        self._removed: list[tuple[int, int]] = []  # (row id, size) settled
+        self._parked: list[int] = []  # row ids parked
+        self._spill_lock = threading.Lock()
+        self._spill_bytes = 0
+        self._spilling = False
+        self._wake = threading.Event()
+        self._opened = threading.Event()  # the file is open and orphans adopted (or failed)
+        self._idle = threading.Condition()  # drain() waits here
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._stop = False
+        self._db: sqlite3.Connection | None = None
+        self._path: Path | None = None
+        self._fd: int | None = None
+        self._next_id = 1
+        self._next_due = 0.0  # when a waiting row may next be due (0: check now)
+        self._full_logged = 0.0
+        self.counts: dict[str, int] = dict.fromkeys(
+            (
+                "rows",
+                "bytes",
+                "spilled",
+                "parked",
+                "adopted",
+                "expired",
+                "dropped",
+                "loaded",
+                "corrupt",
+            ),
+            0,
+        )
+
+    def after_fork_in_child(self) -> None:
+        # The parent's file, lock and thread are the parent's; closing the inherited
+        # descriptor leaves the parent's lock in place (it belongs to the open file).
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+        if self._db is not None:
+            _abandoned.append(self._db)
+        stop = self._stop
+        self._init_state()
+        self._stop = stop  # if still open, started again by the child's first call
+
+    # -- hooks (see _scheduler.StoreHooks) ------------------------------------------
+
+    @property
+    def spilling(self) -> bool:
+        return self._spilling
+
+    def accepted(self, call: Call) -> None:
+        if call.stored:
+            return  # loaded back from here: its row exists
+        self._new.append(call)
+        if self._thread is None:
+            self._start()
+        if len(self._new) >= WAKE_AT:
+            self._wake.set()
+
+    def overflow(self, call: Call) -> bool:
+        """A call the scheduler has no room for (or, while spilling, any new call)."""
+        if self._stop:
+            return False
+        if call.stored > 0:  # loaded back, and the scheduler filled up again
+            self._spill.append(call)
+            return True
+        size = _db.size_of(call)
+        with self._spill_lock:
+            full = (
+                self.counts["bytes"] + self._spill_bytes + size > self._max_bytes
+                or self._spill_bytes + size > MAX_SPILL_MEMORY
+                or not self._usable(starting=True)
+            )
+            if not full:
+                self._spill_bytes += size
+                self._spill.append(call)
+                self._spilling = True
+                self.counts["spilled"] += 1
+        if full:
+            return False
+        if self._thread is None:
+            self._start()
+        return True
+
+    def settled(self, call: Call, delivered: bool) -> None:
+        stored = call.stored
+        if stored > 0:
+            self._removed.append((stored, _db.size_of(call)))
+        elif stored == 0:
+            call.stored = _SETTLED
+
+    def _usable(self, *, starting: bool = False) -> bool:
+        thread = self._thread
+        if self._stop:
+            return False
+        if thread is None:
+            return starting  # started by the caller (never under the scheduler's lock)
+        return thread.is_alive() or thread.ident is None
+
+    def park(self, call: Call) -> bool:
+        if not self._usable():
+            return False
+        stored = call.stored
+        if stored > 0:
+            self._parked.append(stored)
+        elif stored == 0:
+            call.stored = _PARKED  # the writer writes it as waiting
+        else:
+            return False
+        self.counts["parked"] += 1
+        return True
+
+    # -- for the SDK ------------------------------------------------------------------
+
+    def stats(self) -> dict[str, int]:
+        counts = self.counts
+        return {
+            "outbox_pending": counts["rows"],
+            # Accepted or spilled, not yet looked at by the writer (the next commit).
+            "outbox_unwritten": len(self._new) + len(self._spill),
+            "outbox_bytes": counts["bytes"],
+            "outbox_spilled": counts["spilled"],
+            "outbox_parked": counts["parked"],
+            "outbox_adopted": counts["adopted"],
+            "outbox_expired": counts["expired"],
+            "outbox_dropped": counts["dropped"],
+        }
+
+    def drain(self, timeout: float | None) -> bool:
+        """Wait until no call waits on disk to be loaded now (spilled or adopted);
+        parked calls (waiting out ``PARK_DELAY``) do not count."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if self._thread is not None and not self._opened.wait(timeout):
+            return False
+        with self._idle:
+            while self._spilling or self._spill:
+                if self._thread is None or not self._thread.is_alive():
+                    return False
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._wake.set()
+                self._idle.wait(0.05 if left is None else min(left, 0.05))
+        return True
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Write what is still in memory, release the file (the next SDK using the
+        directory adopts what is left in it; an empty file is removed)."""
+        self._stop = True
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            self._wake.set()
+            thread.join(timeout)
+
+    # -- the writer thread ------------------------------------------------------------
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._thread is not None or self._stop:
+                return
+            thread = threading.Thread(target=self._main, name="atrack-outbox", daemon=True)
+            self._thread = thread
+        try:
+            thread.start()
+        except RuntimeError:  # interpreter shutting down
+            logger.debug("A-Track outbox writer could not start", exc_info=True)
+
+    def _main(self) -> None:
+        try:
+            self._open()
+        except Exception:
+            logger.exception(
+                "A-Track outbox in %s cannot be used; calls are kept in memory only",
+                self.directory,
+            )
+            self._spilling = False
+            return
+        finally:
+            self._opened.set()
+        last_maintained = 0.0
+        while True:
+            self._wake.wait(COMMIT_INTERVAL)
+            self._wake.clear()
+            stop = self._stop
+            try:
+                self._commit()
+                now = time.monotonic()
+                if now - last_maintained >= MAINTAIN_INTERVAL:
+                    last_maintained = now
+                    self._maintain()
+                if not stop:
+                    self._load()
+            except sqlite3.Error:
+                self._recover()
+            except Exception:
+                logger.exception("A-Track outbox writer failed; going on")
+            with self._idle:
+                self._idle.notify_all()
+            if stop:
+                break
+        self._release()
+
+    def _open(self) -> None:
+        path, fd = _files.create_own(self.directory)
+        self._path, self._fd = path, fd
+        self._db = _db.connect(path)
+        self._adopt_all()
+
+    def _recover(self) -> None:
+        """A SQLite error on our own file: move it aside and start a fresh one."""
+        logger.exception("A-Track outbox file %s failed; moving it aside", self._path)
+        old_db, old_fd, old_path = self._db, self._fd, self._path
+        self._db = None
+        if old_db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                old_db.close()
+        if old_path is not None:
+            _files.move_aside(old_path)
+        if old_fd is not None:
+            os.close(old_fd)
+        with self._delivery.lock:
+            self.counts["rows"] = self.counts["bytes"] = 0
+            self._removed.clear()
+            self._parked.clear()
+        try:
+            self._path, self._fd = _files.create_own(self.directory)
+            self._db = _db.connect(self._path)
+        except Exception:
+            logger.exception("A-Track outbox cannot start a fresh file; memory only")
+            self._stop = True
+
+    def _commit(self) -> None:
+        db = self._db
+        assert db is not None
+        now = time.time()
+        inserts: list[tuple[Call, int, float]] = []
+        put_back: list[tuple[int, float]] = []
+        counts = self.counts
+        added = 0
+        spilled_bytes = 0
+        # Spilled calls had their room reserved when they were taken (``overflow``).
+        reserved = self._spill_bytes
+        with self._delivery.lock:
+            new = self._new
+            while new:
+                call = new.popleft()
+                if call.stored in (0, _PARKED):
+                    size = _db.size_of(call)
+                    if counts["bytes"] + reserved + added + size > self._max_bytes:
+                        # In memory still, but not durable: counted, logged sometimes.
+                        self._log_full()
+                        counts["dropped"] += 1
+                        call.stored = _SETTLED
+                        continue
+                    waiting = call.stored == _PARKED
+                    call.stored = self._next_id
+                    self._next_id += 1
+                    added += size
+                    inserts.append((call, 0 if waiting else 1, now + PARK_DELAY if waiting else 0))
+            spill = self._spill
+            while spill:
+                call = spill.popleft()
+                if call.stored > 0:
+                    put_back.append((call.stored, now + BOUNCE_DELAY))
+                    continue
+                size = _db.size_of(call)
+                spilled_bytes += size
+                call.stored = self._next_id
+                self._next_id += 1
+                added += size
+                inserts.append((call, 0, 0.0))
+            removed, self._removed = self._removed, []
+            parked, self._parked = self._parked, []
+        if spilled_bytes:
+            with self._spill_lock:
+                self._spill_bytes -= spilled_bytes
+        if not (inserts or removed or parked or put_back):
+            return
+        db.execute("BEGIN")
+        try:
+            if inserts:
+                _db.insert(db, inserts)
+            if removed:
+                _db.delete(db, (rowid for rowid, _ in removed))
+            if parked:
+                _db.set_waiting(db, ((rowid, now + PARK_DELAY) for rowid in parked))
+            if put_back:
+                _db.set_waiting(db, put_back)
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
+        counts["rows"] += len(inserts) - len(removed)
+        counts["bytes"] += added - sum(size for _, size in removed)
+        if parked or put_back or any(held == 0 for _, held, _ in inserts):
+            self._next_due = 0.0  # look for due rows at the next load
+
+    def _log_full(self) -> None:
+        now = time.monotonic()
+        if now - self._full_logged >= 10.0:
+            self._full_logged = now
+            logger.warning(
+                "A-Track outbox in %s is full (outbox_max_bytes %d); new calls are not "
+                "written to disk (see stats()['outbox_dropped'])",
+                self.directory,
+                self._max_bytes,
+            )
+
+    def _load(self) -> None:
+        """Hand waiting rows back to the scheduler, oldest first, as it has room."""
+        db = self._db
+        assert db is not None
+        now = time.time()
+        if not self._spilling and now < self._next_due:
+            return
+        room = self._delivery.room()
+        if room <= 0:
+            return
+        rows = _db.due(db, now, min(room, LOAD_BATCH))
+        if rows:
+            db.execute("BEGIN")
+            _db.mark_held(db, (row[0] for row in rows))
+            db.execute("COMMIT")
+            self.counts["loaded"] += len(rows)
+            for row in rows:
+                self._delivery.submit(_db.call_of(row), resumed=True)
+        if len(rows) < min(room, LOAD_BATCH):
+            with self._spill_lock:
+                if not self._spill:
+                    self._spilling = False
+            nxt = db.execute("SELECT min(due) FROM calls WHERE held = 0").fetchone()[0]
+            self._next_due = float(nxt) if nxt is not None else float("inf")
+
+    def _maintain(self) -> None:
+        db = self._db
+        assert db is not None
+        if self._max_age:
+            db.execute("BEGIN")
+            rows, size = _db.expire(db, time.time() - self._max_age)
+            db.execute("COMMIT")
+            if rows:
+                self.counts["rows"] -= rows
+                self.counts["bytes"] -= size
+                self.counts["expired"] += rows
+                logger.warning(
+                    "A-Track outbox dropped %d calls older than outbox_max_age (%g s)",
+                    rows,
+                    self._max_age,
+                )
+        self._adopt_all()
+        _db.vacuum(db)
+
+    # -- adoption ---------------------------------------------------------------------
+
+    def _adopt_all(self) -> None:
+        for path in _files.outbox_files(self.directory):
+            if path == self._path:
+                continue
+            fd = _files.lock_if_orphaned(path)
+            if fd is None:
+                continue
+            try:
+                self._adopt(path)
+            finally:
+                os.close(fd)  # after its SQLite connection is closed (see _files)
+
+    def _adopt(self, path: Path) -> None:
+        """Move the rows of an orphaned file into ours (one transaction), then remove it.
+        If this process dies in between, the rows are in both files: delivered twice
+        with the same request id, which the API deduplicates."""
+        db = self._db
+        assert db is not None
+        try:
+            other = _db.connect(path)
+            try:
+                rows = _db.all_rows(other)
+            finally:
+                other.close()
+        except sqlite3.Error as exc:
+            target = _files.move_aside(path)
+            logger.error(
+                "A-Track outbox file %s cannot be read (%s); moved aside to %s, its calls "
+                "are not delivered",
+                path,
+                exc,
+                target.name,
+            )
+            return
+        if rows:
+            calls: list[tuple[Call, int, float]] = []
+            with self._delivery.lock:
+                for row in rows:
+                    call = _db.call_of(row)
+                    call.stored = self._next_id
+                    self._next_id += 1
+                    calls.append((call, 0, 0.0))
+            db.execute("BEGIN")
+            try:
+                _db.insert(db, calls)
+                db.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+                raise
+            self.counts["rows"] += len(calls)
+            self.counts["bytes"] += sum(_db.size_of(c) for c, _, _ in calls)
+            self.counts["adopted"] += len(calls)
+            self._next_due = 0.0
+            self._spilling = True  # new calls queue up behind the adopted ones
+            logger.info("A-Track outbox adopted %d calls from %s", len(calls), path.name)
+        _files.remove(path)
+
+    def _release(self) -> None:
+        db, fd, path = self._db, self._fd, self._path
+        self._db = None
+        if db is not None:
+            try:
+                empty = self.counts["rows"] <= 0 and _db.stored_bytes(db)[0] == 0
+            except sqlite3.Error:
+                empty = False
+            with contextlib.suppress(sqlite3.Error):
+                db.close()
+            if empty and path is not None:
+                _files.remove(path)
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fd = None
+
+
+def describe(directory: Path) -> list[dict[str, Any]]:
+    """Per file: name, owner alive or not, pending calls and bytes (``atrack outbox
+    inspect``). Read-only; a live owner's file is read through SQLite's own locking."""
+    result: list[dict[str, Any]] = []
+    for path in _files.outbox_files(directory):
+        entry: dict[str, Any] = {"file": path.name, "owner_alive": _files.is_locked(path)}
+        try:
+            db = _db.connect(path, readonly=True)
+            try:
+                rows, size = _db.stored_bytes(db)
+                oldest = db.execute("SELECT min(created) FROM calls").fetchone()[0]
+                paths = dict(
+                    db.execute("SELECT path, count(*) FROM calls GROUP BY path").fetchall()
+                )
+            finally:
+                db.close()
+            entry.update(pending=rows, bytes=size, oldest=oldest, by_path=paths)
+        except sqlite3.Error as exc:
+            entry["error"] = str(exc)
+        result.append(entry)
+    return result

@@ -1,0 +1,271 @@
+"""The outbox with real processes and a real collector: files and permissions, group
+commits and removal once delivered, spill instead of drop, ``kill -9`` and adoption,
+parking after the retry budget, the size and age bounds, corrupt files."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sqlite3
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import atrack_core._outbox._outbox as outbox_mod
+from atrack_core import ATrackSdk, Options
+from tests.fake_api import FakeApi, Plan, closed_port_url
+from tests.outbox.conftest import KEY, duplicates, spawn, unique_calls, wait_until
+
+
+def files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.iterdir() if p.name.endswith(".db"))
+
+
+def test_calls_are_written_then_removed_once_delivered(tmp_path: Path, slow_collector: Any) -> None:
+    collector = slow_collector
+    outbox = tmp_path / "outbox"
+    sdk = ATrackSdk(Options(KEY, endpoint=collector.url, outbox=outbox))
+    for i in range(300):
+        sdk.track("written", {"i": i}, uuid=f"user-{i % 10}")
+    wait_until(lambda: sdk.stats()["outbox_pending"] > 0, 5, "a group commit")
+    (db,) = files(outbox)
+    assert stat.S_IMODE(outbox.stat().st_mode) == 0o700
+    assert stat.S_IMODE(db.stat().st_mode) == 0o600
+    assert sdk.flush(20)
+    wait_until(lambda: sdk.stats()["outbox_pending"] == 0, 5, "the delivered rows to go")
+    sdk.shutdown()
+    assert len(unique_calls(collector)) == 300
+    assert files(outbox) == []  # an empty file is removed at shutdown
+
+
+def test_a_call_that_does_not_fit_in_memory_spills_to_disk(tmp_path: Path, collector: Any) -> None:
+    sdk = ATrackSdk(
+        Options(KEY, endpoint=collector.url, outbox=tmp_path / "ob", max_queue_size=100)
+    )
+    for user in range(20):
+        for step in range(5):
+            sdk.set_attributes({"step": step}, uuid=f"user-{user}")
+        for i in range(200):
+            sdk.track("burst", {"i": i}, uuid=f"user-{user}")
+    stats = sdk.stats()
+    assert stats["dropped"] == 0
+    assert stats["outbox_spilled"] > 3000
+    assert sdk.flush(60)
+    sdk.shutdown()
+    calls = unique_calls(collector)
+    assert len(calls) == 20 * 205
+    for user in range(20):  # a user's /attributes calls stay in call order
+        steps = [
+            c["body"] for c in calls if c["path"] == "/attributes" and c["uuid"] == f"user-{user}"
+        ]
+        assert [json.loads(b)["attributes"]["step"] for b in steps] == list(range(5))
+
+
+CHILD = """
+import os, sys, time
+from atrack_core import ATrackSdk, Options
+sdk = ATrackSdk(Options(sys.argv[1], endpoint=sys.argv[2], outbox=sys.argv[3], max_concurrency=8))
+n = int(sys.argv[4])
+for user in range(20):
+    sdk.set_attributes({"step": 0}, uuid=f"user-{user}")
+    sdk.set_attributes({"step": 1}, uuid=f"user-{user}")
+for i in range(n):
+    sdk.track("burst", {"i": i}, uuid=f"user-{i % 20}")
+# Every call written (the last group commit is the window a kill -9 can lose).
+while sdk.stats()["outbox_unwritten"] or sdk.stats()["sent"] < 100:
+    time.sleep(0.01)
+time.sleep(0.1)  # the commit that took the last ones returns
+print("written", sdk.stats()["sent"], flush=True)
+time.sleep(600)
+"""
+
+
+def test_kill_9_then_the_next_sdk_adopts_and_delivers(tmp_path: Path, slow_collector: Any) -> None:
+    collector = slow_collector  # 8 at a time: ~40 calls/s, most are queued at the kill
+    outbox = tmp_path / "ob"
+    n = 3000
+    child = spawn(CHILD, KEY, collector.url, str(outbox), str(n))
+    assert child.stdout is not None
+    line = child.stdout.readline()
+    assert line.startswith("written"), line
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait(10)
+    child.stdout.close()
+    before = len(unique_calls(collector))
+    assert before < n
+    sdk = ATrackSdk(Options(KEY, endpoint=collector.url, outbox=outbox))
+    wait_until(lambda: len(unique_calls(collector)) >= n + 40, 60, "every call to arrive")
+    stats = sdk.stats()
+    assert stats["outbox_adopted"] >= n + 40 - before - 8
+    sdk.shutdown()
+    calls = unique_calls(collector)
+    assert len(calls) == n + 40
+    for user in range(20):
+        steps = [c for c in calls if c["path"] == "/attributes" and c["uuid"] == f"user-{user}"]
+        assert [c["id"] for c in steps] == sorted(c["id"] for c in steps)
+    print(f"\nkill -9: {before} arrived before, {duplicates(collector)} sent twice (deduplicated)")
+    assert files(outbox) == []
+
+
+def test_retries_run_out_the_call_is_parked_then_delivered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(outbox_mod, "PARK_DELAY", 0.3)
+    with FakeApi() as api:
+        api.plan("/event", *[Plan(503)] * 10)
+        errors: list[Any] = []
+        sdk = ATrackSdk(
+            Options(
+                KEY,
+                endpoint=api.url,
+                outbox=tmp_path / "ob",
+                max_retries=0,
+                on_error=lambda call, exc: errors.append(exc),
+            )
+        )
+        for i in range(5):
+            sdk.track("parked", {"i": i}, uuid="u1")
+        api.wait_for(15, timeout=20)
+        wait_until(
+            lambda: (
+                len({r.headers["x-a-track-request-id"] for r in api.received if r.status == 200})
+                == 5
+            ),
+            10,
+            "delivery",
+        )
+        stats = sdk.stats()
+        sdk.shutdown()
+    assert errors == []
+    assert stats["failed"] == 0
+    assert stats["outbox_parked"] == 10
+    ids = [r.headers["x-a-track-request-id"] for r in api.received]
+    assert len(set(ids)) == 5  # the same request id on every try
+
+
+def test_final_rejection_removes_the_call(tmp_path: Path) -> None:
+    with FakeApi() as api:
+        api.default_status = 400
+        sdk = ATrackSdk(Options(KEY, endpoint=api.url, outbox=tmp_path / "ob"))
+        for i in range(20):
+            sdk.track("rejected", {"i": i}, uuid="u1")
+        assert sdk.flush(10)
+        wait_until(lambda: sdk.stats()["outbox_pending"] == 0, 5, "rows removed")
+        assert sdk.stats()["failed"] == 20
+        sdk.shutdown()
+    assert files(tmp_path / "ob") == []
+
+
+def test_max_bytes_bounds_the_disk(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    outbox = tmp_path / "ob"
+    sdk = ATrackSdk(
+        Options(
+            KEY,
+            endpoint=closed_port_url(),
+            outbox=outbox,
+            outbox_max_bytes=256 * 1024,
+            max_queue_size=50,
+            shutdown_timeout=0.5,
+        )
+    )
+    for i in range(3000):
+        sdk.track("bounded", {"i": i, "pad": "x" * 200}, uuid=f"u{i % 7}")
+    wait_until(lambda: sdk.stats()["outbox_pending"] > 0, 5, "a commit")
+    stats = sdk.stats()
+    sdk.shutdown()
+    assert stats["dropped"] > 0
+    assert stats["outbox_bytes"] <= 256 * 1024
+    size = sum(p.stat().st_size for p in outbox.iterdir() if not p.name.endswith("-shm"))
+    assert size <= 256 * 1024 + 4 * 1024 * 1024  # WAL kept within journal_size_limit
+    (db,) = files(outbox)
+    assert db.stat().st_size <= 256 * 1024 * 1.25
+    assert "queue is full" in caplog.text
+
+
+def test_calls_older_than_max_age_are_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(outbox_mod, "MAINTAIN_INTERVAL", 0.1)
+    sdk = ATrackSdk(
+        Options(
+            KEY,
+            endpoint=closed_port_url(),
+            outbox=tmp_path / "ob",
+            outbox_max_age=0.5,
+            max_queue_size=10,
+            shutdown_timeout=0.2,
+        )
+    )
+    for i in range(200):
+        sdk.track("old", {"i": i}, uuid="u1")
+    wait_until(lambda: sdk.stats()["outbox_expired"] >= 180, 10, "expiry")
+    sdk.shutdown()
+    assert "older than outbox_max_age" in caplog.text
+
+
+def test_a_corrupt_file_is_moved_aside(
+    tmp_path: Path, collector: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    outbox = tmp_path / "ob"
+    outbox.mkdir(mode=0o700)
+    bad = outbox / "atrack-1-deadbeef.db"
+    bad.write_bytes(b"this is not a database" * 100)
+    sdk = ATrackSdk(Options(KEY, endpoint=collector.url, outbox=outbox))
+    sdk.track("after", uuid="u1")
+    assert sdk.flush(10)
+    wait_until(lambda: not bad.exists(), 5, "the corrupt file to move")
+    sdk.shutdown()
+    assert [p.name.split(".corrupt-")[0] for p in outbox.iterdir()] == [bad.name]
+    assert "cannot be read" in caplog.text
+    assert len(unique_calls(collector)) == 1
+
+
+def test_refuses_a_world_writable_directory(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(ValueError, match="world-writable"):
+        ATrackSdk(Options(KEY, endpoint="http://127.0.0.1:9", outbox=shared))
+
+
+def test_refuses_a_symlinked_file(tmp_path: Path) -> None:
+    outbox = tmp_path / "ob"
+    outbox.mkdir(mode=0o700)
+    (outbox / "atrack-1-00000000.db").symlink_to(tmp_path / "elsewhere.db")
+    with pytest.raises(ValueError, match="symlink"):
+        ATrackSdk(Options(KEY, endpoint="http://127.0.0.1:9", outbox=outbox))
+
+
+def test_sync_mode_ignores_the_outbox(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, "atrack"):
+        sdk = ATrackSdk(
+            Options(KEY, endpoint="http://127.0.0.1:9", outbox=tmp_path / "ob", delivery="sync")
+        )
+    sdk.shutdown()
+    assert "outbox" in caplog.text and "ignored" in caplog.text
+    assert not (tmp_path / "ob").exists()
+    assert "outbox_pending" not in sdk.stats()
+
+
+def test_from_env_reads_atrack_outbox(tmp_path: Path) -> None:
+    options = Options.from_env({"ATRACK_PUBLIC_KEY": KEY, "ATRACK_OUTBOX": str(tmp_path)})
+    assert options.outbox == str(tmp_path)
+    with pytest.raises(ValueError, match="outbox_max_bytes"):
+        ATrackSdk(Options(KEY, outbox=tmp_path, outbox_max_bytes=10))
+
+
+def test_an_outbox_file_is_a_real_sqlite_wal_database(tmp_path: Path, slow_collector: Any) -> None:
+    sdk = ATrackSdk(Options(KEY, endpoint=slow_collector.url, outbox=tmp_path / "ob"))
+    sdk.track("x", uuid="u1")
+    wait_until(lambda: sdk.stats()["outbox_pending"] == 1, 5, "a commit")
+    (db,) = files(tmp_path / "ob")
+    con = sqlite3.connect(db)
+    try:
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        con.close()
+    sdk.shutdown()

@@ -1,0 +1,113 @@
+"""The outbox across processes: ``multiprocessing.Pool`` children, ``atrack outbox
+inspect``/``flush`` on the files of a killed process, the integrations' settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from atrack_core import ATrackSdk, Options
+from atrack_integrations._settings import resolve_sdk
+from tests.outbox.conftest import KEY, ROOT, spawn, unique_calls, wait_until
+
+POOL = """
+import multiprocessing, sys
+from atrack_core import ATrackSdk, Options
+sdk = ATrackSdk(Options(sys.argv[1], endpoint=sys.argv[2], outbox=sys.argv[3]))
+
+def work(start):
+    for i in range(start, start + 50):
+        sdk.track("pooled", {"i": i}, uuid=f"user-{i % 13}")
+    return start
+
+if __name__ == "__main__":
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        done = pool.map(work, range(0, 1000, 50))
+        pool.close()
+        pool.join()
+    print("done", len(done), flush=True)
+"""
+
+
+def test_multiprocessing_pool_children_deliver_everything(tmp_path: Path, collector: Any) -> None:
+    outbox = tmp_path / "ob"
+    child = spawn(POOL, KEY, collector.url, str(outbox))
+    out, _ = child.communicate(timeout=60)
+    assert child.returncode == 0, out
+    assert "done 20" in out
+    # Each child flushes at its exit; what one could not is in its file, adopted by
+    # the next SDK using the directory.
+    sdk = ATrackSdk(Options(KEY, endpoint=collector.url, outbox=outbox))
+    wait_until(lambda: len(unique_calls(collector)) >= 1000, 30, "1,000 events")
+    sdk.shutdown()
+    calls = unique_calls(collector)
+    assert sorted(json.loads(c["body"])["attributes"]["i"] for c in calls) == list(range(1000))
+
+
+KILLED = """
+import sys, time
+from atrack_core import ATrackSdk, Options
+sdk = ATrackSdk(Options(sys.argv[1], endpoint="http://127.0.0.1:9", outbox=sys.argv[2]))
+for i in range(500):
+    sdk.track("left", {"i": i}, uuid=f"user-{i % 5}")
+while sdk.stats()["outbox_unwritten"] or sdk.stats()["outbox_pending"] < 500:
+    time.sleep(0.01)
+print("written", flush=True)
+time.sleep(600)
+"""
+
+
+def atrack(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ATRACK_")}
+    return subprocess.run(
+        [sys.executable, "-m", "atrack_core", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_cli_inspect_and_flush_deliver_a_dead_process_calls(tmp_path: Path, collector: Any) -> None:
+    outbox = tmp_path / "ob"
+    child = spawn(KILLED, KEY, str(outbox))
+    assert child.stdout is not None
+    assert child.stdout.readline().startswith("written")
+    live = atrack("outbox", "inspect", str(outbox))
+    assert "process alive" in live.stdout and "500 calls" in live.stdout, live
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait(10)
+    child.stdout.close()
+    dead = atrack("outbox", "inspect", str(outbox))
+    assert dead.returncode == 0
+    assert "process gone" in dead.stdout and "/event 500" in dead.stdout, dead.stdout
+    flushed = atrack("outbox", "flush", str(outbox), "--key", KEY, "--endpoint", collector.url)
+    assert flushed.returncode == 0, flushed.stdout + flushed.stderr
+    assert "adopted 500 calls, delivered 500" in flushed.stdout
+    assert len(unique_calls(collector)) == 500
+    assert "no outbox files" in atrack("outbox", "inspect", str(outbox)).stdout
+
+
+def test_integration_settings_turn_the_outbox_on(tmp_path: Path, collector: Any) -> None:
+    sdk = resolve_sdk(
+        public_key=KEY,
+        endpoint=collector.url,
+        outbox=str(tmp_path / "ob"),
+        outbox_max_bytes="1048576",
+        outbox_max_age="60",
+    )
+    try:
+        assert sdk.options.outbox_max_bytes == 1048576
+        assert sdk.options.outbox_max_age == 60.0
+        sdk.track("configured", uuid="u1")
+        assert sdk.flush(10)
+        assert "outbox_pending" in sdk.stats()
+    finally:
+        sdk.shutdown()
+    assert len(unique_calls(collector)) == 1
