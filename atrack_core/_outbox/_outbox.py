@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _fork
 from .._call import Call
+from .._wire import new_request_id
 from . import _db, _files
 
 if TYPE_CHECKING:
@@ -342,6 +343,8 @@ class Outbox:
                         call.stored = _SETTLED
                         continue
                     waiting = call.stored == _PARKED
+                    if not call.request_id:  # not yet taken by a sender (same lock)
+                        call.request_id = new_request_id()
                     call.stored = self._next_id
                     self._next_id += 1
                     added += size
@@ -354,6 +357,8 @@ class Outbox:
                     continue
                 size = _db.size_of(call)
                 spilled_bytes += size
+                if not call.request_id:
+                    call.request_id = new_request_id()
                 call.stored = self._next_id
                 self._next_id += 1
                 added += size
