@@ -134,7 +134,7 @@ def _prepare(h: Any, url: str, headers: Mapping[str, str], body: bytes) -> int:
     h.setopt(pycurl.HTTPHEADER, lines)
     h.setopt(pycurl.POSTFIELDSIZE, len(body))
     h.setopt(pycurl.COPYPOSTFIELDS, body)
-    return len(body) + sum(len(line) + 2 for line in lines[:-1])
+    return len(body) + sum(map(len, lines))
 
 
 def _result(h: Any, state: _State, code: int, message: str) -> Response | TransportError:

@@ -135,15 +135,20 @@ def _pool(endpoint: Endpoint, backend: _Backend) -> httpcore.ConnectionPool:
             http2=endpoint.http2,
             network_backend=backend,
         )
+    # httpcore < 1.0 (httpx 0.24, the oldest supported) has no proxy_ssl_context: pass
+    # it only for an https proxy, the one case that needs it.
+    tls_to_proxy: dict[str, typing.Any] = (
+        {"proxy_ssl_context": context} if parts.scheme == "https" else {}
+    )
     return httpcore.HTTPProxy(
         proxy_url=url,
         proxy_auth=auth,
         ssl_context=context,
-        proxy_ssl_context=context if parts.scheme == "https" else None,
         max_connections=1,
         http2=endpoint.http2,
         network_backend=backend,
         socket_options=_SOCKET_OPTIONS,
+        **tls_to_proxy,
     )
 
 

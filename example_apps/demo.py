@@ -58,15 +58,33 @@ SCRIPT: list[tuple[str, str, list[tuple[str, str, dict[str, Any] | None]]]] = [
 ]
 
 
-def _port_or_free(port: int) -> int:
+def _port_or_free(port: int, what: str) -> int:
+    """``port`` when it is free, else a free one, saying why the port changed."""
     with socket.socket() as sock:
         # As the servers will: a port in TIME_WAIT from a previous demo is still usable.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
-        except OSError:
+        except OSError as exc:
             sock.bind(("127.0.0.1", 0))
+            other = sock.getsockname()[1]
+            print(
+                f"demo: port {port} is taken ({_holder(port, exc)}); the {what} uses "
+                f"port {other} instead",
+                flush=True,
+            )
         return int(sock.getsockname()[1])
+
+
+def _holder(port: int, exc: OSError) -> str:
+    """What is on ``port``, as far as one quick request tells."""
+    try:
+        answer = httpx.get(f"http://127.0.0.1:{port}/api/stats", timeout=0.5, trust_env=False)
+        if answer.status_code == 200 and "calls" in answer.text:
+            return "an A-Track collector runs there: another 'make demo' or 'atrack collector'"
+    except httpx.HTTPError:
+        pass
+    return f"another program listens there: {exc.strerror or exc}"
 
 
 def _start_app(port: int) -> tuple[Any, threading.Thread, Any]:
@@ -144,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from atrack_core.collector import Collector
 
-    collector = Collector(port=_port_or_free(COLLECTOR_PORT)).start()
+    print("demo: starting the local collector and the example app...", flush=True)
+    collector = Collector(port=_port_or_free(COLLECTOR_PORT, "collector")).start()
     os.environ.update(
         {
             "ATRACK_PUBLIC_KEY": DEMO_KEY,
@@ -153,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         }
     )
     os.environ.pop("ATRACK_REDIS_URL", None)
-    app_port = _port_or_free(APP_PORT)
+    app_port = _port_or_free(APP_PORT, "example app")
     server, thread, sdk = _start_app(app_port)
     app_url = f"http://127.0.0.1:{app_port}"
     try:

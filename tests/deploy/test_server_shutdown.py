@@ -86,10 +86,13 @@ def send_traffic(server: Server, path: str) -> None:
 def shut_down(
     start_server: StartServer, fake_api: FakeApi, name: str, *, sigterm_flush: bool = True
 ) -> tuple[Server, dict[str, Any]]:
-    """Start server ``name``, send the traffic, SIGTERM; what arrived."""
-    kind, args, needs = SERVERS[name]
+    """Start server ``name`` (``-httpx``: with the httpx transport, else ``"auto"``:
+    libcurl), send the traffic, SIGTERM; what arrived."""
+    kind, args, needs = SERVERS[name.removesuffix("-httpx")]
     pytest.importorskip(needs)
     env = {"ATRACK_TEST_ENDPOINT": fake_api.url}
+    if name.endswith("-httpx"):
+        env["ATRACK_TEST_TRANSPORT"] = "httpx"
     if not sigterm_flush:
         env["ATRACK_SIGTERM_FLUSH"] = "0"
     django = name.startswith("django")
@@ -125,7 +128,8 @@ def shut_down(
     return server, result
 
 
-@pytest.mark.parametrize("name", list(SERVERS))
+# The SIGTERM flush and a plain exit flush, also through the pure-Python transport.
+@pytest.mark.parametrize("name", [*SERVERS, "waitress-httpx", "gunicorn-sync-httpx"])
 def test_sigterm_loses_no_call(start_server: StartServer, fake_api: FakeApi, name: str) -> None:
     server, result = shut_down(start_server, fake_api, name)
     if (result["delivered"], result["inits"], result["events"]) != (CALLS, REQUESTS, REQUESTS):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -51,3 +52,35 @@ def test_demo_once_finishes_and_counts_users_and_events() -> None:
     assert re.search(r"order_created\s+4\b", out), out
     assert re.search(r"calls: /init 5, /attributes 2, /event 11; rejected 0", out), out
     assert re.search(r"Inspector: http://127\.0\.0\.1:\d+/", out), out
+
+
+def test_demo_says_why_a_port_changed(capsys: pytest.CaptureFixture[str]) -> None:
+    from atrack_core.collector import run_in_thread
+    from example_apps.demo import _port_or_free
+
+    # Taken by a collector (a demo or `atrack collector` still running): named as such.
+    with run_in_thread() as collector:
+        taken = collector.port
+        other = _port_or_free(taken, "collector")
+        out = capsys.readouterr().out
+    assert other != taken
+    assert f"port {taken} is taken (an A-Track collector runs there" in out
+    assert f"the collector uses port {other} instead" in out
+
+    # Taken by something else.
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        other = _port_or_free(taken, "example app")
+        out = capsys.readouterr().out
+    assert other != taken
+    assert f"port {taken} is taken (another program listens there" in out
+    assert f"the example app uses port {other} instead" in out
+
+    # Free: kept, and nothing said.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free = probe.getsockname()[1]
+    assert _port_or_free(free, "collector") == free
+    assert capsys.readouterr().out == ""
