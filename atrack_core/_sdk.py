@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -80,6 +81,7 @@ class ATrackSdk:
                 self._delivery,
                 max_bytes=options.outbox_max_bytes,
                 max_age=options.outbox_max_age,
+                owner=hashlib.sha256(self._public_key.encode()).hexdigest()[:16],
             )
         # (transport, delivery) while atrack_core.testing overrides the transport
         self._overridden: tuple[object, SyncDelivery] | None = None

@@ -26,12 +26,12 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import _fork
 from .._call import Call
+from .._wire import new_request_id
 from . import _db, _files
 
 if TYPE_CHECKING:
@@ -72,13 +72,15 @@ class Outbox:
         *,
         max_bytes: int = DEFAULT_MAX_BYTES,
         max_age: float = DEFAULT_MAX_AGE,
-        report_drop: Callable[[Call], None] | None = None,
+        owner: str = "",
     ) -> None:
         self.directory = directory
+        # Only files of the same owner (a digest of the public key) are adopted: a
+        # shared directory never sends one project's calls with another project's key.
+        self._owner = owner
         self._delivery = delivery
         self._max_bytes = max_bytes
         self._max_age = max_age
-        self._report_drop = report_drop
         self._init_state()
         delivery.hooks = self
         _fork.register(self)
@@ -293,6 +295,7 @@ class Outbox:
         path, fd = _files.create_own(self.directory)
         self._path, self._fd = path, fd
         self._db = _db.connect(path)
+        _db.set_owner(self._db, self._owner)
         self._adopt_all()
 
     def _recover(self) -> None:
@@ -314,6 +317,7 @@ class Outbox:
         try:
             self._path, self._fd = _files.create_own(self.directory)
             self._db = _db.connect(self._path)
+            _db.set_owner(self._db, self._owner)
         except Exception:
             logger.exception("A-Track outbox cannot start a fresh file; memory only")
             self._stop = True
@@ -342,6 +346,8 @@ class Outbox:
                         call.stored = _SETTLED
                         continue
                     waiting = call.stored == _PARKED
+                    if not call.request_id:  # not yet taken by a sender (same lock)
+                        call.request_id = new_request_id()
                     call.stored = self._next_id
                     self._next_id += 1
                     added += size
@@ -354,6 +360,8 @@ class Outbox:
                     continue
                 size = _db.size_of(call)
                 spilled_bytes += size
+                if not call.request_id:
+                    call.request_id = new_request_id()
                 call.stored = self._next_id
                 self._next_id += 1
                 added += size
@@ -463,7 +471,8 @@ class Outbox:
         try:
             other = _db.connect(path)
             try:
-                rows = _db.all_rows(other)
+                owner = _db.owner_of(other)
+                rows = _db.all_rows(other) if owner in (None, self._owner) else None
             finally:
                 other.close()
         except sqlite3.Error as exc:
@@ -475,6 +484,9 @@ class Outbox:
                 exc,
                 target.name,
             )
+            return
+        if rows is None:
+            logger.debug("A-Track outbox leaves %s: calls of another public key", path.name)
             return
         if rows:
             calls: list[tuple[Call, int, float]] = []

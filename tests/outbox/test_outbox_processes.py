@@ -87,6 +87,13 @@ def test_cli_inspect_and_flush_deliver_a_dead_process_calls(tmp_path: Path, coll
     dead = atrack("outbox", "inspect", str(outbox))
     assert dead.returncode == 0
     assert "process gone" in dead.stdout and "/event 500" in dead.stdout, dead.stdout
+    # Another project's SDK on the same directory leaves the file alone (its calls
+    # would go out with the wrong key).
+    other = ATrackSdk(Options("pub_another_project_1", endpoint=collector.url, outbox=outbox))
+    assert other.flush(10)
+    other.shutdown()
+    assert other.stats()["outbox_adopted"] == 0
+    assert collector.store.calls() == []
     flushed = atrack("outbox", "flush", str(outbox), "--key", KEY, "--endpoint", collector.url)
     assert flushed.returncode == 0, flushed.stdout + flushed.stderr
     assert "adopted 500 calls, delivered 500" in flushed.stdout
