@@ -150,12 +150,12 @@ class RequestTracker:
             event = check_name(event, "event")
             attrs = to_json_object(attributes, "attributes")
             sdk = self._config.sdk
-            self._submit(lambda: sdk.send_event(uuid, event, attrs, context=context))
+            self._submit(lambda: sdk._event_in_request(uuid, event, attrs, context))
             return
         with Contain("A-Track track(%r) failed", event, passes=CALLER_ERRORS):
             # A WireContext: the SDK trusts it and this (validated) uuid, and reuses the
             # context's JSON for every event of the request.
-            self._config.sdk.send_event(uuid, event, attributes, context=context)
+            self._config.sdk._event_in_request(uuid, event, attributes, context)
 
     def set_attributes(self, attributes: dict[str, Any], replace: bool = False) -> None:
         """Merge (or, with ``replace=True``, replace) this user's attributes."""
@@ -236,12 +236,10 @@ class RequestTracker:
         uuid = self.uuid
         sdk = self._config.sdk
         if self._ordered:
-            self._submit(
-                lambda: sdk.send_attributes(uuid, attrs, replace=replace, checked_attrs=True)
-            )
+            self._submit(lambda: sdk._attributes_checked(uuid, attrs, replace, {}))
             return
         with _ATTRIBUTES_FAILED:
-            sdk.send_attributes(uuid, attrs, replace=replace, checked_attrs=True)
+            sdk._attributes_checked(uuid, attrs, replace, {})
 
     def _submit(self, work: Callable[[], None]) -> None:
         assert self._offload is not None

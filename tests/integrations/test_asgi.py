@@ -502,10 +502,11 @@ def config_of(app: Any) -> Any:
 
 
 class ExplodingSdk(ATrackSdk):
-    def send_init(self, *args: Any, **kwargs: Any) -> None:
+    # The integrations' internal path into the SDK.
+    def _init_checked(self, *args: Any, **kwargs: Any) -> None:
         raise RuntimeError("broken SDK")
 
-    def send_event(self, *args: Any, **kwargs: Any) -> None:
+    def _event_in_request(self, *args: Any, **kwargs: Any) -> None:
         raise RuntimeError("broken SDK")
 
 
