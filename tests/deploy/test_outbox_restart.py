@@ -9,9 +9,9 @@ Two ways a SIGTERM leaves calls undelivered, each with the servers that never ru
   SDK closes.
 - ``no-flush`` (waitress): ``ATRACK_SIGTERM_FLUSH=0``, so SIGTERM kills the process at
   once, like a server without any exit hook (granian's workers still exit through
-  Python's ``atexit``, so they are the ``short-flush`` case). SIGTERM is sent once the outbox holds every call
-  (``atrack outbox inspect``): only the last group commit (<= 50 ms) can be lost to an
-  instant kill, see docs/outbox.md.
+  Python's ``atexit``, so they are the ``short-flush`` case). SIGTERM is sent once the
+  outbox holds every call (``atrack outbox inspect``): only the last group commit
+  (<= 50 ms) can be lost to an instant kill, see docs/outbox.md.
 
 Then the same server starts again on the same outbox, adopts the file and delivers:
 the fake API sees every call, each request id counted once.
