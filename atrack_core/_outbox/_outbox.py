@@ -52,7 +52,6 @@ MAX_SPILL_MEMORY = 16 * 1024 * 1024
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 DEFAULT_MAX_AGE = 24 * 3600.0
 
-_COUNTS = ("rows", "bytes", "spilled", "parked", "adopted", "expired", "dropped", "loaded")
 _PARKED = -2
 _SETTLED = -1
 
@@ -116,7 +115,6 @@ class Outbox:
                 "expired",
                 "dropped",
                 "loaded",
-                "corrupt",
             ),
             0,
         )
@@ -140,8 +138,8 @@ class Outbox:
         return self._spilling
 
     def accepted(self, call: Call) -> None:
-        if call.stored:
-            return  # loaded back from here: its row exists
+        if call.stored or self._stop:
+            return  # loaded back from here (its row exists), or no writer any more
         self._new.append(call)
         if self._thread is None:
             self._start()
@@ -264,7 +262,10 @@ class Outbox:
                 "A-Track outbox in %s cannot be used; calls are kept in memory only",
                 self.directory,
             )
+            self._stop = True
             self._spilling = False
+            self._new.clear()
+            self._release()
             return
         finally:
             self._opened.set()
@@ -273,6 +274,8 @@ class Outbox:
             self._wake.wait(COMMIT_INTERVAL)
             self._wake.clear()
             stop = self._stop
+            if self._db is None:  # could not start a fresh file (see _recover)
+                break
             try:
                 self._commit()
                 now = time.monotonic()
@@ -324,7 +327,9 @@ class Outbox:
 
     def _commit(self) -> None:
         db = self._db
-        assert db is not None
+        if db is None:  # no file any more (see _recover)
+            self._new.clear()
+            return
         now = time.time()
         inserts: list[tuple[Call, int, float]] = []
         put_back: list[tuple[int, float]] = []
