@@ -25,6 +25,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,6 +60,31 @@ _SETTLED = -1
 # checkpoint or delete the parent's WAL), kept referenced so no finaliser closes them.
 _abandoned: list[sqlite3.Connection] = []
 
+# A fork while a writer is inside SQLite could leave one of SQLite's own mutexes locked
+# in the child, and the child's writer would hang on its first statement (gunicorn
+# --preload forks workers from a master whose SDK has a writer). Each writer holds its
+# ``_io`` lock around all SQLite work, and a fork waits for it (one commit at most).
+_writers: weakref.WeakSet[Outbox] = weakref.WeakSet()
+_held_for_fork: list[threading.Lock] = []
+
+
+def _before_fork() -> None:
+    for outbox in list(_writers):
+        lock = outbox._io
+        lock.acquire()
+        _held_for_fork.append(lock)
+
+
+def _after_fork() -> None:
+    while _held_for_fork:
+        _held_for_fork.pop().release()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork
+    )
+
 
 class Outbox:
     """A per-process durable store for a :class:`BackgroundDelivery`; see the module
@@ -83,6 +109,7 @@ class Outbox:
         self._init_state()
         delivery.hooks = self
         _fork.register(self)
+        _writers.add(self)
         self._start()
 
     def _init_state(self) -> None:
@@ -91,6 +118,7 @@ class Outbox:
         self._removed: list[tuple[int, int]] = []  # (row id, size) settled
         self._parked: list[int] = []  # row ids parked
         self._spill_lock = threading.Lock()
+        self._io = threading.Lock()  # held around SQLite work; see _before_fork
         self._spill_bytes = 0
         self._spilling = False
         self._wake = threading.Event()
@@ -256,7 +284,8 @@ class Outbox:
 
     def _main(self) -> None:
         try:
-            self._open()
+            with self._io:
+                self._open()
         except Exception:
             logger.exception(
                 "A-Track outbox in %s cannot be used; calls are kept in memory only",
@@ -265,7 +294,8 @@ class Outbox:
             self._stop = True
             self._spilling = False
             self._new.clear()
-            self._release()
+            with self._io:
+                self._release()
             return
         finally:
             self._opened.set()
@@ -277,22 +307,25 @@ class Outbox:
             if self._db is None:  # could not start a fresh file (see _recover)
                 break
             try:
-                self._commit()
-                now = time.monotonic()
-                if now - last_maintained >= MAINTAIN_INTERVAL:
-                    last_maintained = now
-                    self._maintain()
-                if not stop:
-                    self._load()
+                with self._io:
+                    self._commit()
+                    now = time.monotonic()
+                    if now - last_maintained >= MAINTAIN_INTERVAL:
+                        last_maintained = now
+                        self._maintain()
+                    if not stop:
+                        self._load()
             except sqlite3.Error:
-                self._recover()
+                with self._io:
+                    self._recover()
             except Exception:
                 logger.exception("A-Track outbox writer failed; going on")
             with self._idle:
                 self._idle.notify_all()
             if stop:
                 break
-        self._release()
+        with self._io:
+            self._release()
 
     def _open(self) -> None:
         path, fd = _files.create_own(self.directory)
