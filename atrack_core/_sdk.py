@@ -8,9 +8,9 @@ import logging
 import time
 import uuid as _uuid
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import _delivery, _outbox, _shutdown
+from . import _delivery, _shutdown
 from ._call import Call
 from ._delivery import Delivery, SyncDelivery, make_delivery, sync_delivery
 from ._errors import NoUserError
@@ -33,6 +33,9 @@ from ._wire import (
     now_timestamp,
     serialize,
 )
+
+if TYPE_CHECKING:
+    from ._outbox import Outbox
 
 logger = logging.getLogger("atrack")
 
@@ -69,12 +72,17 @@ class ATrackSdk:
                 directory,
             )
             directory = None
-        # Checked before anything starts: a refused directory raises here.
-        outbox_dir = None if directory is None else _outbox.prepare_dir(directory)
+        outbox_dir = None
+        if directory is not None:
+            # Imported only when used: sqlite3 stays out of `import atrack_core`.
+            from . import _outbox
+
+            # Checked before anything starts: a refused directory raises here.
+            outbox_dir = _outbox.prepare_dir(directory)
         self._delivery: Delivery = make_delivery(
             options, self.base_url, self._stats, self._reporter
         )
-        self._outbox: _outbox.Outbox | None = None
+        self._outbox: Outbox | None = None
         if outbox_dir is not None and isinstance(self._delivery, BackgroundDelivery):
             self._outbox = _outbox.Outbox(
                 outbox_dir,

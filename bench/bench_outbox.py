@@ -5,7 +5,8 @@
    fast bench server with no added latency (most calls are delivered before a group
    commit would write them) and with 50 ms (every call is written, then deleted).
    Also ``track()``'s median in the caller's thread, off and on.
-2. The API down for ``--down`` seconds (60) while 100,000 events are tracked, then back:
+2. The middleware benches (Starlette, Flask) with the outbox off and on.
+3. The API down for ``--down`` seconds (60) while 100,000 events are tracked, then back:
    peak RSS, peak disk in the outbox directory, and the time until every event arrived.
 
     python bench/bench_outbox.py [--events 10000] [--down 60] [--outage-events 100000]
@@ -91,6 +92,57 @@ def cpu_figures(events: int) -> None:
         )
 
 
+def middleware_figures(n: int, repeats: int = 3) -> None:
+    """The middleware benches (Starlette, Flask) with the outbox off and on, alternated:
+    the SDK posts to a blackhole, so with the outbox every call is written (its worst
+    case: nothing is ever delivered and removed)."""
+    import bench_middleware
+    import bench_middleware_wsgi
+
+    plain = bench_middleware.make_sdk
+
+    def with_outbox(directory: str) -> ATrackSdk:
+        sdk = plain()
+        options = sdk.options
+        sdk.shutdown(timeout=0.1)
+        return ATrackSdk(
+            Options(
+                options.public_key,
+                endpoint=options.endpoint,
+                max_queue_size=options.max_queue_size,
+                shutdown_timeout=0.1,
+                outbox=directory,
+            )
+        )
+
+    benches = {
+        "starlette": (bench_middleware, bench_middleware.bench_starlette),
+        "flask": (bench_middleware_wsgi, bench_middleware_wsgi.bench_flask),
+    }
+    for name, (module, bench) in benches.items():
+        added: dict[str, list[float]] = {"off": [], "on": []}
+        try:
+            for _ in range(repeats):
+                for mode in ("off", "on"):
+                    with tempfile.TemporaryDirectory() as tmp:
+                        if mode == "on":
+                            module.make_sdk = lambda tmp=tmp: with_outbox(tmp + "/ob")  # type: ignore[misc]
+                        else:
+                            module.make_sdk = plain  # type: ignore[misc]
+                        rows = bench(n, 3)
+                    label, bare, tracked = rows[0]  # returning user, cookie + track()
+                    added[mode].append(tracked - bare)
+        except ImportError as exc:
+            print(f"{name}: skipped ({exc})")
+            continue
+        finally:
+            module.make_sdk = plain  # type: ignore[misc]
+        print(
+            f"middleware {name}, {label}: added off {min(added['off']):.1f} µs, "
+            f"on {min(added['on']):.1f} µs (best of {repeats} each)"
+        )
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -149,10 +201,13 @@ def main() -> None:
     parser.add_argument("--outage-events", type=int, default=100_000)
     parser.add_argument("--skip-cpu", action="store_true")
     parser.add_argument("--skip-outage", action="store_true")
+    parser.add_argument("--skip-middleware", action="store_true")
     args = parser.parse_args()
     print(f"load average {os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs")
     if not args.skip_cpu:
         cpu_figures(args.events)
+    if not args.skip_middleware:
+        middleware_figures(5_000)
     if not args.skip_outage:
         outage(args.outage_events, args.down)
 

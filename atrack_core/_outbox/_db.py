@@ -29,7 +29,7 @@ CREATE TABLE IF NOT EXISTS calls (
     held INTEGER NOT NULL,
     due REAL NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS calls_waiting ON calls (held, due, id);
+CREATE INDEX IF NOT EXISTS calls_waiting ON calls (id) WHERE held = 0;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 # Bytes a row costs beyond its body (columns, index entry, page slack): used for the

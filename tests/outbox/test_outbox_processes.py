@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from atrack_core import ATrackSdk, Options
 from atrack_integrations._settings import resolve_sdk
 from tests.outbox.conftest import KEY, ROOT, spawn, unique_calls, wait_until
@@ -118,3 +120,24 @@ def test_integration_settings_turn_the_outbox_on(tmp_path: Path, collector: Any)
     finally:
         sdk.shutdown()
     assert len(unique_calls(collector)) == 1
+
+
+def test_flask_config_turns_the_outbox_on(tmp_path: Path, collector: Any) -> None:
+    flask = pytest.importorskip("flask")
+    from atrack_integrations.flask import ATrack
+
+    app = flask.Flask(__name__)
+    app.config.update(
+        ATRACK_PUBLIC_KEY=KEY,
+        ATRACK_ENDPOINT=collector.url,
+        ATRACK_OUTBOX=str(tmp_path / "ob"),
+        ATRACK_OUTBOX_MAX_AGE="3600",
+    )
+    ATrack(app)
+    sdk = app.extensions["atrack"].sdk
+    try:
+        assert sdk.options.outbox == str(tmp_path / "ob")
+        assert sdk.options.outbox_max_age == 3600.0
+        assert "outbox_pending" in sdk.stats()
+    finally:
+        sdk.shutdown()
