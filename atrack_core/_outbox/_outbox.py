@@ -50,6 +50,9 @@ BOUNCE_DELAY = 0.2
 MAINTAIN_INTERVAL = 5.0  # adoption scan, expiry, vacuum
 # Calls spilled but not yet written are memory too: beyond this, a spill is a drop.
 MAX_SPILL_MEMORY = 16 * 1024 * 1024
+# Calls accepted and not yet looked at by the writer, at most (memory: each holds a
+# call the scheduler may already have let go of).
+MAX_UNWRITTEN = 200_000
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 DEFAULT_MAX_AGE = 24 * 3600.0
 
@@ -168,7 +171,13 @@ class Outbox:
     def accepted(self, call: Call) -> None:
         if call.stored or self._stop:
             return  # loaded back from here (its row exists), or no writer any more
-        self._new.append(call)
+        new = self._new
+        if len(new) >= MAX_UNWRITTEN:
+            # The writer is far behind (a stalled disk): the call is still sent from
+            # memory, it is just not durable. Counted; logged by the writer.
+            self.counts["dropped"] += 1
+            return
+        new.append(call)
         if self._thread is None:
             self._start()
         if len(self._new) >= WAKE_AT:
