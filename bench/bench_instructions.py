@@ -8,8 +8,9 @@ Time per request on a shared, loaded machine moves by tens of percent between ru
 instruction counts do not. The middleware's work is the same under every framework (the
 issue measured ~120k instructions in Django, Flask and Starlette alike), so it is
 counted around the plainest app: a one-line WSGI app inside ``ATrackWSGIMiddleware``
-and a one-line ASGI app inside ``ATrackMiddleware``, for the scenarios of
-``bench_middleware.SCENARIOS``, bare and tracked.
+and a one-line ASGI app inside ``ATrackMiddleware``, and around a two-view Flask app
+(the extension's own share), for the scenarios of ``bench_middleware.SCENARIOS``, bare
+and tracked. ``--kinds wsgi,flask`` picks some.
 
 Each figure is ``(Ir(N2) - Ir(N1)) / (N2 - N1)`` from two runs of the same process
 under ``valgrind --tool=callgrind`` (start-up cancels out), every thread included (the
@@ -32,7 +33,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 N1, N2 = 300, 1300
-KINDS = ("wsgi", "asgi")
+KINDS = ("wsgi", "asgi", "flask")
 QUICK_N = (100, 500)  # --quick: fewer requests, the first scenario only
 
 
@@ -67,6 +68,36 @@ def child(kind: str, scenario: int, tracked: bool, n: int) -> None:
 
         for _ in range(n):
             wsgi(environ.copy(), start_response)
+    elif kind == "flask":
+        import flask
+
+        from atrack_integrations.flask import ATrack
+
+        flask_app = flask.Flask("bench")
+        if tracked:
+            ATrack(flask_app, sdk=sdk)
+
+        @flask_app.get("/products")
+        def products() -> str:
+            tracker = getattr(flask.request, "atrack", None)
+            if tracker is not None:
+                tracker.track("product_list_viewed", {"page": 2})
+            return "products"
+
+        @flask_app.get("/about")
+        def about() -> str:
+            return "about"
+
+        from bench_middleware_wsgi import wsgi_environ
+
+        environ = wsgi_environ(cookie, path)
+
+        def flask_start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+            return None
+
+        for _ in range(n):
+            body = flask_app.wsgi_app(environ.copy(), flask_start_response)
+            body.close()  # type: ignore[attr-defined]
     else:
         from atrack_integrations.asgi import ATrackMiddleware
 
@@ -129,7 +160,10 @@ def main(argv: list[str]) -> int:
     from bench_middleware import SCENARIOS
 
     print(f"Python {sys.version.split()[0]}; instructions per request (callgrind), added")
-    for kind in KINDS:
+    kinds = KINDS
+    if "--kinds" in argv:
+        kinds = tuple(argv[argv.index("--kinds") + 1].split(","))
+    for kind in kinds:
         for index, (label, _, _) in enumerate(SCENARIOS[:1] if quick else SCENARIOS):
             figures = []
             for src in sources:
