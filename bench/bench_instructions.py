@@ -13,11 +13,12 @@ and a one-line ASGI app inside ``ATrackMiddleware``, and around a two-view Flask
 and tracked. ``--kinds wsgi,flask`` picks some.
 
 Each figure is ``(Ir(N2) - Ir(N1)) / (N2 - N1)`` from two runs of the same process
-under ``valgrind --tool=callgrind`` (start-up cancels out), every thread included (the
-SDK's sender sits blocked on a loopback socket that never answers, as in
-``bench_middleware``). ``--src DIR`` runs the same measurement with ``DIR`` first on
-``sys.path`` (another checkout, e.g. the commit before a change): side by side, in one
-run.
+under ``valgrind --tool=callgrind`` (start-up cancels out), counting the main thread,
+where the requests run (the SDK's sender thread, pointed at a loopback socket that
+never answers as in ``bench_middleware``, works by the clock and would add noise; the
+enqueue each call makes is counted). ``--src DIR`` runs the same measurement with ``DIR`` first on
+``sys.path`` (another checkout, e.g. the commit before a change, made with ``git
+worktree add``): side by side, in one run.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,15 @@ QUICK_N = (100, 500)  # --quick: fewer requests, the first scenario only
 
 
 def child(kind: str, scenario: int, tracked: bool, n: int) -> None:
-    sys.path.insert(0, str(HERE))
+    # The checkout under test first, imported before bench_middleware (which puts this
+    # checkout at the front of sys.path): its modules are the ones in sys.modules.
+    sys.path.insert(0, os.environ["BENCH_SRC"])
+    import atrack_core
+    import atrack_integrations
+
+    for module in (atrack_core, atrack_integrations):
+        assert (module.__file__ or "").startswith(os.environ["BENCH_SRC"]), module.__file__
+    sys.path.insert(1, str(HERE))
     from bench_middleware import BROWSER_HEADERS, SCENARIOS, asgi_scope, make_sdk
 
     _, cookie, path = SCENARIOS[scenario]
@@ -127,15 +137,21 @@ def child(kind: str, scenario: int, tracked: bool, n: int) -> None:
 
 
 def instructions(src: str, kind: str, scenario: int, tracked: bool, n: int) -> int:
-    env = {**os.environ, "PYTHONPATH": src}
-    cmd = [
-        "valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
-        sys.executable, __file__, "--child", kind, str(scenario), str(int(tracked)), str(n),
-    ]  # fmt: skip
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stderr
-    match = re.search(r"Collected : (\d+)", out)
+    """Instructions of the main thread (where requests run): the SDK's sender thread
+    works by the clock (connect attempts, backoff), so counting it would add noise."""
+    env = {**os.environ, "BENCH_SRC": src}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "cg.out")
+        cmd = [
+            "valgrind", "--tool=callgrind", "--separate-threads=yes",
+            f"--callgrind-out-file={out}",
+            sys.executable, __file__, "--child", kind, str(scenario), str(int(tracked)), str(n),
+        ]  # fmt: skip
+        subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+        main = Path(out + "-01").read_text()
+    match = re.search(r"^(?:summary|totals): (\d+)", main, re.MULTILINE)
     if match is None:
-        raise RuntimeError(out[-2000:])
+        raise RuntimeError(main[-2000:])
     return int(match.group(1))
 
 
