@@ -29,6 +29,7 @@ import sys
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -43,7 +44,9 @@ SIGTERM_ENV = "ATRACK_SIGTERM_FLUSH"
 MP_EXIT_PRIORITY = 10
 
 _live: weakref.WeakSet[ATrackSdk] = weakref.WeakSet()
-_lock = threading.Lock()
+# Re-entrant: the SIGTERM handler runs on the main thread, which it may have interrupted
+# inside one of the functions below (a plain lock would deadlock it there).
+_lock = threading.RLock()
 _sigterm_decided = False
 _mp_hooked = False
 
@@ -131,9 +134,29 @@ def _maybe_handle_sigterm() -> None:
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    if signal.getsignal(signal.SIGTERM) is not _on_sigterm:
+        # A handler the host installed after the SDK calls this one as its previous
+        # handler: flush, and leave the rest (exit or not, with which status) to it.
+        _run_flush(terminate=False)
+        return
     # The default again first: a second SIGTERM (an impatient supervisor) ends the
     # process at once, as it would have without the SDK.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _run_flush(terminate=True)
+
+
+def _run_flush(*, terminate: bool) -> None:
+    spawn = _greenlet_spawn()
+    if spawn is not None:
+        # gevent: this handler runs in whichever greenlet the signal interrupted, often
+        # the hub, where nothing may block (BlockingSwitchOutError), or one that holds
+        # what the flush needs. The flush runs in a greenlet of its own.
+        spawn(_flush_bounded, terminate)
+    else:
+        _flush_bounded(terminate)
+
+
+def _flush_bounded(terminate: bool) -> None:
     # The flush runs in a thread: this handler interrupts the main thread wherever it
     # was, perhaps holding an SDK lock the flush needs. Waiting is bounded either way.
     flusher = threading.Thread(target=flush_all, args=("SIGTERM",), name="atrack-sigterm")
@@ -142,7 +165,17 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
         flusher.join(deadline() + 1.0)
     except RuntimeError:  # no new threads (interpreter shutting down): flush inline
         flush_all("SIGTERM")
-    os.kill(os.getpid(), signal.SIGTERM)
+    if terminate:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _greenlet_spawn() -> Callable[..., object] | None:
+    """``gevent.spawn`` when gevent has patched ``threading``, else ``None``."""
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is None or not monkey.is_module_patched("threading"):
+        return None
+    spawn: Callable[..., object] | None = getattr(sys.modules.get("gevent"), "spawn", None)
+    return spawn
 
 
 # -- multiprocessing ----------------------------------------------------------------------

@@ -235,3 +235,77 @@ def test_multiprocessing_spawned_children_deliver_their_calls(
     assert max(ids.values()) == 1
     assert sorted(b["attributes"]["i"] for b in fake_api.bodies()) == list(range(25))
     assert time.monotonic() - start < 50
+
+
+HOST_AFTER_SCRIPT = textwrap.dedent(
+    """
+    import sys
+
+    url, transport, how = sys.argv[1], sys.argv[2], sys.argv[3]
+    if how == "gevent":  # first, as gevent requires
+        from gevent import monkey
+
+        monkey.patch_all()
+    import signal, threading
+    from atrack_core import ATrackSdk, Options
+
+    sdk = ATrackSdk(Options(@KEY@, endpoint=url, transport=transport))
+    if how == "chain":
+        # A host that installs its handler after the SDK and calls the previous one
+        # (the SDK's), as libraries that share SIGTERM do, then decides the exit itself.
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def host_handler(signum, frame):
+            if callable(previous):
+                previous(signum, frame)
+            print("host-after-previous", flush=True)
+            sys.exit(3)
+
+        signal.signal(signal.SIGTERM, host_handler)
+    for i in range(20):
+        sdk.track("e", {"i": i}, uuid=f"u{i % 10}")
+    print("queued", sdk.stats()["queued"] + sdk.stats()["in_flight"], flush=True)
+    threading.Event().wait()  # under gevent: the main greenlet waits in the hub
+    """
+).replace("@KEY@", repr(KEY))
+
+
+def terminate_script(script: str, *args: str) -> tuple[int, str, str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env(),
+    )
+    assert proc.stdout is not None
+    first = proc.stdout.readline()
+    assert first.startswith("queued"), first + (proc.stderr.read() if proc.stderr else "")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    return proc.returncode, out, err
+
+
+def test_sigterm_host_handler_installed_after_the_sdk_keeps_control(fake_api: FakeApi) -> None:
+    """The SDK's handler, called by the host's as its previous one, flushes and returns:
+    the host's code after it runs and the host decides the exit status (it used to end
+    the process by SIGTERM inside the host's handler)."""
+    fake_api.latency = 0.05
+    code, out, err = terminate_script(HOST_AFTER_SCRIPT, fake_api.url, "httpx", "chain")
+    assert "host-after-previous" in out, err
+    assert code == 3, err
+    assert sorted(b["attributes"]["i"] for b in fake_api.bodies()) == list(range(20))
+
+
+def test_sigterm_under_gevent_while_the_hub_waits(fake_api: FakeApi, transport: str) -> None:
+    """A gevent process whose main greenlet waits in the hub (gevent.pywsgi's
+    serve_forever, a sleep) runs the SIGTERM handler in the hub, where nothing may block:
+    the flush runs in a greenlet, then the process ends by SIGTERM as it would have (it
+    used to raise BlockingSwitchOutError into the main greenlet, exit status 1, or to
+    block the greenlet it interrupted: a call lost, or a hang)."""
+    pytest.importorskip("gevent")
+    fake_api.latency = 0.05
+    code, _out, err = terminate_script(HOST_AFTER_SCRIPT, fake_api.url, transport, "gevent")
+    assert "Traceback" not in err, err
+    assert code == -signal.SIGTERM, err
+    assert sorted(b["attributes"]["i"] for b in fake_api.bodies()) == list(range(20))
