@@ -37,8 +37,9 @@ reported nor counted as failed (both under the scheduler's lock: must not block)
 While ``spilling`` is true the store holds older calls on disk only, and new calls go
 to ``overflow`` too, so a user's calls keep their order. ``submit(resumed=True)`` takes
 a call the store loads back (with its request id and ``created``), spilling or not.
-With hooks, the request id is assigned at submit, before any sender can see the call,
-so the store writes the id the API will see.
+With hooks, the request id is assigned under the lock, by whichever comes first: the
+sender taking the call (``_poll_locked``) or the store writing it, so the store writes
+the id the API sees (and ``uuid4`` stays off the caller's thread).
 
 Senders are daemon threads: the exit flush (``_shutdown.py``) bounds the wait by
 ``shutdown_timeout``, and a sender stuck on an unreachable API cannot keep the
@@ -212,11 +213,7 @@ class BackgroundDelivery:
         if not call.created:
             call.created = time.time()
         hooks = self.hooks
-        divert = False
-        if hooks is not None:
-            if not call.request_id:
-                call.request_id = new_request_id()
-            divert = hooks.spilling and not resumed
+        divert = hooks is not None and hooks.spilling and not resumed
         with self._lock:
             closed = self._closed
             waiting = self._outstanding - stats.in_flight
@@ -449,6 +446,12 @@ class BackgroundDelivery:
     def _poll_locked(self) -> tuple[Call | None, float | None]:
         """The next call to send now (counted in flight), or ``None`` and how long to
         wait before one may be due (``None``: until woken)."""
+        call, wait = self._poll_ready_locked()
+        if call is not None and not call.request_id and self.hooks is not None:
+            call.request_id = new_request_id()  # see the module docstring: store hooks
+        return call, wait
+
+    def _poll_ready_locked(self) -> tuple[Call | None, float | None]:
         if not self._ready:
             return None, None
         if self._outage:

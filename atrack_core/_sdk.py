@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
 import uuid as _uuid
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import _delivery, _outbox, _shutdown
+from . import _delivery, _shutdown
 from ._call import Call
 from ._delivery import Delivery, SyncDelivery, make_delivery, sync_delivery
 from ._errors import NoUserError
@@ -32,6 +33,9 @@ from ._wire import (
     now_timestamp,
     serialize,
 )
+
+if TYPE_CHECKING:
+    from ._outbox import Outbox
 
 logger = logging.getLogger("atrack")
 
@@ -68,18 +72,24 @@ class ATrackSdk:
                 directory,
             )
             directory = None
-        # Checked before anything starts: a refused directory raises here.
-        outbox_dir = None if directory is None else _outbox.prepare_dir(directory)
+        outbox_dir = None
+        if directory is not None:
+            # Imported only when used: sqlite3 stays out of `import atrack_core`.
+            from . import _outbox
+
+            # Checked before anything starts: a refused directory raises here.
+            outbox_dir = _outbox.prepare_dir(directory)
         self._delivery: Delivery = make_delivery(
             options, self.base_url, self._stats, self._reporter
         )
-        self._outbox: _outbox.Outbox | None = None
+        self._outbox: Outbox | None = None
         if outbox_dir is not None and isinstance(self._delivery, BackgroundDelivery):
             self._outbox = _outbox.Outbox(
                 outbox_dir,
                 self._delivery,
                 max_bytes=options.outbox_max_bytes,
                 max_age=options.outbox_max_age,
+                owner=hashlib.sha256(self._public_key.encode()).hexdigest()[:16],
             )
         # (transport, delivery) while atrack_core.testing overrides the transport
         self._overridden: tuple[object, SyncDelivery] | None = None
@@ -123,7 +133,7 @@ class ATrackSdk:
         attributes.update(to_json_object(payload.attributes, "InitPayload.attributes"))
         context = to_json_object(payload.context, "InitPayload.context")
         profile = to_json_object(payload.profile, "InitPayload.profile")
-        self.send_init(uuid, is_new, context, attributes, profile=profile, mode=mode, checked=True)
+        self._init_checked(uuid, is_new, mode, context, attributes, profile)
 
         if mode == "merge" and current is not None and current.uuid == uuid:
             merged = dict(current.attributes)
@@ -205,7 +215,9 @@ class ATrackSdk:
             raise TypeError(f"replace must be a bool, got {type(replace).__name__}")
         target = uuid if uuid is not None else self._current_uuid("set_attributes()")
         attrs = to_json_object(attributes, "attributes")
-        self.send_attributes(target, attrs, replace=replace, profile=profile, checked_attrs=True)
+        self._attributes_checked(
+            check_name(target, "uuid"), attrs, replace, to_json_object(profile, "profile")
+        )
         current = self.get_user()
         if current is not None and current.uuid == target:
             merged = attrs if replace else {**current.attributes, **attrs}
@@ -287,17 +299,16 @@ class ATrackSdk:
         *,
         profile: dict[str, Any] | None = None,
         mode: str = "merge",
-        checked: bool = False,
     ) -> None:
         """Send ``/init`` for ``uuid`` without changing the current user."""
-        if not checked:
-            uuid = check_name(uuid, "uuid")
-            mode = _check_mode(mode, "mode")
-            context = to_json_object(context, "context")
-            attributes = to_json_object(attributes, "attributes")
-            profile = to_json_object(profile, "profile")
-        body = init_body(uuid, is_new_user, mode, context or {}, attributes or {}, profile or {})
-        self._dispatch(PATH_INIT, uuid, body)
+        self._init_checked(
+            check_name(uuid, "uuid"),
+            is_new_user,
+            _check_mode(mode, "mode"),
+            to_json_object(context, "context"),
+            to_json_object(attributes, "attributes"),
+            to_json_object(profile, "profile"),
+        )
 
     def send_attributes(
         self,
@@ -306,19 +317,14 @@ class ATrackSdk:
         *,
         replace: bool = False,
         profile: dict[str, Any] | None = None,
-        checked_attrs: bool = False,
     ) -> None:
         """Send ``/attributes`` for ``uuid`` without changing the current user."""
-        uuid = check_name(uuid, "uuid")
-        if not checked_attrs:
-            attributes = to_json_object(attributes, "attributes")
-        body = attributes_body(
-            uuid,
-            "replace" if replace else "merge",
-            attributes,
+        self._attributes_checked(
+            check_name(uuid, "uuid"),
+            to_json_object(attributes, "attributes"),
+            replace,
             to_json_object(profile, "profile"),
         )
-        self._dispatch(PATH_ATTRIBUTES, uuid, body)
 
     def send_event(
         self,
@@ -326,33 +332,56 @@ class ATrackSdk:
         event: str,
         attributes: Attributes | None = None,
         *,
-        context: dict[str, Any] | WireContext | None = None,
+        context: dict[str, Any] | None = None,
         timestamp: str | None = None,
     ) -> None:
-        """Send ``/event`` for ``uuid``. A ``context`` dict is validated like any input;
-        a :class:`~atrack_core._wire.WireContext` comes from an integration's request
-        tracker, which validated it and the uuid already."""
-        if not isinstance(context, WireContext):
-            uuid = check_name(uuid, "EventPayload.uuid")
+        """Send ``/event`` for ``uuid``; every argument is validated."""
+        uuid = check_name(uuid, "EventPayload.uuid")
         event = check_name(event, "EventPayload.event")
         attrs = to_json_object(attributes, "EventPayload.attributes") if attributes else {}
-        if isinstance(context, WireContext):
-            # The request path (one track() in a view). Without a before_send hook or a
-            # capture, the body's bytes are joined around the context's cached JSON
-            # (saves ~1.5 µs of the ~5 µs of a call); otherwise the usual dict body.
-            if timestamp is None:
-                timestamp = now_timestamp()
-            if self.options.before_send is None:
-                data = event_json(uuid, event, attrs, timestamp, context)
-                self._submit(Call(PATH_EVENT, uuid, data))
-                return
-            # The hook may edit the body: it gets a copy, the request's context stays.
-            ctx = dict(context.data)
-        elif context is None:
-            ctx = {}
-        else:
-            ctx = to_json_object(context, "EventPayload.context")
+        ctx = to_json_object(context, "EventPayload.context") if context is not None else {}
         body = event_body(uuid, event, attrs, timestamp or now_timestamp(), ctx)
+        self._dispatch(PATH_EVENT, uuid, body)
+
+    # -- the integrations' path -------------------------------------------------------
+    # One internal entry per call, for values that are validated already: the public
+    # methods above validate and come here too. Only the integrations (and this class)
+    # call these; nothing here changes the current user.
+
+    def _init_checked(
+        self,
+        uuid: str,
+        is_new_user: bool,
+        mode: str,
+        context: dict[str, Any],
+        attributes: dict[str, Any],
+        profile: dict[str, Any],
+    ) -> None:
+        body = init_body(uuid, is_new_user, mode, context, attributes, profile)
+        self._dispatch(PATH_INIT, uuid, body)
+
+    def _attributes_checked(
+        self, uuid: str, attributes: dict[str, Any], replace: bool, profile: dict[str, Any]
+    ) -> None:
+        body = attributes_body(uuid, "replace" if replace else "merge", attributes, profile)
+        self._dispatch(PATH_ATTRIBUTES, uuid, body)
+
+    def _event_in_request(
+        self, uuid: str, event: str, attributes: Attributes | None, context: WireContext
+    ) -> None:
+        """An event from a request tracker: its uuid and context are validated (the
+        context once per request, its JSON reused); the event and attributes are the
+        view's, validated here."""
+        event = check_name(event, "EventPayload.event")
+        attrs = to_json_object(attributes, "EventPayload.attributes") if attributes else {}
+        timestamp = now_timestamp()
+        if self.options.before_send is None:
+            # Without a before_send hook or a capture, the body's bytes are joined
+            # around the context's cached JSON (saves ~1.5 µs of the ~5 µs of a call).
+            self._submit(Call(PATH_EVENT, uuid, event_json(uuid, event, attrs, timestamp, context)))
+            return
+        # The hook may edit the body: it gets a copy, the request's context stays.
+        body = event_body(uuid, event, attrs, timestamp, dict(context.data))
         self._dispatch(PATH_EVENT, uuid, body)
 
     # -- internals --------------------------------------------------------------------

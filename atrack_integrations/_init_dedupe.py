@@ -85,12 +85,17 @@ class InitDedupe:
         self._seen[uuid] = now + (self.ttl if added else min(self.ttl, _LOCAL_SEEN_OTHER))
         with _INIT_FAILED:
             if added:
-                self._sdk.send_init(
-                    uuid, tracker.is_new_user, tracker._context_dict(), attributes, checked=True
+                self._sdk._init_checked(
+                    uuid,
+                    tracker.is_new_user,
+                    "merge",
+                    tracker._context_dict(),
+                    attributes or {},
+                    {},
                 )
             elif attributes:
                 # The user was initialised already: the attributes still go out.
-                self._sdk.send_attributes(uuid, attributes, checked_attrs=True)
+                self._sdk._attributes_checked(uuid, attributes, False, {})
 
     def _warn_storage(self) -> None:
         now = time.monotonic()

@@ -130,9 +130,10 @@ def self_signed(directory: str) -> tuple[str, str]:
 class BenchServer:
     """The server in a child process (its CPU is not the benchmark's)."""
 
-    def __init__(self, latency: float = 0.0, tls: bool = False) -> None:
+    def __init__(self, latency: float = 0.0, tls: bool = False, port: int = 0) -> None:
         self.latency = latency
         self.tls = tls
+        self.port = port
         self.proc: subprocess.Popen[str] | None = None
         self.url = ""
         self.cert_file: str | None = None
@@ -140,6 +141,8 @@ class BenchServer:
 
     def __enter__(self) -> BenchServer:
         args = [sys.executable, os.path.abspath(__file__), "--latency", str(self.latency)]
+        if self.port:
+            args += ["--port", str(self.port)]
         if self.tls:
             self._dir = tempfile.TemporaryDirectory()
             self.cert_file, key = self_signed(self._dir.name)

@@ -1,7 +1,9 @@
 """The SDK the example shops use, from ``ATRACK_*`` environment variables.
 
 - ``ATRACK_PUBLIC_KEY``, ``ATRACK_ENDPOINT``, ``ATRACK_GEO``, ``ATRACK_DELIVERY``,
-  ``ATRACK_DISABLED``: read by ``Options.from_env()``. Without a key the shop runs with
+  ``ATRACK_DISABLED``, ``ATRACK_OUTBOX`` (a directory: calls kept on disk until
+  delivered, docs/outbox.md; the demo and the run commands below turn it on): read by
+  ``Options.from_env()``. Without a key the shop runs with
   tracking disabled rather than refuse to start.
 - ``ATRACK_REDIS_URL`` (e.g. ``redis://127.0.0.1:6379/0``): the SDK's storage is a
   :class:`~atrack_core.redis.RedisStorage` there, shared by every worker process and

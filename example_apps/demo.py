@@ -16,6 +16,7 @@ import argparse
 import os
 import socket
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -169,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
             "ATRACK_PUBLIC_KEY": DEMO_KEY,
             "ATRACK_ENDPOINT": collector.url,
             "ATRACK_DISABLED": "0",
+            # The outbox on, as in production (docs/outbox.md): calls are kept on disk
+            # until delivered. A fresh directory per demo run.
+            "ATRACK_OUTBOX": os.path.join(tempfile.mkdtemp(prefix="atrack-demo-"), "outbox"),
         }
     )
     os.environ.pop("ATRACK_REDIS_URL", None)

@@ -29,7 +29,8 @@ CREATE TABLE IF NOT EXISTS calls (
     held INTEGER NOT NULL,
     due REAL NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS calls_waiting ON calls (held, due, id);
+CREATE INDEX IF NOT EXISTS calls_waiting ON calls (id) WHERE held = 0;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 # Bytes a row costs beyond its body (columns, index entry, page slack): used for the
 # size bound, which then holds for the file itself (measured in the outbox tests).
@@ -143,3 +144,13 @@ def vacuum(db: sqlite3.Connection) -> None:
     free = db.execute("PRAGMA freelist_count").fetchone()[0]
     if free > 256:
         db.execute("PRAGMA incremental_vacuum")
+
+
+def set_owner(db: sqlite3.Connection, owner: str) -> None:
+    """Whose calls these are (a digest of the public key)."""
+    db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('owner', ?)", (owner,))
+
+
+def owner_of(db: sqlite3.Connection) -> str | None:
+    row = db.execute("SELECT value FROM meta WHERE key = 'owner'").fetchone()
+    return None if row is None else str(row[0])

@@ -16,12 +16,16 @@ here on a file that SQLite also has open stays open until SQLite's connection is
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import secrets
 import stat
 import time
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; the outbox is refused when the SDK is built
+    fcntl = None  # type: ignore[assignment]
 
 PREFIX = "atrack-"
 SUFFIX = ".db"
@@ -35,6 +39,8 @@ class OutboxDirError(ValueError):
 def prepare_dir(path: str | os.PathLike[str]) -> Path:
     """Create the directory (0700) when missing; refuse one others may write into, or
     one holding a symlinked outbox file."""
+    if fcntl is None:
+        raise OutboxDirError("the outbox needs POSIX file locks (fcntl), not available here")
     directory = Path(path).expanduser()
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)

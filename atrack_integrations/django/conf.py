@@ -16,12 +16,15 @@ import asyncio
 import logging
 import threading
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from asgiref.sync import async_to_sync, iscoroutinefunction, sync_to_async
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from django.core.handlers.asgi import ASGIRequest
 from django.core.signals import setting_changed
+from django.db import connections
 
 from atrack_core import ATrackSdk
 
@@ -160,6 +163,11 @@ class DjangoIdentify:
 
     def __call__(self, request: Any) -> Any:
         if _in_event_loop():
+            if not isinstance(request, ASGIRequest):
+                # An async view under WSGI: Django runs it in an event loop of its own,
+                # where neither request.user nor async_to_sync may run. The sync answer,
+                # in a thread of its own (prefer a sync view under WSGI: no hop).
+                return _in_own_thread(self._sync, request)
             if self._acall is not None:
                 return self._acall(request)
             if self._is_async:
@@ -167,11 +175,28 @@ class DjangoIdentify:
             if self._to_async is None:
                 self._to_async = sync_to_async(self.hook)
             return self._to_async(request)
+        return self._sync(request)
+
+    def _sync(self, request: Any) -> Any:
         if self._is_async:
             if self._to_sync is None:
                 self._to_sync = async_to_sync(self.hook)
             return self._to_sync(request)
         return self.hook(request)
+
+
+def _in_own_thread(call: Any, request: Any) -> Any:
+    """``call(request)`` in a new thread, waited for (its exception re-raised here); the
+    database connections that thread opened are closed before it ends."""
+
+    def run() -> Any:
+        try:
+            return call(request)
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="atrack-identify") as pool:
+        return pool.submit(run).result()
 
 
 def _user_id(user: Any) -> str | None:

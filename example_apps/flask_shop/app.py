@@ -2,6 +2,7 @@
 
 Run it (from the repository root)::
 
+    export ATRACK_OUTBOX=/var/tmp/shop-outbox   # calls kept on disk until delivered
     ATRACK_PUBLIC_KEY=pub_xxxxx flask --app example_apps.flask_shop.app run
     ATRACK_PUBLIC_KEY=pub_xxxxx gunicorn example_apps.flask_shop.app:app
 

@@ -2,6 +2,7 @@
 
 Run it (from the repository root)::
 
+    export ATRACK_OUTBOX=/var/tmp/shop-outbox   # calls kept on disk until delivered
     ATRACK_PUBLIC_KEY=pub_xxxxx uvicorn example_apps.starlette_shop.app:app
 
 Point it at the local collector with ``ATRACK_ENDPOINT=http://127.0.0.1:8787``. Without

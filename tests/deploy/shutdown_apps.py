@@ -25,6 +25,9 @@ sdk = ATrackSdk(
         "pub_shutdown_test_5150",
         endpoint=os.environ["ATRACK_TEST_ENDPOINT"],
         transport=os.environ.get("ATRACK_TEST_TRANSPORT", "auto"),  # type: ignore[arg-type]
+        # The outbox restart tests (tests/deploy/test_outbox_restart.py).
+        outbox=os.environ.get("ATRACK_TEST_OUTBOX") or None,
+        shutdown_timeout=float(os.environ.get("ATRACK_TEST_SHUTDOWN_TIMEOUT", "5")),
     )
 )
 

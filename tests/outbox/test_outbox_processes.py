@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from atrack_core import ATrackSdk, Options
 from atrack_integrations._settings import resolve_sdk
 from tests.outbox.conftest import KEY, ROOT, spawn, unique_calls, wait_until
@@ -87,6 +89,13 @@ def test_cli_inspect_and_flush_deliver_a_dead_process_calls(tmp_path: Path, coll
     dead = atrack("outbox", "inspect", str(outbox))
     assert dead.returncode == 0
     assert "process gone" in dead.stdout and "/event 500" in dead.stdout, dead.stdout
+    # Another project's SDK on the same directory leaves the file alone (its calls
+    # would go out with the wrong key).
+    other = ATrackSdk(Options("pub_another_project_1", endpoint=collector.url, outbox=outbox))
+    assert other.flush(10)
+    other.shutdown()
+    assert other.stats()["outbox_adopted"] == 0
+    assert collector.store.calls() == []
     flushed = atrack("outbox", "flush", str(outbox), "--key", KEY, "--endpoint", collector.url)
     assert flushed.returncode == 0, flushed.stdout + flushed.stderr
     assert "adopted 500 calls, delivered 500" in flushed.stdout
@@ -111,3 +120,24 @@ def test_integration_settings_turn_the_outbox_on(tmp_path: Path, collector: Any)
     finally:
         sdk.shutdown()
     assert len(unique_calls(collector)) == 1
+
+
+def test_flask_config_turns_the_outbox_on(tmp_path: Path, collector: Any) -> None:
+    flask = pytest.importorskip("flask")
+    from atrack_integrations.flask import ATrack
+
+    app = flask.Flask(__name__)
+    app.config.update(
+        ATRACK_PUBLIC_KEY=KEY,
+        ATRACK_ENDPOINT=collector.url,
+        ATRACK_OUTBOX=str(tmp_path / "ob"),
+        ATRACK_OUTBOX_MAX_AGE="3600",
+    )
+    ATrack(app)
+    sdk = app.extensions["atrack"].sdk
+    try:
+        assert sdk.options.outbox == str(tmp_path / "ob")
+        assert sdk.options.outbox_max_age == 3600.0
+        assert "outbox_pending" in sdk.stats()
+    finally:
+        sdk.shutdown()

@@ -1,7 +1,8 @@
 """Settings of the example shop: the smallest Django project that shows A-Track.
 
 No database: the shop keeps no data of its own. A-Track reads its key, endpoint, geo
-and delivery mode from the ``ATRACK_*`` environment variables (``Options.from_env()``);
+and delivery mode from the ``ATRACK_*`` environment variables (``Options.from_env()``;
+``ATRACK_OUTBOX=/var/tmp/shop-outbox`` turns the outbox on, or ``ATRACK["OUTBOX"]``);
 without ``ATRACK_PUBLIC_KEY`` the shop runs with tracking disabled.
 """
 

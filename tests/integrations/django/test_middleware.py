@@ -322,6 +322,29 @@ def test_identify_user_under_asgi_awaits_auser(calls: CapturedCalls) -> None:
     assert testapp.SYNC_USER_LOADS == []  # auser(), never the lazy request.user
 
 
+@pytest.mark.parametrize(
+    "hook",
+    [
+        "atrack_integrations.django.identify_user",
+        "tests.integrations.django.testapp.identify",
+        "tests.integrations.django.testapp.aidentify",
+    ],
+)
+def test_every_hook_under_wsgi_in_an_async_view(
+    calls: CapturedCalls, hook: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Django runs an async view under WSGI in an event loop of its own; the view's
+    # track() asks for the identity there, where request.user may not be loaded.
+    with (
+        caplog.at_level(logging.ERROR, logger="atrack"),
+        override_settings(ATRACK=atrack_settings(IDENTIFY=hook)),
+    ):
+        resp = Client().get("/atrack", HTTP_X_TEST_USER="user-5")
+    assert resp.json()["uuid"] == "user-5"
+    assert [e["uuid"] for e in calls.events] == ["user-5"]
+    assert not [r for r in caplog.records if r.name.startswith("atrack")], caplog.text
+
+
 def test_async_hook_under_wsgi(calls: CapturedCalls) -> None:
     with override_settings(ATRACK=atrack_settings(**AUTH_ASYNC)):
         resp = Client().get("/track", HTTP_X_TEST_USER="user-4")

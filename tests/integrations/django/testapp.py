@@ -158,6 +158,14 @@ def plain(request: HttpRequest) -> HttpResponse:
 urlpatterns.append(path("plain", plain))
 
 
+def context(request: HttpRequest) -> HttpResponse:
+    """The request's context as the tracker sends it (the same-context tests)."""
+    return JsonResponse(request.atrack.context)  # type: ignore[attr-defined]
+
+
+urlpatterns.append(path("ctx", context))
+
+
 # ------------------------------------------------- current_tracker() from service code
 
 
