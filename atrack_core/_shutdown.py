@@ -3,9 +3,9 @@
 A process can end in three ways that matter here, and each gets the same flush:
 
 - **Interpreter exit**: one ``atexit`` hook for every live SDK of the process.
-- **SIGTERM with nobody listening**: some servers never run ``atexit`` (waitress,
-  granian WSGI workers, granian ASGI without lifespan): the default SIGTERM
-  disposition kills the process at once. When the process still has that default
+- **SIGTERM with nobody listening**: some servers never run ``atexit`` on SIGTERM
+  (waitress; granian's WSGI and lifespan-less ASGI workers before 2.x): the default
+  SIGTERM disposition kills the process at once. When the process still has that default
   disposition as the first SDK is built in the main thread, a handler is installed
   that flushes, then restores the default and raises SIGTERM again, so the process
   ends exactly as it would have (status, core, parent's view). A handler the host set
