@@ -50,6 +50,9 @@ BOUNCE_DELAY = 0.2
 MAINTAIN_INTERVAL = 5.0  # adoption scan, expiry, vacuum
 # Calls spilled but not yet written are memory too: beyond this, a spill is a drop.
 MAX_SPILL_MEMORY = 16 * 1024 * 1024
+# Calls accepted and not yet looked at by the writer, at most (memory: each holds a
+# call the scheduler may already have let go of).
+MAX_UNWRITTEN = 200_000
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 DEFAULT_MAX_AGE = 24 * 3600.0
 
@@ -132,7 +135,8 @@ class Outbox:
         self._fd: int | None = None
         self._next_id = 1
         self._next_due = 0.0  # when a waiting row may next be due (0: check now)
-        self._full_logged = 0.0
+        self._full_logged = -10.0
+        self._dropped_logged = 0
         self.counts: dict[str, int] = dict.fromkeys(
             (
                 "rows",
@@ -168,7 +172,13 @@ class Outbox:
     def accepted(self, call: Call) -> None:
         if call.stored or self._stop:
             return  # loaded back from here (its row exists), or no writer any more
-        self._new.append(call)
+        new = self._new
+        if len(new) >= MAX_UNWRITTEN:
+            # The writer is far behind (a stalled disk): the call is still sent from
+            # memory, it is just not durable. Counted; logged by the writer.
+            self.counts["dropped"] += 1
+            return
+        new.append(call)
         if self._thread is None:
             self._start()
         if len(self._new) >= WAKE_AT:
@@ -379,7 +389,6 @@ class Outbox:
                     size = _db.size_of(call)
                     if counts["bytes"] + reserved + added + size > self._max_bytes:
                         # In memory still, but not durable: counted, logged sometimes.
-                        self._log_full()
                         counts["dropped"] += 1
                         call.stored = _SETTLED
                         continue
@@ -409,6 +418,7 @@ class Outbox:
         if spilled_bytes:
             with self._spill_lock:
                 self._spill_bytes -= spilled_bytes
+        self._log_dropped()
         if not (inserts or removed or parked or put_back):
             return
         db.execute("BEGIN")
@@ -431,16 +441,21 @@ class Outbox:
         if parked or put_back or any(held == 0 for _, held, _ in inserts):
             self._next_due = 0.0  # look for due rows at the next load
 
-    def _log_full(self) -> None:
+    def _log_dropped(self) -> None:
+        """At most every 10 s: calls not written since the last such line."""
+        dropped = self.counts["dropped"]
         now = time.monotonic()
-        if now - self._full_logged >= 10.0:
+        if dropped > self._dropped_logged and now - self._full_logged >= 10.0:
             self._full_logged = now
             logger.warning(
-                "A-Track outbox in %s is full (outbox_max_bytes %d); new calls are not "
-                "written to disk (see stats()['outbox_dropped'])",
+                "A-Track outbox in %s did not write %d calls (outbox_max_bytes %d reached, "
+                "or the writer far behind); they are sent from memory only (see "
+                "stats()['outbox_dropped'])",
                 self.directory,
+                dropped - self._dropped_logged,
                 self._max_bytes,
             )
+            self._dropped_logged = dropped
 
     def _load(self) -> None:
         """Hand waiting rows back to the scheduler, oldest first, as it has room."""
