@@ -35,6 +35,9 @@ _DOMAIN_RE = re.compile(
     r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 )
 _SAMESITE = {"lax": "Lax", "strict": "Strict", "none": "None"}
+# The cache of read Cookie headers: at most this many, each at most this long.
+_MAX_CACHED_HEADERS = 4096
+_MAX_CACHED_HEADER = 1024
 
 
 def is_canonical_uuid(value: str) -> bool:
@@ -49,6 +52,7 @@ class CookiePolicy:
         "_attrs_http",
         "_attrs_https",
         "_prefix",
+        "_read_cache",
         "domain",
         "max_age",
         "name",
@@ -117,6 +121,7 @@ class CookiePolicy:
         if same is not None:
             attrs += f"; SameSite={same}"
         self._prefix = name + "="
+        self._read_cache: dict[str, tuple[str | None, str | None]] = {}
         self._attrs_http = attrs + ("; Secure" if secure_flag else "")
         self._attrs_https = attrs + ("" if secure_flag is False else "; Secure")
 
@@ -128,12 +133,23 @@ class CookiePolicy:
         """
         if not header:
             return None, None
+        # A visitor sends the same Cookie header request after request: its answer is
+        # kept (bounded in entries and key length) and found with one dict lookup.
+        cache = self._read_cache
+        found = cache.get(header)
+        if found is not None:
+            return found
         value = find_cookie(header, self.name)
         if value is not None and (len(value) != 36 or _CANONICAL_UUID(value) is None):
             value = None
         # The timezone cookie is rare: a C-level substring test saves the search.
         timezone = find_cookie(header, self.timezone_name) if self.timezone_name in header else None
-        return value, timezone
+        found = (value, timezone)
+        if len(header) <= _MAX_CACHED_HEADER:
+            if len(cache) >= _MAX_CACHED_HEADERS:
+                cache.clear()
+            cache[header] = found
+        return found
 
     def read_parsed(self, cookies: Mapping[str, str]) -> tuple[str | None, str | None]:
         """:meth:`read` for cookies a framework has parsed already."""

@@ -68,6 +68,7 @@ from typing import Any, Literal
 from atrack_core import ATrackSdk, MemoryStorage, Storage
 from atrack_core._request import ContextConfig, RequestView
 from atrack_core._validate import check_name
+from atrack_core._wire import WireContext
 
 from ._contain import Contain
 from ._cookie import DEFAULT_COOKIE_MAX_AGE, DEFAULT_COOKIE_NAME, CookiePolicy, is_canonical_uuid
@@ -231,6 +232,9 @@ class IntegrationConfig:
         self.respect_dnt = dnt
         self.context_config = context_config
         self.dedupe = InitDedupe(self.sdk, ttl)
+        # Request inputs -> their WireContext, shared by requests made of the same
+        # inputs (see RequestTracker._wire_context).
+        self._contexts: dict[tuple[str | None, ...], WireContext] = {}
         #: The request headers the lifecycle reads (lower case): adapters decode only
         #: these. The context configuration's, the cookie, DNT/GPC with respect_dnt.
         names = ("cookie", *context_config.header_names)

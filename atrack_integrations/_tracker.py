@@ -20,8 +20,14 @@ if TYPE_CHECKING:
 
 __all__ = ["RequestTracker"]
 
+_TRACK_FAILED = Contain("A-Track track() failed", passes=CALLER_ERRORS)
 _ATTRIBUTES_FAILED = Contain("A-Track set_attributes() failed", passes=CALLER_ERRORS)
 _CONTEXT_FAILED = Contain("A-Track could not build the request context")
+
+# The shared contexts of one configuration: at most this many, each from at most this
+# many characters of input.
+_MAX_CACHED_CONTEXTS = 2048
+_MAX_CACHED_INPUT = 2048
 
 
 class RequestTracker:
@@ -152,7 +158,7 @@ class RequestTracker:
             sdk = self._config.sdk
             self._submit(lambda: sdk._event_in_request(uuid, event, attrs, context))
             return
-        with Contain("A-Track track(%r) failed", event, passes=CALLER_ERRORS):
+        with _TRACK_FAILED:
             # A WireContext: the SDK trusts it and this (validated) uuid, and reuses the
             # context's JSON for every event of the request.
             self._config.sdk._event_in_request(uuid, event, attributes, context)
@@ -253,11 +259,30 @@ class RequestTracker:
 
     def _wire_context(self) -> WireContext:
         # Built on first use (a page that tracks nothing never pays for it), once per
-        # request. Documented never to raise; if it does, events still go out.
-        data: dict[str, str] = {}
-        with _CONTEXT_FAILED:
-            data = request_context_dict(
-                self._view, self._config.context_config, timezone_cookie=self._timezone_cookie
-            )
-        context = self._context = WireContext(data)
+        # request, and shared with every request made of the same inputs: the same
+        # visitor on the same page sends the same context, and a WireContext (its data
+        # and JSON text) is never modified. Documented never to raise; if it does,
+        # events still go out.
+        view = self._view
+        config = self._config
+        values = tuple(map(view.headers.get, config.context_config.header_names))
+        key = (view.path, view.query_string, view.client, self._timezone_cookie, *values)
+        cache = config._contexts
+        context = cache.get(key)
+        if context is None:
+            data: dict[str, str] = {}
+            with _CONTEXT_FAILED:
+                data = request_context_dict(
+                    view, config.context_config, timezone_cookie=self._timezone_cookie
+                )
+            context = WireContext(data)
+            # Bounded in entries and in what a key may hold (raw header values).
+            if (
+                len(view.path) + len(view.query_string) + sum(map(len, filter(None, values)))
+                <= _MAX_CACHED_INPUT
+            ):
+                if len(cache) >= _MAX_CACHED_CONTEXTS:
+                    cache.clear()
+                cache[key] = context
+        self._context = context
         return context

@@ -82,12 +82,11 @@ def view_from_environ(
     that know better (Django's ``request.scheme`` honours ``SECURE_PROXY_SSL_HEADER``;
     under ASGI the raw path and query are in the scope).
     """
-    headers: dict[str, str] = {}
     get = environ.get
-    for key, name in keys:
-        value = get(key)
-        if value is not None and value.__class__ is str:
-            headers[name] = value if value.isascii() else wsgi_text(value)
+    headers = {name: value for key, name in keys if (value := get(key)).__class__ is str}
+    if not "".join(headers.values()).isascii():
+        # Non-ASCII bytes somewhere (rare): each value read by the shared rule.
+        headers = {name: wsgi_text(value) for name, value in headers.items()}
     cookie = headers.get("cookie")
     if cookie is not None and "," in cookie:
         # Repeated Cookie headers (HTTP/2 clients split them) reach us joined with ","

@@ -25,6 +25,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,6 +50,9 @@ BOUNCE_DELAY = 0.2
 MAINTAIN_INTERVAL = 5.0  # adoption scan, expiry, vacuum
 # Calls spilled but not yet written are memory too: beyond this, a spill is a drop.
 MAX_SPILL_MEMORY = 16 * 1024 * 1024
+# Calls accepted and not yet looked at by the writer, at most (memory: each holds a
+# call the scheduler may already have let go of).
+MAX_UNWRITTEN = 200_000
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 DEFAULT_MAX_AGE = 24 * 3600.0
 
@@ -58,6 +62,31 @@ _SETTLED = -1
 # Connections inherited across fork: never used or closed in the child (closing could
 # checkpoint or delete the parent's WAL), kept referenced so no finaliser closes them.
 _abandoned: list[sqlite3.Connection] = []
+
+# A fork while a writer is inside SQLite could leave one of SQLite's own mutexes locked
+# in the child, and the child's writer would hang on its first statement (gunicorn
+# --preload forks workers from a master whose SDK has a writer). Each writer holds its
+# ``_io`` lock around all SQLite work, and a fork waits for it (one commit at most).
+_writers: weakref.WeakSet[Outbox] = weakref.WeakSet()
+_held_for_fork: list[threading.Lock] = []
+
+
+def _before_fork() -> None:
+    for outbox in list(_writers):
+        lock = outbox._io
+        lock.acquire()
+        _held_for_fork.append(lock)
+
+
+def _after_fork() -> None:
+    while _held_for_fork:
+        _held_for_fork.pop().release()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork
+    )
 
 
 class Outbox:
@@ -83,6 +112,7 @@ class Outbox:
         self._init_state()
         delivery.hooks = self
         _fork.register(self)
+        _writers.add(self)
         self._start()
 
     def _init_state(self) -> None:
@@ -91,6 +121,7 @@ class Outbox:
         self._removed: list[tuple[int, int]] = []  # (row id, size) settled
         self._parked: list[int] = []  # row ids parked
         self._spill_lock = threading.Lock()
+        self._io = threading.Lock()  # held around SQLite work; see _before_fork
         self._spill_bytes = 0
         self._spilling = False
         self._wake = threading.Event()
@@ -104,7 +135,8 @@ class Outbox:
         self._fd: int | None = None
         self._next_id = 1
         self._next_due = 0.0  # when a waiting row may next be due (0: check now)
-        self._full_logged = 0.0
+        self._full_logged = -10.0
+        self._dropped_logged = 0
         self.counts: dict[str, int] = dict.fromkeys(
             (
                 "rows",
@@ -140,7 +172,13 @@ class Outbox:
     def accepted(self, call: Call) -> None:
         if call.stored or self._stop:
             return  # loaded back from here (its row exists), or no writer any more
-        self._new.append(call)
+        new = self._new
+        if len(new) >= MAX_UNWRITTEN:
+            # The writer is far behind (a stalled disk): the call is still sent from
+            # memory, it is just not durable. Counted; logged by the writer.
+            self.counts["dropped"] += 1
+            return
+        new.append(call)
         if self._thread is None:
             self._start()
         if len(self._new) >= WAKE_AT:
@@ -256,7 +294,8 @@ class Outbox:
 
     def _main(self) -> None:
         try:
-            self._open()
+            with self._io:
+                self._open()
         except Exception:
             logger.exception(
                 "A-Track outbox in %s cannot be used; calls are kept in memory only",
@@ -265,7 +304,8 @@ class Outbox:
             self._stop = True
             self._spilling = False
             self._new.clear()
-            self._release()
+            with self._io:
+                self._release()
             return
         finally:
             self._opened.set()
@@ -277,22 +317,25 @@ class Outbox:
             if self._db is None:  # could not start a fresh file (see _recover)
                 break
             try:
-                self._commit()
-                now = time.monotonic()
-                if now - last_maintained >= MAINTAIN_INTERVAL:
-                    last_maintained = now
-                    self._maintain()
-                if not stop:
-                    self._load()
+                with self._io:
+                    self._commit()
+                    now = time.monotonic()
+                    if now - last_maintained >= MAINTAIN_INTERVAL:
+                        last_maintained = now
+                        self._maintain()
+                    if not stop:
+                        self._load()
             except sqlite3.Error:
-                self._recover()
+                with self._io:
+                    self._recover()
             except Exception:
                 logger.exception("A-Track outbox writer failed; going on")
             with self._idle:
                 self._idle.notify_all()
             if stop:
                 break
-        self._release()
+        with self._io:
+            self._release()
 
     def _open(self) -> None:
         path, fd = _files.create_own(self.directory)
@@ -346,7 +389,6 @@ class Outbox:
                     size = _db.size_of(call)
                     if counts["bytes"] + reserved + added + size > self._max_bytes:
                         # In memory still, but not durable: counted, logged sometimes.
-                        self._log_full()
                         counts["dropped"] += 1
                         call.stored = _SETTLED
                         continue
@@ -376,6 +418,7 @@ class Outbox:
         if spilled_bytes:
             with self._spill_lock:
                 self._spill_bytes -= spilled_bytes
+        self._log_dropped()
         if not (inserts or removed or parked or put_back):
             return
         db.execute("BEGIN")
@@ -398,16 +441,21 @@ class Outbox:
         if parked or put_back or any(held == 0 for _, held, _ in inserts):
             self._next_due = 0.0  # look for due rows at the next load
 
-    def _log_full(self) -> None:
+    def _log_dropped(self) -> None:
+        """At most every 10 s: calls not written since the last such line."""
+        dropped = self.counts["dropped"]
         now = time.monotonic()
-        if now - self._full_logged >= 10.0:
+        if dropped > self._dropped_logged and now - self._full_logged >= 10.0:
             self._full_logged = now
             logger.warning(
-                "A-Track outbox in %s is full (outbox_max_bytes %d); new calls are not "
-                "written to disk (see stats()['outbox_dropped'])",
+                "A-Track outbox in %s did not write %d calls (outbox_max_bytes %d reached, "
+                "or the writer far behind); they are sent from memory only (see "
+                "stats()['outbox_dropped'])",
                 self.directory,
+                dropped - self._dropped_logged,
                 self._max_bytes,
             )
+            self._dropped_logged = dropped
 
     def _load(self) -> None:
         """Hand waiting rows back to the scheduler, oldest first, as it has room."""

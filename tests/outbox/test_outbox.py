@@ -187,6 +187,25 @@ def test_max_bytes_bounds_the_disk(tmp_path: Path, caplog: pytest.LogCaptureFixt
     assert "queue is full" in caplog.text
 
 
+def test_calls_beyond_max_bytes_that_fit_in_memory_are_sent_not_written(
+    tmp_path: Path, slow_collector: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    sdk = ATrackSdk(
+        Options(KEY, endpoint=slow_collector.url, outbox=tmp_path / "ob", outbox_max_bytes=65536)
+    )
+    for i in range(1000):
+        sdk.track("big", {"i": i, "pad": "x" * 200}, uuid=f"u{i % 50}")
+    wait_until(lambda: sdk.stats()["outbox_unwritten"] == 0, 5, "the writer")
+    stats = sdk.stats()
+    assert stats["outbox_dropped"] > 0
+    assert stats["outbox_bytes"] <= 65536
+    assert sdk.flush(60)
+    sdk.shutdown()
+    assert sdk.stats()["dropped"] == 0
+    assert len(unique_calls(slow_collector)) == 1000  # all sent, from memory
+    assert "did not write" in caplog.text
+
+
 def test_calls_older_than_max_age_are_dropped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -259,8 +278,10 @@ def test_from_env_reads_atrack_outbox(tmp_path: Path) -> None:
         ATrackSdk(Options(KEY, outbox=tmp_path, outbox_max_bytes=10))
 
 
-def test_an_outbox_file_is_a_real_sqlite_wal_database(tmp_path: Path, slow_collector: Any) -> None:
-    sdk = ATrackSdk(Options(KEY, endpoint=slow_collector.url, outbox=tmp_path / "ob"))
+def test_an_outbox_file_is_a_real_sqlite_wal_database(tmp_path: Path) -> None:
+    sdk = ATrackSdk(
+        Options(KEY, endpoint=closed_port_url(), outbox=tmp_path / "ob", shutdown_timeout=0.2)
+    )
     sdk.track("x", uuid="u1")
     wait_until(lambda: sdk.stats()["outbox_pending"] == 1, 5, "a commit")
     (db,) = files(tmp_path / "ob")
