@@ -282,6 +282,28 @@ class BackgroundDelivery:
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every call accepted before this one is delivered or given up."""
+        flushed = self._flush(timeout)
+        if logger.isEnabledFor(logging.DEBUG):
+            self._log_record("flush")
+        return flushed
+
+    def _log_record(self, after: str) -> None:
+        """The process's delivery record at DEBUG (counters since the process started;
+        the deployment tests read the last line of each process from a log file)."""
+        totals = self._stats.snapshot(0)
+        logger.debug(
+            "A-Track delivery record (pid %d, after %s): %d enqueued, %d sent, "
+            "%d retried, %d failed, %d dropped",
+            os.getpid(),
+            after,
+            totals["enqueued"],
+            totals["sent"],
+            totals["retried"],
+            totals["failed"],
+            totals["dropped"],
+        )
+
+    def _flush(self, timeout: float | None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             if self._outstanding == 0:
@@ -309,7 +331,7 @@ class BackgroundDelivery:
             if self._closed:
                 return
             self._closed = True
-        flushed = self.flush(timeout)
+        flushed = self._flush(timeout)
         with self._lock:
             self._stopping = True
             self._work.notify_all()
@@ -318,17 +340,8 @@ class BackgroundDelivery:
                 self._multi.wake()
             left = self._outstanding
             threads = list(self._threads)
-        totals = self._stats.snapshot(0)
-        # The process's delivery record (the deployment tests read it from a log file).
-        logger.debug(
-            "A-Track shut down (pid %d): %d enqueued, %d sent, %d retried, %d failed, %d dropped",
-            os.getpid(),
-            totals["enqueued"],
-            totals["sent"],
-            totals["retried"],
-            totals["failed"],
-            totals["dropped"],
-        )
+        if logger.isEnabledFor(logging.DEBUG):
+            self._log_record("shutdown")
         if not flushed:
             bound = budget if budget is not None else timeout
             logger.warning(

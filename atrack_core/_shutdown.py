@@ -3,9 +3,9 @@
 A process can end in three ways that matter here, and each gets the same flush:
 
 - **Interpreter exit**: one ``atexit`` hook for every live SDK of the process.
-- **SIGTERM with nobody listening**: some servers never run ``atexit`` (waitress,
-  granian WSGI workers, granian ASGI without lifespan): the default SIGTERM
-  disposition kills the process at once. When the process still has that default
+- **SIGTERM with nobody listening**: some servers never run ``atexit`` on SIGTERM
+  (waitress; granian's WSGI and lifespan-less ASGI workers before 2.x): the default
+  SIGTERM disposition kills the process at once. When the process still has that default
   disposition as the first SDK is built in the main thread, a handler is installed
   that flushes, then restores the default and raises SIGTERM again, so the process
   ends exactly as it would have (status, core, parent's view). A handler the host set
@@ -21,6 +21,7 @@ its own). Senders deliver concurrently; only the waiting is one SDK after anothe
 
 from __future__ import annotations
 
+import _thread
 import atexit
 import logging
 import os
@@ -29,6 +30,7 @@ import sys
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -41,9 +43,13 @@ SIGTERM_ENV = "ATRACK_SIGTERM_FLUSH"
 # multiprocessing runs finalizers with a priority >= 0 before it terminates and joins
 # the child's own children; higher first.
 MP_EXIT_PRIORITY = 10
+# What the SIGTERM handler waits when the live SDKs cannot be read (never in practice).
+_FALLBACK_DEADLINE = 5.0
 
 _live: weakref.WeakSet[ATrackSdk] = weakref.WeakSet()
-_lock = threading.Lock()
+# Re-entrant: the SIGTERM handler runs on the main thread, which it may have interrupted
+# inside one of the functions below (a plain lock would deadlock it there).
+_lock = threading.RLock()
 _sigterm_decided = False
 _mp_hooked = False
 
@@ -90,9 +96,14 @@ def flush_all(reason: str = "exit") -> None:
 
 
 def deadline() -> float:
-    """The longest the flush of the live SDKs may take (seconds)."""
-    with _lock:
-        return max((sdk.options.shutdown_timeout for sdk in _live), default=0.0)
+    """The longest the flush of the live SDKs may take (seconds). Takes no lock: the
+    SIGTERM handler calls it in the main thread, which may hold ``_lock`` right then."""
+    for _ in range(3):
+        try:
+            return max((sdk.options.shutdown_timeout for sdk in list(_live)), default=0.0)
+        except RuntimeError:  # the set changed while being copied: another thread
+            continue
+    return _FALLBACK_DEADLINE
 
 
 # -- interpreter exit -------------------------------------------------------------------
@@ -131,18 +142,61 @@ def _maybe_handle_sigterm() -> None:
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    if signal.getsignal(signal.SIGTERM) is not _on_sigterm:
+        # A handler the host installed after the SDK calls this one as its previous
+        # handler: flush, and leave the rest (exit or not, with which status) to it.
+        _run_flush(terminate=False)
+        return
     # The default again first: a second SIGTERM (an impatient supervisor) ends the
     # process at once, as it would have without the SDK.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    # The flush runs in a thread: this handler interrupts the main thread wherever it
-    # was, perhaps holding an SDK lock the flush needs. Waiting is bounded either way.
-    flusher = threading.Thread(target=flush_all, args=("SIGTERM",), name="atrack-sigterm")
+    _run_flush(terminate=True)
+
+
+def _run_flush(*, terminate: bool) -> None:
+    spawn = _greenlet_spawn()
+    if spawn is not None:
+        # gevent: this handler runs in whichever greenlet the signal interrupted, often
+        # the hub, where nothing may block (BlockingSwitchOutError), or one that holds
+        # what the flush needs. The flush runs in a greenlet of its own.
+        spawn(_flush_bounded, terminate)
+    else:
+        _flush_bounded(terminate)
+
+
+def _flush_bounded(terminate: bool) -> None:
+    # This handler interrupts the main thread wherever it was: perhaps holding an SDK
+    # lock the flush needs, or one of ``threading``'s own (inside ``Thread.start`` or
+    # the interpreter's thread shutdown). So the flush runs in a bare ``_thread``
+    # thread (``threading.Thread.start`` would take those locks, and waits without a
+    # timeout for the thread to start), and the wait for it here is bounded: a flush
+    # stuck behind a lock this thread holds is given up after the deadline.
+    done = _thread.allocate_lock()
+    done.acquire()
+
+    def flush_then_release() -> None:
+        try:
+            flush_all("SIGTERM")
+        finally:
+            done.release()
+
     try:
-        flusher.start()
-        flusher.join(deadline() + 1.0)
-    except RuntimeError:  # no new threads (interpreter shutting down): flush inline
-        flush_all("SIGTERM")
-    os.kill(os.getpid(), signal.SIGTERM)
+        _thread.start_new_thread(flush_then_release, ())
+    except RuntimeError:  # no new threads (interpreter finalizing): end as without us
+        pass
+    else:
+        done.acquire(timeout=deadline() + 1.0)
+    if terminate:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _greenlet_spawn() -> Callable[..., object] | None:
+    """``gevent.spawn`` when gevent has patched ``threading``, else ``None``."""
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is None or not monkey.is_module_patched("threading"):
+        return None
+    spawn: Callable[..., object] | None = getattr(sys.modules.get("gevent"), "spawn", None)
+    return spawn
 
 
 # -- multiprocessing ----------------------------------------------------------------------

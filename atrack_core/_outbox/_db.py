@@ -139,10 +139,15 @@ def call_of(row: Row) -> Call:
     return Call(path, uuid, bytes(body), request_id=request_id, created=created, stored=rowid)
 
 
-def vacuum(db: sqlite3.Connection) -> None:
-    """Give free pages back once many are free."""
+def vacuum(db: sqlite3.Connection, max_bytes: int) -> None:
+    """Give free pages back once many are free: past 1 MiB, or an eighth of the bound.
+
+    The size bound counts rows; pages freed by delivered rows stay in the file until
+    given back, so a small ``outbox_max_bytes`` needs them given back sooner.
+    """
     free = db.execute("PRAGMA freelist_count").fetchone()[0]
-    if free > 256:
+    page = db.execute("PRAGMA page_size").fetchone()[0]
+    if free > 0 and free * page > min(1 << 20, max_bytes // 8):
         db.execute("PRAGMA incremental_vacuum")
 
 

@@ -438,6 +438,8 @@ class Outbox:
             raise
         counts["rows"] += len(inserts) - len(removed)
         counts["bytes"] += added - sum(size for _, size in removed)
+        if removed and counts["bytes"] + added > self._max_bytes // 2:
+            _db.vacuum(db, self._max_bytes)  # near the bound: the file follows the rows
         if parked or put_back or any(held == 0 for _, held, _ in inserts):
             self._next_due = 0.0  # look for due rows at the next load
 
@@ -499,7 +501,7 @@ class Outbox:
                     self._max_age,
                 )
         self._adopt_all()
-        _db.vacuum(db)
+        _db.vacuum(db, self._max_bytes)
 
     # -- adoption ---------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ added latency, so calls are still queued when the master gets SIGTERM. Then:
 - every event delivered, once as the API keeps it: a call may arrive more than once
   only as a retry under the same request id (a timeout on a loaded machine), never as a
   different call, and the copies may not outnumber the retries the workers' SDKs
-  counted (their DEBUG shutdown lines, ``tests/deploy/logsite``); each event carries
+  counted (their DEBUG delivery records, ``tests/deploy/logsite``); each event carries
   the uuid of that user's cookie;
 - nothing lost on SIGTERM: no explicit flush, the workers' exit flush (WSGI: the
   ``atexit`` flush; ASGI: the lifespan flush) sends what was still queued.
@@ -102,14 +102,20 @@ def debug_log(redis: RedisServer) -> Path:
     return Path(redis.workdir) / "atrack-debug.log"
 
 
-def shutdown_totals(log: Path) -> tuple[int, int, int]:
-    """(SDKs that logged their shutdown, calls they sent, retries they counted), from
-    the DEBUG log every process of the server wrote (``tests/deploy/logsite``)."""
+def delivery_records(log: Path) -> tuple[int, int, int]:
+    """(processes that logged a delivery record, calls they sent, retries they counted):
+    the last record of each process (the counters are cumulative), from the DEBUG log
+    every process of the server wrote (``tests/deploy/logsite``). A worker logs one
+    after a flush (the ASGI lifespan's) and at shutdown (the exit flush)."""
     text = log.read_text() if log.exists() else ""
-    found = re.findall(
-        r"A-Track shut down \(pid \d+\): \d+ enqueued, (\d+) sent, (\d+) retried", text
+    pattern = (
+        r"A-Track delivery record \(pid (\d+), [^)]*\): "
+        r"\d+ enqueued, (\d+) sent, (\d+) retried"
     )
-    return len(found), sum(int(s) for s, _ in found), sum(int(r) for _, r in found)
+    last: dict[str, tuple[int, int]] = {}
+    for pid, sent, retried in re.findall(pattern, text):
+        last[pid] = (int(sent), int(retried))
+    return len(last), sum(s for s, _ in last.values()), sum(r for _, r in last.values())
 
 
 def check_deployment(
@@ -161,10 +167,10 @@ def check_deployment(
     duplicates = len(calls) - len(copies)
     # Every extra copy is a retry the SDKs counted (their shutdown lines, read from the
     # workers' log): a copy nobody retried would be a resend behind the engine's back.
-    sdks, sent, retried = shutdown_totals(log)
+    processes, sent, retried = delivery_records(log)
     report.update(duplicates=duplicates, retried=retried)
-    if sdks < 4 or sent > len(copies):
-        fail(f"the workers' log has {sdks} shutdown lines, {sent} sent: incomplete")
+    if processes < 4 or sent > len(copies):
+        fail(f"the workers' log has records of {processes} processes, {sent} sent")
     if duplicates > retried:
         fail(f"{duplicates} duplicate arrivals but the workers counted {retried} retries")
     calls = [cs[0] for cs in copies.values()]  # one per call, as the API keeps them

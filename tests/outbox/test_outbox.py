@@ -278,8 +278,10 @@ def test_from_env_reads_atrack_outbox(tmp_path: Path) -> None:
         ATrackSdk(Options(KEY, outbox=tmp_path, outbox_max_bytes=10))
 
 
-def test_an_outbox_file_is_a_real_sqlite_wal_database(tmp_path: Path, slow_collector: Any) -> None:
-    sdk = ATrackSdk(Options(KEY, endpoint=slow_collector.url, outbox=tmp_path / "ob"))
+def test_an_outbox_file_is_a_real_sqlite_wal_database(tmp_path: Path) -> None:
+    sdk = ATrackSdk(
+        Options(KEY, endpoint=closed_port_url(), outbox=tmp_path / "ob", shutdown_timeout=0.2)
+    )
     sdk.track("x", uuid="u1")
     wait_until(lambda: sdk.stats()["outbox_pending"] == 1, 5, "a commit")
     (db,) = files(tmp_path / "ob")

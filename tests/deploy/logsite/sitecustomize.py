@@ -1,7 +1,7 @@
 """Imported by every Python process of a deployment test (its directory is put on
 ``PYTHONPATH``): when ``ATRACK_TEST_LOG`` names a file, the ``atrack`` logger writes
 there at DEBUG, one line per record with the process id, so a test can read what each
-worker's SDK reported (``A-Track shut down (pid N): ... retried ...``)."""
+worker's SDK reported (``A-Track delivery record (pid N, ...): ... retried ...``)."""
 
 from __future__ import annotations
 
