@@ -14,7 +14,9 @@ validation raises for bad input (a view's ``tracker.track(None)``): those are th
 caller's bug and must reach it, like any validation error.
 
 The blocks whose message takes no argument share one module-level instance: entering
-and leaving it allocates nothing, which matters on the request path.
+and leaving it allocates nothing. The few spots every request passes through use
+``try``/``except Exception: BLOCK.log()`` with the same instance instead (free until
+something fails; a ``with`` costs two calls).
 """
 
 from __future__ import annotations
@@ -62,6 +64,18 @@ class Contain:
             return False
         self.logger.log(self.level, self.message, *self.args, exc_info=(typ, exc, tb))  # type: ignore[arg-type]
         return True
+
+    def log(self) -> None:
+        """Log the exception being handled, as leaving the block would. For the request
+        path's hottest spots, where ``try``/``except`` costs nothing until something
+        fails and a ``with`` costs two calls per request::
+
+            try:
+                ...
+            except Exception:
+                _BEGIN_FAILED.log()
+        """
+        self.logger.log(self.level, self.message, *self.args, exc_info=True)
 
     def __repr__(self) -> str:
         return f"<Contain {self.message!r}>"

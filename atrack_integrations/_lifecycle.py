@@ -313,7 +313,7 @@ class IntegrationConfig:
         A coroutine ``identify`` hook cannot be awaited here: async adapters call
         :meth:`abegin`. Never raises.
         """
-        with _BEGIN_FAILED:
+        try:
             tracker = self._skipped(view, cookies, path)
             if tracker is None:
                 tracker = self._start(view, cookies)
@@ -323,7 +323,9 @@ class IntegrationConfig:
                 if in_event_loop and self._offloader is not None:
                     tracker._offload = self._offloader
             return tracker
-        return self._disabled(view)
+        except Exception:  # noqa: BLE001 - logged by _BEGIN_FAILED.log()
+            _BEGIN_FAILED.log()
+            return self._disabled(view)
 
     async def abegin(
         self,
@@ -452,7 +454,10 @@ class IntegrationConfig:
         return None
 
     def _start(self, view: RequestView, cookies: Mapping[str, str] | None) -> RequestTracker:
-        cookie_uuid, timezone = self._read_cookies(view, cookies)
+        if cookies is None:
+            cookie_uuid, timezone = self.cookie.read(view.headers.get("cookie"))
+        else:
+            cookie_uuid, timezone = self.cookie.read_parsed(cookies)
         if cookie_uuid is not None:
             tracker = RequestTracker(self, view, cookie_uuid, False, cookie_uuid, False, timezone)
             # A returning user this process initialised recently: nothing is due.

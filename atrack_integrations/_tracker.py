@@ -158,10 +158,14 @@ class RequestTracker:
             sdk = self._config.sdk
             self._submit(lambda: sdk._event_in_request(uuid, event, attrs, context))
             return
-        with _TRACK_FAILED:
+        try:
             # A WireContext: the SDK trusts it and this (validated) uuid, and reuses the
             # context's JSON for every event of the request.
             self._config.sdk._event_in_request(uuid, event, attributes, context)
+        except CALLER_ERRORS:
+            raise
+        except Exception:  # noqa: BLE001 - logged by _TRACK_FAILED.log()
+            _TRACK_FAILED.log()
 
     def set_attributes(self, attributes: dict[str, Any], replace: bool = False) -> None:
         """Merge (or, with ``replace=True``, replace) this user's attributes."""

@@ -119,7 +119,9 @@ def start_response_with_cookie(
     def wrapped(status: str, headers: list[tuple[str, str]], exc_info: Any = None, /) -> Any:
         # Read now, not before: the view may have switched the user (tracker.identify).
         tracker = environ.get(ENVIRON_KEY)
-        if tracker.__class__ is RequestTracker:
+        if tracker.__class__ is RequestTracker and (
+            tracker._init_pending or tracker._identify_due or tracker._cookie_out is not None
+        ):
             code = int(status[:3]) if status[:3].isdigit() else 500
             cookie = config.finish(tracker, code)  # never raises
             if cookie is not None:

@@ -139,8 +139,8 @@ class ATrack:
                     environ[ENVIRON_KEY] = tracker
                 if tracker is None:
                     return
-            else:
-                config.bind_request(tracker, req)
+            elif tracker._identify_due:
+                tracker._hook_request = req  # config.bind_request, inline
             req.atrack = tracker
             g.atrack = tracker
 

@@ -87,8 +87,7 @@ class ATrackWSGIMiddleware:
             # Installed twice: the outer installation owns this request.
             return self.app(environ, start_response)
         config = self.config
-        tracker = None
-        with _MIDDLEWARE_FAILED:
+        try:
             view = view_from_environ(environ, self._header_keys)
             # Excluded paths are matched against the app's own (decoded) path.
             tracker = config.begin(
@@ -97,7 +96,8 @@ class ATrackWSGIMiddleware:
                 path=environ.get("PATH_INFO") or "/",
             )
             environ[ENVIRON_KEY] = tracker
-        if tracker is None:
+        except Exception:  # noqa: BLE001 - logged by _MIDDLEWARE_FAILED.log()
+            _MIDDLEWARE_FAILED.log()
             return self.app(environ, start_response)
         # current_tracker() while the app runs and while its body is iterated, never
         # in this thread after the call (the server may reuse it for another request).

@@ -83,7 +83,7 @@ def child(kind: str, scenario: int, tracked: bool, n: int) -> None:
 
         from atrack_integrations.flask import ATrack
 
-        flask_app = flask.Flask("bench")
+        flask_app = flask.Flask(__name__)
         if tracked:
             ATrack(flask_app, sdk=sdk)
 
