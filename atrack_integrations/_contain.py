@@ -33,7 +33,7 @@ CALLER_ERRORS: tuple[type[Exception], ...] = (ValueError, TypeError)
 class Contain:
     """A reusable, stateless ``with`` block that logs and swallows ``Exception``."""
 
-    __slots__ = ("args", "level", "message", "passes")
+    __slots__ = ("args", "level", "logger", "message", "passes")
 
     def __init__(
         self,
@@ -41,7 +41,9 @@ class Contain:
         *args: object,
         level: int = logging.ERROR,
         passes: tuple[type[Exception], ...] = (),
+        log: logging.Logger = logger,
     ) -> None:
+        self.logger = log
         self.message = message
         self.args = args
         self.level = level
@@ -58,7 +60,7 @@ class Contain:
     ) -> bool:
         if typ is None or not issubclass(typ, Exception) or issubclass(typ, self.passes):
             return False
-        logger.log(self.level, self.message, *self.args, exc_info=(typ, exc, tb))  # type: ignore[arg-type]
+        self.logger.log(self.level, self.message, *self.args, exc_info=(typ, exc, tb))  # type: ignore[arg-type]
         return True
 
     def __repr__(self) -> str:

@@ -37,7 +37,9 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from atrack_core import ATrackSdk
 from atrack_core._request import RequestView
+from atrack_core._sdk import _in_thread
 
+from ._contain import Contain
 from ._current import CURRENT
 from ._decode import url_text
 from ._lifecycle import STATE_KEY, IntegrationConfig, RequestTracker
@@ -45,6 +47,10 @@ from ._lifecycle import STATE_KEY, IntegrationConfig, RequestTracker
 __all__ = ["CONFIG_KEY", "get_tracker", "setup"]
 
 logger = logging.getLogger("atrack")
+
+_MIDDLEWARE_FAILED = Contain("A-Track middleware failed; the request goes on untracked")
+_COOKIE_FAILED = Contain("A-Track could not set its cookie on this response")
+_FLUSH_FAILED = Contain("A-Track flush at cleanup failed")
 
 CONFIG_KEY: web.AppKey[IntegrationConfig] = web.AppKey("atrack", IntegrationConfig)
 """``app[CONFIG_KEY]``: the validated settings, ``.sdk`` the SDK in use."""
@@ -96,7 +102,8 @@ def _middleware(config: IntegrationConfig) -> Any:
         nonlocal first
         if STATE_KEY in request:
             return await handler(request)  # a sub-app set up too: the outer one works
-        try:
+        tracker = None
+        with _MIDDLEWARE_FAILED:
             view = _view(request, names)
             path = request.path
             if needs_request:
@@ -108,8 +115,7 @@ def _middleware(config: IntegrationConfig) -> Any:
                 first = False
             else:
                 request[STATE_KEY] = tracker
-        except Exception:
-            logger.error("A-Track middleware failed; the request goes on untracked", exc_info=True)
+        if tracker is None:
             return await handler(request)
         # current_tracker() while the handler runs, its streamed body included (it is
         # written from inside the handler). The handler's exceptions propagate unchanged.
@@ -135,10 +141,8 @@ def _cookie_hook(
             await config.settle(tracker)  # the init dedupe in the background, done
         if cookie is None:
             return
-        try:
+        with _COOKIE_FAILED:
             response.headers.add("Set-Cookie", cookie)
-        except Exception:
-            logger.error("A-Track could not set its cookie on this response", exc_info=True)
 
     return add_cookie
 
@@ -146,15 +150,15 @@ def _cookie_hook(
 def _flush_hook(config: IntegrationConfig) -> Callable[[web.Application], Awaitable[None]]:
     async def flush(app: web.Application) -> None:
         sdk = config.sdk
-        try:
+        with _FLUSH_FAILED:
             timeout = sdk.options.shutdown_timeout
+            # Work handed to the background threads (a storage round trip) first.
+            await _in_thread(lambda: config.drain(timeout))
             if not await sdk.aflush(timeout):
                 logger.warning(
                     "A-Track flush at cleanup timed out after %ss; undelivered calls are dropped",
                     timeout,
                 )
-        except Exception:
-            logger.error("A-Track flush at cleanup failed", exc_info=True)
 
     return flush
 

@@ -52,12 +52,16 @@ from atrack_core._request import RequestView
 from atrack_core._wire import WireContext
 
 from . import _task_headers
+from ._contain import Contain
 from ._current import CURRENT
 from ._lifecycle import IntegrationConfig, RequestTracker
 
 __all__ = ["ATrackCelery"]
 
 logger = logging.getLogger("atrack.celery")
+
+_TASK_FAILED = Contain("A-Track could not start a tracker for this task", log=logger)
+_FLUSH_FAILED = Contain("A-Track flush at worker shutdown failed", log=logger)
 
 # What a task tracker stands on: its context comes from the header, never from a view.
 _NO_REQUEST = RequestView("GET", "http", None, "/", "", {}, None)
@@ -126,10 +130,8 @@ class ATrackCelery:
         tracker = CURRENT.get()
         if tracker is None or not isinstance(headers, dict):
             return
-        try:
+        with Contain("A-Track could not attach the request to task %s", sender, log=logger):
             headers[_task_headers.HEADER] = _task_headers.encode(tracker)
-        except Exception:
-            logger.error("A-Track could not attach the request to task %s", sender, exc_info=True)
 
     # -- worker side -------------------------------------------------------------------
 
@@ -153,15 +155,12 @@ class ATrackCelery:
                 exc,
             )
             decoded = _task_headers.OFF
-        try:
+        with _TASK_FAILED:
             if decoded == _task_headers.OFF:
                 tracker = self._noop_tracker()
             else:
                 tracker = self._tracker(*decoded)
-        except Exception:
-            logger.error("A-Track could not start a tracker for this task", exc_info=True)
-            return
-        setattr(request, _TOKEN_ATTR, CURRENT.set(tracker))
+            setattr(request, _TOKEN_ATTR, CURRENT.set(tracker))
 
     def _on_postrun(self, sender: Any = None, task: Any = None, **_: Any) -> None:
         if task is None:
@@ -193,7 +192,7 @@ class ATrackCelery:
         if config is None:
             return  # this process never tracked anything
         sdk = config.sdk
-        try:
+        with _FLUSH_FAILED:
             timeout = sdk.options.shutdown_timeout
             if not sdk.flush(timeout):
                 logger.warning(
@@ -201,5 +200,3 @@ class ATrackCelery:
                     "calls are dropped",
                     timeout,
                 )
-        except Exception:
-            logger.error("A-Track flush at worker shutdown failed", exc_info=True)

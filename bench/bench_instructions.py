@@ -8,15 +8,17 @@ Time per request on a shared, loaded machine moves by tens of percent between ru
 instruction counts do not. The middleware's work is the same under every framework (the
 issue measured ~120k instructions in Django, Flask and Starlette alike), so it is
 counted around the plainest app: a one-line WSGI app inside ``ATrackWSGIMiddleware``
-and a one-line ASGI app inside ``ATrackMiddleware``, for the scenarios of
-``bench_middleware.SCENARIOS``, bare and tracked.
+and a one-line ASGI app inside ``ATrackMiddleware``, and around a two-view Flask app
+(the extension's own share), for the scenarios of ``bench_middleware.SCENARIOS``, bare
+and tracked. ``--kinds wsgi,flask`` picks some.
 
 Each figure is ``(Ir(N2) - Ir(N1)) / (N2 - N1)`` from two runs of the same process
-under ``valgrind --tool=callgrind`` (start-up cancels out), every thread included (the
-SDK's sender sits blocked on a loopback socket that never answers, as in
-``bench_middleware``). ``--src DIR`` runs the same measurement with ``DIR`` first on
-``sys.path`` (another checkout, e.g. the commit before a change): side by side, in one
-run.
+under ``valgrind --tool=callgrind`` (start-up cancels out), counting the main thread,
+where the requests run (the SDK's sender thread, pointed at a loopback socket that
+never answers as in ``bench_middleware``, works by the clock and would add noise; the
+enqueue each call makes is counted). ``--src DIR`` runs the same measurement with ``DIR`` first on
+``sys.path`` (another checkout, e.g. the commit before a change, made with ``git
+worktree add``): side by side, in one run.
 """
 
 from __future__ import annotations
@@ -26,18 +28,27 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 N1, N2 = 300, 1300
-KINDS = ("wsgi", "asgi")
+KINDS = ("wsgi", "asgi", "flask")
 QUICK_N = (100, 500)  # --quick: fewer requests, the first scenario only
 
 
 def child(kind: str, scenario: int, tracked: bool, n: int) -> None:
-    sys.path.insert(0, str(HERE))
+    # The checkout under test first, imported before bench_middleware (which puts this
+    # checkout at the front of sys.path): its modules are the ones in sys.modules.
+    sys.path.insert(0, os.environ["BENCH_SRC"])
+    import atrack_core
+    import atrack_integrations
+
+    for module in (atrack_core, atrack_integrations):
+        assert (module.__file__ or "").startswith(os.environ["BENCH_SRC"]), module.__file__
+    sys.path.insert(1, str(HERE))
     from bench_middleware import BROWSER_HEADERS, SCENARIOS, asgi_scope, make_sdk
 
     _, cookie, path = SCENARIOS[scenario]
@@ -67,6 +78,36 @@ def child(kind: str, scenario: int, tracked: bool, n: int) -> None:
 
         for _ in range(n):
             wsgi(environ.copy(), start_response)
+    elif kind == "flask":
+        import flask
+
+        from atrack_integrations.flask import ATrack
+
+        flask_app = flask.Flask("bench")
+        if tracked:
+            ATrack(flask_app, sdk=sdk)
+
+        @flask_app.get("/products")
+        def products() -> str:
+            tracker = getattr(flask.request, "atrack", None)
+            if tracker is not None:
+                tracker.track("product_list_viewed", {"page": 2})
+            return "products"
+
+        @flask_app.get("/about")
+        def about() -> str:
+            return "about"
+
+        from bench_middleware_wsgi import wsgi_environ
+
+        environ = wsgi_environ(cookie, path)
+
+        def flask_start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+            return None
+
+        for _ in range(n):
+            body = flask_app.wsgi_app(environ.copy(), flask_start_response)
+            body.close()  # type: ignore[attr-defined]
     else:
         from atrack_integrations.asgi import ATrackMiddleware
 
@@ -96,15 +137,21 @@ def child(kind: str, scenario: int, tracked: bool, n: int) -> None:
 
 
 def instructions(src: str, kind: str, scenario: int, tracked: bool, n: int) -> int:
-    env = {**os.environ, "PYTHONPATH": src}
-    cmd = [
-        "valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
-        sys.executable, __file__, "--child", kind, str(scenario), str(int(tracked)), str(n),
-    ]  # fmt: skip
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stderr
-    match = re.search(r"Collected : (\d+)", out)
+    """Instructions of the main thread (where requests run): the SDK's sender thread
+    works by the clock (connect attempts, backoff), so counting it would add noise."""
+    env = {**os.environ, "BENCH_SRC": src}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "cg.out")
+        cmd = [
+            "valgrind", "--tool=callgrind", "--separate-threads=yes",
+            f"--callgrind-out-file={out}",
+            sys.executable, __file__, "--child", kind, str(scenario), str(int(tracked)), str(n),
+        ]  # fmt: skip
+        subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+        main = Path(out + "-01").read_text()
+    match = re.search(r"^(?:summary|totals): (\d+)", main, re.MULTILINE)
     if match is None:
-        raise RuntimeError(out[-2000:])
+        raise RuntimeError(main[-2000:])
     return int(match.group(1))
 
 
@@ -129,7 +176,10 @@ def main(argv: list[str]) -> int:
     from bench_middleware import SCENARIOS
 
     print(f"Python {sys.version.split()[0]}; instructions per request (callgrind), added")
-    for kind in KINDS:
+    kinds = KINDS
+    if "--kinds" in argv:
+        kinds = tuple(argv[argv.index("--kinds") + 1].split(","))
+    for kind in kinds:
         for index, (label, _, _) in enumerate(SCENARIOS[:1] if quick else SCENARIOS):
             figures = []
             for src in sources:

@@ -28,6 +28,7 @@ from django.db import connections
 
 from atrack_core import ATrackSdk
 
+from .._contain import Contain
 from .._lifecycle import IntegrationConfig, import_from_string
 
 __all__ = ["DjangoIdentify", "atrack_settings", "build_config", "get_config", "get_sdk", "reset"]
@@ -107,10 +108,8 @@ def reset() -> None:
         old, owned = _config, _owns_sdk
         _config, _owns_sdk = None, False
     if old is not None and owned:
-        try:
+        with Contain("A-Track SDK shutdown failed"):
             old.sdk.shutdown()
-        except Exception:
-            logger.error("A-Track SDK shutdown failed", exc_info=True)
 
 
 def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:

@@ -54,12 +54,10 @@ class ATrackMiddleware:
             markcoroutinefunction(self)
         # Validate now: a bad ATRACK setting stops the server at start-up
         # (ImproperlyConfigured), not at the first request.
-        try:
+        with Contain(
+            "A-Track could not start; requests go on untracked", passes=(ImproperlyConfigured,)
+        ):
             conf.get_config()
-        except ImproperlyConfigured:
-            raise
-        except Exception:
-            logger.error("A-Track could not start; requests go on untracked", exc_info=True)
 
     def __repr__(self) -> str:
         return f"<ATrackMiddleware get_response={self.get_response!r}>"

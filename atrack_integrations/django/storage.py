@@ -15,7 +15,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from .._contain import Contain
+
 logger = logging.getLogger("atrack.django")
+
+_GET_FAILED = "A-Track: cache %r failed on get; treating as a miss"
+_ADD_FAILED = "A-Track: cache %r failed on add; treating as a miss"
+_SET_FAILED = "A-Track: cache %r failed on set"
+_DELETE_FAILED = "A-Track: cache %r failed on delete"
 
 _MISSING = object()
 
@@ -44,36 +51,32 @@ class DjangoCacheStorage:
 
         return caches[self.alias]
 
+    def _contained(self, message: str) -> Contain:
+        # A failing cache is a miss, logged at WARNING (SPEC: storage never breaks the app).
+        return Contain(message, self.alias, level=logging.WARNING, log=logger)
+
     def get(self, key: str) -> str | None:
-        try:
+        with self._contained(_GET_FAILED):
             value = self.cache.get(self.key_prefix + key, _MISSING)
-        except Exception:
-            logger.warning(
-                "A-Track: cache %r failed on get; treating as a miss", self.alias, exc_info=True
-            )
-            return None
-        return value if isinstance(value, str) else None
+            return value if isinstance(value, str) else None
+        return None
 
     def set(self, key: str, value: str, ttl: float | None = None) -> None:
-        try:
+        with Contain(
+            "A-Track: cache %r failed on set", self.alias, level=logging.WARNING, log=logger
+        ):
             self.cache.set(self.key_prefix + key, value, timeout=_timeout(ttl))
-        except Exception:
-            logger.warning("A-Track: cache %r failed on set", self.alias, exc_info=True)
 
     def add(self, key: str, value: str, ttl: float | None = None) -> bool:
-        try:
+        with self._contained(_ADD_FAILED):
             return bool(self.cache.add(self.key_prefix + key, value, timeout=_timeout(ttl)))
-        except Exception:
-            logger.warning(
-                "A-Track: cache %r failed on add; treating as a miss", self.alias, exc_info=True
-            )
-            return True
+        return True
 
     def delete(self, key: str) -> None:
-        try:
+        with Contain(
+            "A-Track: cache %r failed on delete", self.alias, level=logging.WARNING, log=logger
+        ):
             self.cache.delete(self.key_prefix + key)
-        except Exception:
-            logger.warning("A-Track: cache %r failed on delete", self.alias, exc_info=True)
 
 
 def _timeout(ttl: float | None) -> float | None:
