@@ -356,3 +356,35 @@ def test_sigterm_while_the_main_thread_is_inside_the_sdk_still_ends_the_process(
         assert proc.returncode == -signal.SIGTERM
         # shutdown_timeout is 1 s; the handler waits at most that plus 1 s.
         assert time.monotonic() - start < 6.0
+
+
+THREAD_MASK_SCRIPT = textwrap.dedent(
+    """
+    import signal, sys, threading
+    from atrack_core import ATrackSdk, Options
+
+    sdk = ATrackSdk(Options(@KEY@, endpoint=sys.argv[1], transport=sys.argv[2]))
+    sdk.track("e", uuid="u")
+    assert sdk.flush(10)
+    for thread in threading.enumerate():
+        with open(f"/proc/self/task/{thread.native_id}/status") as status:
+            mask = next(int(l.split()[1], 16) for l in status if l.startswith("SigBlk"))
+        blocked = sorted(s for s in (signal.SIGTERM, signal.SIGINT) if mask >> (s - 1) & 1)
+        print(thread.name, *blocked)
+    """
+).replace("@KEY@", repr(KEY))
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc")
+def test_sdk_threads_leave_sigterm_and_sigint_to_the_host(
+    fake_api: FakeApi, transport: str
+) -> None:
+    """Signals go to a thread that does not block them; Python runs handlers only in
+    the main thread, and since 3.13 a main thread in an untimed wait is not woken when
+    the signal landed elsewhere: the SDK's threads block them, the main thread not."""
+    _, out, _ = run(THREAD_MASK_SCRIPT, fake_api.url, transport)
+    rows = dict((line.split()[0], line.split()[1:]) for line in out.splitlines())
+    assert rows.pop("MainThread") == [], out
+    assert rows and all(name.startswith("atrack") for name in rows), out
+    sigs = [str(s) for s in sorted(int(s) for s in (signal.SIGTERM, signal.SIGINT))]
+    assert all(blocked == sigs for blocked in rows.values()), out
