@@ -375,6 +375,44 @@ THREAD_MASK_SCRIPT = textwrap.dedent(
 ).replace("@KEY@", repr(KEY))
 
 
+FORK_WHILE_LOCKED = textwrap.dedent(
+    """
+    import os, sys, threading, time
+    from atrack_core import ATrackSdk, Options
+    from atrack_core import _shutdown
+
+    sdk = ATrackSdk(Options(@KEY@, endpoint=sys.argv[1], shutdown_timeout=1.0))
+    # Another thread inside the exit registry at the moment of the fork (registering
+    # an SDK, say). Held here through the private lock: no public call holds it long
+    # enough to fork inside it on purpose.
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with _shutdown._lock:
+            held.set()
+            release.wait()
+
+    threading.Thread(target=hold, daemon=True).start()
+    held.wait()
+    pid = os.fork()
+    if pid == 0:
+        sdk.track("forked", uuid="u-forked")
+        sys.exit(0)  # the exit flush takes the registry lock
+    release.set()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if os.waitpid(pid, os.WNOHANG)[0]:
+            print("child-exited", flush=True)
+            break
+        time.sleep(0.02)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        print("child-hung", flush=True)
+    """
+).replace("@KEY@", repr(KEY))
+
+
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc")
 def test_sdk_threads_leave_sigterm_and_sigint_to_the_host(
     fake_api: FakeApi, transport: str
@@ -388,3 +426,13 @@ def test_sdk_threads_leave_sigterm_and_sigint_to_the_host(
     assert rows and all(name.startswith("atrack") for name in rows), out
     sigs = [str(s) for s in sorted(int(s) for s in (signal.SIGTERM, signal.SIGINT))]
     assert all(blocked == sigs for blocked in rows.values()), out
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_fork_while_another_thread_holds_the_exit_registry(fake_api: FakeApi) -> None:
+    """The child of a fork made while another thread held the exit registry's lock
+    still exits and flushes (it waited on the inherited, never released lock for ever)."""
+    _, out, err = run(FORK_WHILE_LOCKED, fake_api.url)
+    assert out.split() == ["child-exited"], out + err
+    fake_api.wait_for(1)
+    assert [b["event"] for b in fake_api.bodies()] == ["forked"]

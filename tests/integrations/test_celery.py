@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("celery")
 pytest.importorskip("flask")
@@ -309,3 +311,50 @@ def test_installed_once_per_app(tasks: Any) -> None:
         ATrackCelery(tasks.app)
     with pytest.raises(ValueError, match="init must be"):
         ATrackCelery(Celery("other"), init="sometimes")  # settings are checked at once
+
+
+_TEXT = st.text(st.characters(codec="utf-8"), max_size=3000)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    path=_TEXT,
+    query=_TEXT,
+    user_agent=_TEXT,
+    referer=_TEXT,
+    language=st.one_of(_TEXT, st.sampled_from(["de-de", "zh-hant-tw;q=0.5, en", "*"])),
+    zone=st.one_of(_TEXT, st.sampled_from(["Europe/Berlin", "UTC", "Etc/GMT+3"])),
+    peer=st.one_of(st.none(), st.ip_addresses().map(str), _TEXT),
+    ip=st.sampled_from(["full", "anonymize", "none"]),
+)
+def test_whatever_a_request_sends_its_tasks_header_decodes(
+    path: str,
+    query: str,
+    user_agent: str,
+    referer: str,
+    language: str,
+    zone: str,
+    peer: str | None,
+    ip: str,
+) -> None:
+    """The worker's checks never refuse a header the publishing side made, whatever the
+    client sent (a refused header would cost the task its events)."""
+    from atrack_core._request import RequestView
+    from atrack_integrations import IntegrationConfig, RequestTracker
+
+    config = _PROPERTY_CONFIGS.get(ip)
+    if config is None:
+        sdk = ATrackSdk(Options("pub_test_1234", disabled=True))
+        config = _PROPERTY_CONFIGS[ip] = IntegrationConfig(sdk=sdk, ip=ip)
+    headers = {
+        "user-agent": user_agent,
+        "referer": referer,
+        "accept-language": language,
+        "x-timezone": zone,
+    }
+    view = RequestView("GET", "https", "shop.test", "/" + path, query, headers, peer)
+    tracker = RequestTracker(config, view, "u-1", False)
+    assert decode(encode(tracker)) == ("u-1", tracker.context)
+
+
+_PROPERTY_CONFIGS: dict[str, Any] = {}
