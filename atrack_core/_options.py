@@ -148,6 +148,10 @@ def _env_bool(env: Mapping[str, str], name: str) -> bool:
     raise ValueError(f"{name} must be true/false/1/0 (or yes/no/on/off), got {raw!r}")
 
 
+# The longest timeout or shutdown_timeout accepted (a day).
+MAX_WAIT_SECONDS = 86400
+
+
 def validate_options(options: Options) -> str:
     """Check every field; return the base URL. Raises ``ValueError``/``TypeError``."""
     key = options.public_key
@@ -165,8 +169,17 @@ def validate_options(options: Options) -> str:
         raise ValueError(f"public_key {mask_key(key)!r} must be ASCII (it travels in a header)")
     for name in ("timeout", "shutdown_timeout"):
         value = getattr(options, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+        # Bounded: a wait of inf (or ~1e12) s overflows the thread waits at exit, which
+        # then fail instead of flushing (and a SIGTERM no longer ends the process).
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not 0 < value <= MAX_WAIT_SECONDS
+        ):
+            raise ValueError(
+                f"{name} must be a positive number of seconds up to {MAX_WAIT_SECONDS} "
+                f"(a day), got {value!r}"
+            )
     for name, low in (("max_queue_size", 1), ("max_concurrency", 1), ("max_retries", 0)):
         value = getattr(options, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < low:

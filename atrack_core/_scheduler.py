@@ -60,7 +60,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Protocol
 
-from . import _fork, _retry
+from . import _fork, _retry, _threads
 from ._call import Call
 from ._errors import DeliveryError
 from ._reporting import Reporter, Stats
@@ -419,7 +419,7 @@ class BackgroundDelivery:
             else:
                 target = self._sender_main
             name = "atrack-retry" if kind == "timer" else "atrack-sender"
-            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread = threading.Thread(target=_threads.quiet(target), name=name, daemon=True)
             with self._lock:
                 self._threads.add(thread)
             try:

@@ -50,6 +50,18 @@ _live: weakref.WeakSet[ATrackSdk] = weakref.WeakSet()
 # Re-entrant: the SIGTERM handler runs on the main thread, which it may have interrupted
 # inside one of the functions below (a plain lock would deadlock it there).
 _lock = threading.RLock()
+
+
+def _new_lock_in_child() -> None:
+    # A lock another thread held at fork time stays held forever in the child: its exit
+    # flush would wait on it for ever.
+    global _lock
+    _lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_new_lock_in_child)
+
 _sigterm_decided = False
 _mp_hooked = False
 

@@ -23,7 +23,8 @@ context in a message header (:mod:`atrack_integrations._task_headers`). In the w
 for that user whose events carry the originating request's context; it sends no
 ``/init`` (the request did) and sets no cookie. Tasks published outside a request (beat,
 a shell, a task without one) carry nothing and get no tracker. A request whose tracker is
-a no-op (``respect_dnt``) publishes nothing either.
+a no-op (``respect_dnt``) publishes that, and its tasks get a no-op tracker; so does a
+task whose header does not decode (damaged, forged), with a WARNING.
 
 The worker flushes the SDK when it stops: each prefork child as it exits
 (``worker_process_shutdown``), and the main process (``worker_shutdown``), bounded by
@@ -129,11 +130,8 @@ class ATrackCelery:
         tracker = CURRENT.get()
         if tracker is None or not isinstance(headers, dict):
             return
-        header = None
         with Contain("A-Track could not attach the request to task %s", sender, log=logger):
-            header = _task_headers.encode(tracker)
-        if header is not None:
-            headers[_task_headers.HEADER] = header
+            headers[_task_headers.HEADER] = _task_headers.encode(tracker)
 
     # -- worker side -------------------------------------------------------------------
 
@@ -141,11 +139,27 @@ class ATrackCelery:
         if task is None or getattr(task, "app", None) is not self.app:
             return
         request = task.request
-        decoded = _task_headers.decode(request.get(_task_headers.HEADER))
-        if decoded is None:
-            return
+        header = request.get(_task_headers.HEADER)
+        if header is None:
+            return  # published outside a request: no tracker
+        try:
+            decoded = _task_headers.decode(header)
+        except _task_headers.HeaderError as exc:
+            # A damaged or forged header (anyone who can publish to the broker can write
+            # one): nothing of it is sent, and the task runs with a no-op tracker, so its
+            # track() calls neither send nor raise.
+            logger.warning(
+                "A-Track ignored the %r header of task %s (%s): its events are not sent",
+                _task_headers.HEADER,
+                getattr(task, "name", sender),
+                exc,
+            )
+            decoded = _task_headers.OFF
         with _TASK_FAILED:
-            tracker = self._tracker(*decoded)
+            if decoded == _task_headers.OFF:
+                tracker = self._noop_tracker()
+            else:
+                tracker = self._tracker(*decoded)
             setattr(request, _TOKEN_ATTR, CURRENT.set(tracker))
 
     def _on_postrun(self, sender: Any = None, task: Any = None, **_: Any) -> None:
@@ -165,6 +179,12 @@ class ATrackCelery:
         # cookie. The context is the request's, as its events carried it.
         tracker = RequestTracker(self.config, _NO_REQUEST, uuid, False, passive=True)
         tracker._context = WireContext(context)
+        return tracker
+
+    def _noop_tracker(self) -> RequestTracker:
+        # The request's tracker was a no-op (respect_dnt), or the header is not ours.
+        tracker = RequestTracker(self.config, _NO_REQUEST, None, False, passive=True)
+        tracker.enabled = False
         return tracker
 
     def _on_shutdown(self, **_: Any) -> None:

@@ -30,7 +30,7 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import _fork
+from .. import _fork, _threads
 from .._call import Call
 from .._wire import new_request_id
 from . import _db, _files
@@ -285,7 +285,9 @@ class Outbox:
         with self._start_lock:
             if self._thread is not None or self._stop:
                 return
-            thread = threading.Thread(target=self._main, name="atrack-outbox", daemon=True)
+            thread = threading.Thread(
+                target=_threads.quiet(self._main), name="atrack-outbox", daemon=True
+            )
             self._thread = thread
         try:
             thread.start()

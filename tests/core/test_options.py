@@ -154,6 +154,12 @@ def test_public_key_must_be_a_string() -> None:
         ("timeout", -1.0),
         ("timeout", "5"),
         ("shutdown_timeout", 0),
+        # A wait that overflows the thread waits of the exit flush (which then raised
+        # OverflowError, and a SIGTERM left the process alive with status 1).
+        ("shutdown_timeout", float("inf")),
+        ("shutdown_timeout", 1e12),
+        ("shutdown_timeout", float("nan")),
+        ("timeout", float("inf")),
         ("max_queue_size", 0),
         ("max_queue_size", 1.5),
         ("max_concurrency", 0),

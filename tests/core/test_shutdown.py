@@ -356,3 +356,83 @@ def test_sigterm_while_the_main_thread_is_inside_the_sdk_still_ends_the_process(
         assert proc.returncode == -signal.SIGTERM
         # shutdown_timeout is 1 s; the handler waits at most that plus 1 s.
         assert time.monotonic() - start < 6.0
+
+
+THREAD_MASK_SCRIPT = textwrap.dedent(
+    """
+    import signal, sys, threading
+    from atrack_core import ATrackSdk, Options
+
+    sdk = ATrackSdk(Options(@KEY@, endpoint=sys.argv[1], transport=sys.argv[2]))
+    sdk.track("e", uuid="u")
+    assert sdk.flush(10)
+    for thread in threading.enumerate():
+        with open(f"/proc/self/task/{thread.native_id}/status") as status:
+            mask = next(int(l.split()[1], 16) for l in status if l.startswith("SigBlk"))
+        blocked = sorted(s for s in (signal.SIGTERM, signal.SIGINT) if mask >> (s - 1) & 1)
+        print(thread.name, *blocked)
+    """
+).replace("@KEY@", repr(KEY))
+
+
+FORK_WHILE_LOCKED = textwrap.dedent(
+    """
+    import os, sys, threading, time
+    from atrack_core import ATrackSdk, Options
+    from atrack_core import _shutdown
+
+    sdk = ATrackSdk(Options(@KEY@, endpoint=sys.argv[1], shutdown_timeout=1.0))
+    # Another thread inside the exit registry at the moment of the fork (registering
+    # an SDK, say). Held here through the private lock: no public call holds it long
+    # enough to fork inside it on purpose.
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with _shutdown._lock:
+            held.set()
+            release.wait()
+
+    threading.Thread(target=hold, daemon=True).start()
+    held.wait()
+    pid = os.fork()
+    if pid == 0:
+        sdk.track("forked", uuid="u-forked")
+        sys.exit(0)  # the exit flush takes the registry lock
+    release.set()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if os.waitpid(pid, os.WNOHANG)[0]:
+            print("child-exited", flush=True)
+            break
+        time.sleep(0.02)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        print("child-hung", flush=True)
+    """
+).replace("@KEY@", repr(KEY))
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc")
+def test_sdk_threads_leave_sigterm_and_sigint_to_the_host(
+    fake_api: FakeApi, transport: str
+) -> None:
+    """Signals go to a thread that does not block them; Python runs handlers only in
+    the main thread, and since 3.13 a main thread in an untimed wait is not woken when
+    the signal landed elsewhere: the SDK's threads block them, the main thread not."""
+    _, out, _ = run(THREAD_MASK_SCRIPT, fake_api.url, transport)
+    rows = dict((line.split()[0], line.split()[1:]) for line in out.splitlines())
+    assert rows.pop("MainThread") == [], out
+    assert rows and all(name.startswith("atrack") for name in rows), out
+    sigs = [str(s) for s in sorted(int(s) for s in (signal.SIGTERM, signal.SIGINT))]
+    assert all(blocked == sigs for blocked in rows.values()), out
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_fork_while_another_thread_holds_the_exit_registry(fake_api: FakeApi) -> None:
+    """The child of a fork made while another thread held the exit registry's lock
+    still exits and flushes (it waited on the inherited, never released lock for ever)."""
+    _, out, err = run(FORK_WHILE_LOCKED, fake_api.url)
+    assert out.split() == ["child-exited"], out + err
+    fake_api.wait_for(1)
+    assert [b["event"] for b in fake_api.bodies()] == ["forked"]

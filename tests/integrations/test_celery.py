@@ -13,13 +13,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("celery")
 pytest.importorskip("flask")
 
 from atrack_core import ATrackSdk, Options
 from atrack_integrations import current_tracker
-from atrack_integrations._task_headers import HEADER, decode, encode
+from atrack_integrations._task_headers import (
+    CONTEXT_KEYS,
+    HEADER,
+    OFF,
+    HeaderError,
+    decode,
+    encode,
+)
 from tests.fake_api import FakeApi, Plan
 from tests.integrations.test_wsgi_servers import atrack_log_guard  # noqa: F401
 
@@ -191,20 +200,106 @@ def test_header_format_round_trip_and_rejects() -> None:
 
     config = IntegrationConfig(sdk=ATrackSdk(Options("pub_test_1234", disabled=True)))
     view = RequestView(
-        "GET", "https", "shop.test", "/cart?x=1", "", {"user-agent": "UA"}, "1.2.3.4"
+        "GET",
+        "https",
+        "shop.test",
+        "/cart?x=1&token=abc",
+        "",
+        {
+            "user-agent": "UA ö",
+            "referer": "https://shop.test/a b?session=1",
+            "accept-language": "de-de",
+            "x-timezone": "Europe/Berlin",
+        },
+        "1.2.3.4",
     )
     tracker = RequestTracker(config, view, "u-1", False)
     header = encode(tracker)
-    assert header is not None and HEADER == "atrack"
+    assert HEADER == "atrack" and set(header["context"]) == CONTEXT_KEYS
     assert decode(header) == ("u-1", tracker.context)
-    bad_contexts = [{"evil": "x"}, {"url": 1}]
-    bad = [None, "x", {}, {**header, "v": 2}, {**header, "uuid": ""}]
-    bad += [{**header, "context": context} for context in bad_contexts]
-    for value in bad:
-        assert decode(value) is None
-    tracker.enabled = False  # a no-op tracker (respect_dnt): nothing follows the task
-    assert encode(tracker) is None
+    tracker.enabled = False  # a no-op tracker (respect_dnt): the task gets one too
+    assert encode(tracker) == {"v": 1, "off": True}
+    assert decode(encode(tracker)) == OFF
     config.sdk.shutdown()
+
+
+SECRET = "s3cr3t-VALUE"
+FORGED = [
+    None,
+    "x",
+    {},
+    {"v": 2, "uuid": "u", "context": {}},
+    {"v": True, "uuid": "u", "context": {}},
+    {"v": 1, "uuid": "", "context": {}},
+    {"v": 1, "uuid": ["u"], "context": {}},
+    {"v": 1, "uuid": "u" * 10_000, "context": {}},
+    {"v": 1, "uuid": f"u\n{SECRET}", "context": {}},
+    {"v": 1, "uuid": "u", "context": []},
+    {"v": 1, "uuid": "u", "context": {"evil": SECRET}},
+    {"v": 1, "uuid": "u", "context": {"url": 1}},
+    {"v": 1, "uuid": "u", "context": {"url": f"/x\r\nSet-Cookie: {SECRET}"}},
+    {"v": 1, "uuid": "u", "context": {"url": "/" + "a" * 3000}},
+    {"v": 1, "uuid": "u", "context": {"referer": f"\x00{SECRET}"}},
+    {"v": 1, "uuid": "u", "context": {"ipAddress": f"not an ip {SECRET}"}},
+    {"v": 1, "uuid": "u", "context": {"userAgent": "A" * 8000}},
+    {"v": 1, "uuid": "u", "context": {"userAgent": f"A\x85{SECRET}"}},
+    {"v": 1, "uuid": "u", "context": {"locale": f"<script>{SECRET}"}},
+    {"v": 1, "uuid": "u", "context": {"locale": "en-us"}},  # not normalised
+    {"v": 1, "uuid": "u", "context": {"timezone": f"Mars/{SECRET}"}},
+]
+
+
+@pytest.mark.parametrize("header", FORGED)
+def test_a_header_encode_did_not_make_is_refused_without_echoing_it(header: Any) -> None:
+    """A producer with broker access can write any header: nothing of it that the
+    request side would not have made is sent (it used to pass any string of up to 8 KiB
+    per context key: a non-IP ipAddress, control characters, a 8,000 character user
+    agent), and the reason does not repeat the value."""
+    with pytest.raises(HeaderError) as info:
+        decode(header)
+    assert SECRET not in str(info.value)
+
+
+def test_forged_damaged_and_dnt_headers_leave_the_task_running_and_send_nothing(
+    broker: str, fake_api: FakeApi, tasks: Any
+) -> None:
+    """A task whose header does not decode, or that was published by a request whose
+    tracker is a no-op (respect_dnt), runs with a no-op tracker: track() neither sends
+    nor raises (it raised NoRequestError before, failing the host's task), and each
+    refused header is logged once by the worker."""
+    from flask import Flask, jsonify
+
+    from atrack_integrations.flask import ATrack
+
+    app = Flask(__name__)
+    ATrack(app, sdk=ATrackSdk(Options("pub_test_key_1234", disabled=True)), respect_dnt=True)
+
+    @app.post("/pay")
+    def pay() -> Any:
+        return jsonify(task=tasks.order_paid.delay(99).id)
+
+    forged = [h for h in FORGED if h is not None]
+    with worker(broker, fake_api, tasks, pool="solo") as proc:
+        body = app.test_client().post("/pay", headers={"DNT": "1"}).json
+        results = [tasks.app.AsyncResult(body["task"])]
+        results += [
+            tasks.order_paid.apply_async((n,), headers={HEADER: h}) for n, h in enumerate(forged)
+        ]
+        assert all(isinstance(r.get(timeout=30), str) for r in results)
+        # Then a well-formed header: its event is the only one to arrive (solo pool:
+        # the tasks run in order, so the earlier ones sent nothing).
+        legit = {"v": 1, "uuid": "legit-user", "context": {"url": "/ok"}}
+        assert tasks.order_paid.apply_async((1000,), headers={HEADER: legit}).get(30)
+        proc.terminate()
+        assert proc.wait(30) == 0
+        assert proc.stdout is not None
+        log = proc.stdout.read().decode()
+    events = fake_api.bodies("/event")
+    assert [(e["uuid"], e["attributes"], e["context"]) for e in events] == [
+        ("legit-user", {"amount": 1000}, {"url": "/ok"})
+    ]
+    assert log.count("A-Track ignored the 'atrack' header") == len(forged), log
+    assert SECRET not in log
 
 
 def test_installed_once_per_app(tasks: Any) -> None:
@@ -216,3 +311,50 @@ def test_installed_once_per_app(tasks: Any) -> None:
         ATrackCelery(tasks.app)
     with pytest.raises(ValueError, match="init must be"):
         ATrackCelery(Celery("other"), init="sometimes")  # settings are checked at once
+
+
+_TEXT = st.text(st.characters(codec="utf-8"), max_size=3000)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    path=_TEXT,
+    query=_TEXT,
+    user_agent=_TEXT,
+    referer=_TEXT,
+    language=st.one_of(_TEXT, st.sampled_from(["de-de", "zh-hant-tw;q=0.5, en", "*"])),
+    zone=st.one_of(_TEXT, st.sampled_from(["Europe/Berlin", "UTC", "Etc/GMT+3"])),
+    peer=st.one_of(st.none(), st.ip_addresses().map(str), _TEXT),
+    ip=st.sampled_from(["full", "anonymize", "none"]),
+)
+def test_whatever_a_request_sends_its_tasks_header_decodes(
+    path: str,
+    query: str,
+    user_agent: str,
+    referer: str,
+    language: str,
+    zone: str,
+    peer: str | None,
+    ip: str,
+) -> None:
+    """The worker's checks never refuse a header the publishing side made, whatever the
+    client sent (a refused header would cost the task its events)."""
+    from atrack_core._request import RequestView
+    from atrack_integrations import IntegrationConfig, RequestTracker
+
+    config = _PROPERTY_CONFIGS.get(ip)
+    if config is None:
+        sdk = ATrackSdk(Options("pub_test_1234", disabled=True))
+        config = _PROPERTY_CONFIGS[ip] = IntegrationConfig(sdk=sdk, ip=ip)
+    headers = {
+        "user-agent": user_agent,
+        "referer": referer,
+        "accept-language": language,
+        "x-timezone": zone,
+    }
+    view = RequestView("GET", "https", "shop.test", "/" + path, query, headers, peer)
+    tracker = RequestTracker(config, view, "u-1", False)
+    assert decode(encode(tracker)) == ("u-1", tracker.context)
+
+
+_PROPERTY_CONFIGS: dict[str, Any] = {}
