@@ -9,7 +9,8 @@ instruction counts do not. The middleware's work is the same under every framewo
 issue measured ~120k instructions in Django, Flask and Starlette alike), so it is
 counted around the plainest app: a one-line WSGI app inside ``ATrackWSGIMiddleware``
 and a one-line ASGI app inside ``ATrackMiddleware``, and around a two-view Flask app
-(the extension's own share), for the scenarios of ``bench_middleware.SCENARIOS``, bare
+(the extension's own share) and Django's ``WSGIHandler`` (``--kinds django``, as in
+``bench_middleware_wsgi``), for the scenarios of ``bench_middleware.SCENARIOS``, bare
 and tracked. ``--kinds wsgi,flask`` picks some.
 
 Each figure is ``(Ir(N2) - Ir(N1)) / (N2 - N1)`` from two runs of the same process
@@ -108,6 +109,23 @@ def child(kind: str, scenario: int, tracked: bool, n: int) -> None:
         for _ in range(n):
             body = flask_app.wsgi_app(environ.copy(), flask_start_response)
             body.close()  # type: ignore[attr-defined]
+    elif kind == "django":
+        import bench_middleware_wsgi as django_bench
+
+        django_bench._django_setup()
+        chain = django_bench.TRACKED_MIDDLEWARE if tracked else django_bench.BARE_MIDDLEWARE
+        handler = django_bench._django_handler(chain)
+        environ = django_bench.wsgi_environ(cookie, path)
+
+        def django_start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+            return None
+
+        import io
+
+        for _ in range(n):
+            env = environ.copy()
+            env["wsgi.input"] = io.BytesIO()
+            handler(env, django_start_response).close()
     else:
         from atrack_integrations.asgi import ATrackMiddleware
 
