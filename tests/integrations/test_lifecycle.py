@@ -332,3 +332,44 @@ def test_public_api_of_the_package() -> None:
     }
     for name in atrack_integrations.__all__:
         assert getattr(atrack_integrations, name) is not None
+
+
+def test_the_identify_hook_is_asked_only_when_its_answer_is_needed(
+    sdk: ATrackSdk, calls: CapturedCalls
+) -> None:
+    # Asking it loads the session (Django then adds Vary: Cookie): a page that needs no
+    # identity must not ask.
+    asked: list[Any] = []
+
+    def identify(request: Any) -> str:
+        asked.append(request)
+        return "user-7"
+
+    cookie = f"atrack_uuid={KNOWN}"
+    lazy = IntegrationConfig(sdk=sdk, identify=identify, init="lazy")
+    quiet = lazy.begin(view("/", cookie=cookie), "req-1")
+    assert lazy.finish(quiet, 200) is None
+    assert asked == []  # lazy, nothing tracked
+    busy = lazy.begin(view("/", cookie=cookie), "req-2")
+    busy.track("e")
+    assert asked == ["req-2"]
+    assert busy.uuid == "user-7"
+    lazy.finish(busy, 200)
+    assert asked == ["req-2"]  # once per request
+
+    eager = IntegrationConfig(sdk=sdk, identify=identify)
+    missing = eager.begin(view("/nope", cookie=cookie), "req-3")
+    eager.finish(missing, 404)
+    assert asked == ["req-2"]  # an error page that tracked nothing
+    switched = eager.begin(view("/login", cookie=cookie), "req-4")
+    switched.identify("user-8")
+    eager.finish(switched, 302)
+    assert asked == ["req-2"]  # the view named the user itself
+    page = eager.begin(view("/", cookie=cookie), "req-5")
+    eager.finish(page, 200)
+    assert asked == ["req-2", "req-5"]  # the eager /init needs the user
+    assert [(c.path, c.body["uuid"]) for c in calls.calls] == [
+        ("/init", "user-7"),
+        ("/event", "user-7"),
+        ("/init", "user-8"),
+    ]
