@@ -617,18 +617,24 @@ def test_sync_mode_rejected_key_is_logged_once_with_its_last_four_characters(
 
 
 def test_sender_count_follows_latency(fake_api: FakeApi, sdk_factory: Any) -> None:
-    # Fast answers: a few senders cover the network wait; more would fight over the GIL.
+    # Fast answers: senders are added as the network wait needs them, not all
+    # max_concurrency (128) up front. (How many a loaded machine needs varies: the
+    # in-process fake API answers slower then, so only the bound is asserted.)
     fast = sdk_factory(fake_api.url)
     for i in range(600):
         fast.track("e", uuid=f"u{i % 300}")
     assert fast.flush(20) is True
     senders = [t for t in threading.enumerate() if t.name == "atrack-sender"]
-    assert len(senders) < 64
+    assert 1 <= len(senders) < 128
     # Slow answers: many requests must be in flight, up to max_concurrency.
     fake_api.latency = 0.1
     slow = sdk_factory(fake_api.url, max_concurrency=48)
     for i in range(480):
         slow.track("e", uuid=f"u{i}")
-    time.sleep(0.5)
-    assert slow.stats()["in_flight"] > 30
+    deadline = time.monotonic() + 5
+    most = 0
+    while most <= 30 and time.monotonic() < deadline:
+        most = max(most, slow.stats()["in_flight"])
+        time.sleep(0.01)  # polling a counter; nothing to wait on
+    assert 30 < most <= 48
     assert slow.flush(10) is True
