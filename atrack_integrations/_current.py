@@ -1,8 +1,10 @@
 """The tracker of the request being handled, reachable from any code that runs for it.
 
-Every integration sets :data:`CURRENT` for the duration of a request (``activate``) and
-resets it after (``deactivate``), also when the view raises or a streaming response is
-cut. Context variables follow the request into Starlette's thread pool and through
+Every integration sets :data:`CURRENT` for the duration of a request and resets it
+after (with the token ``set`` returned), also when the view raises or a streaming
+response is cut; a body produced after the view returned is wrapped (:func:`active_body`,
+:func:`active_aiter`) so it sees the tracker while it produces. Context variables
+follow the request into Starlette's thread pool and through
 Django's ``sync_to_async``/``async_to_sync`` (they copy the context), and never leak
 between concurrent requests.
 """
@@ -43,20 +45,6 @@ def track(event: str, attributes: dict[str, Any] | None = None) -> None:
             "handled, or use sdk.track(EventPayload(event, uuid=...)) with an explicit uuid."
         )
     tracker.track(event, attributes)
-
-
-def activate(tracker: RequestTracker) -> Token[RequestTracker | None]:
-    """Make ``tracker`` the current one; pass the token to :func:`deactivate`."""
-    return CURRENT.set(tracker)
-
-
-def deactivate(token: Token[RequestTracker | None]) -> None:
-    """Undo :func:`activate`. A token from another context (a response finished in
-    another task) cannot be reset there; the value then dies with that context."""
-    try:
-        CURRENT.reset(token)
-    except ValueError:
-        CURRENT.set(None)
 
 
 class ActiveBody:
