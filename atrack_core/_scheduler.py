@@ -423,7 +423,7 @@ class BackgroundDelivery:
             with self._lock:
                 self._threads.add(thread)
             try:
-                _threads.start(thread)
+                thread.start()
             except RuntimeError:
                 # "can't create new thread at interpreter shutdown": existing threads (if
                 # any) carry on; otherwise the calls stay queued and flush() times out.

@@ -46,24 +46,3 @@ def quiet(target: Callable[[], None]) -> Callable[[], None]:
         target()
 
     return run
-
-
-def start(thread: threading.Thread) -> None:
-    """``thread.start()``, with SIGTERM and SIGINT blocked in the starting thread while
-    the new one is created: a thread inherits its creator's mask, so it is born with
-    them blocked. Blocking them only inside the new thread (:func:`quiet`) leaves the
-    moment before it runs open: a SIGTERM landing there (a ``Pool`` terminating a
-    worker that just started its sender) was never handled on Python 3.13 and the
-    worker hung. A signal that arrives meanwhile stays pending for this thread."""
-    if not _BLOCKED or not hasattr(signal, "pthread_sigmask") or _green():
-        thread.start()
-        return
-    try:
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED)
-    except (OSError, ValueError):
-        thread.start()
-        return
-    try:
-        thread.start()
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)

@@ -290,7 +290,7 @@ class Outbox:
             )
             self._thread = thread
         try:
-            _threads.start(thread)
+            thread.start()
         except RuntimeError:  # interpreter shutting down
             logger.debug("A-Track outbox writer could not start", exc_info=True)
 
