@@ -8,6 +8,7 @@ Module constants are read at call time, so the test suite can shrink the backoff
 from __future__ import annotations
 
 import email.utils
+import os
 import random
 import time
 from collections.abc import Callable
@@ -16,6 +17,13 @@ from ._call import Call
 from ._errors import DeliveryError, KeyRejectedError
 from ._transport import Connection, Response, TransportError
 from ._wire import headers, new_request_id
+
+# The SDK's own generator for jitter: drawing from the global one from background threads
+# would change the host's random sequence (and trips Hypothesis in users' test suites).
+# Reseeded in a forked child, so workers forked from one parent do not retry in step.
+jitter = random.Random()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=jitter.seed)
 
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 BACKOFF_BASE = 0.5
@@ -43,7 +51,7 @@ class Outcome:
         return self.ok or (self.error is not None and self.error.status is not None)
 
 
-def backoff_delay(retry: int, rng: Callable[[], float] = random.random) -> float:
+def backoff_delay(retry: int, rng: Callable[[], float] = jitter.random) -> float:
     """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**retry))."""
     return float(rng() * min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** min(retry, 64)))
 

@@ -54,7 +54,6 @@ import heapq
 import logging
 import math
 import os
-import random
 import threading
 import time
 from collections import deque
@@ -558,7 +557,7 @@ class BackgroundDelivery:
             self._probes_failed += 1
         # Exponential in failed probes, capped, half-jittered: never 0 (that would spin).
         step = min(_retry.BACKOFF_CAP, _retry.BACKOFF_BASE * 2.0 ** min(self._probes_failed, 64))
-        self._probe_at = time.monotonic() + step * (0.5 + random.random() / 2)
+        self._probe_at = time.monotonic() + step * (0.5 + _retry.jitter.random() / 2)
         self._work.notify()  # a waiting sender takes the next probe when it is due
 
     def _give_up_locked(self, call: Call) -> None:
