@@ -59,7 +59,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Protocol
 
-from . import _fork, _retry, _threads
+from . import _fork, _retry, _sigterm, _threads
 from ._call import Call
 from ._errors import DeliveryError
 from ._reporting import Reporter, Stats
@@ -410,6 +410,8 @@ class BackgroundDelivery:
         whoever may have asked (so a request is never left behind)."""
         with self._lock:
             kinds, self._pending = self._pending, []
+        if kinds:
+            _sigterm.rearm()  # a fork child with calls to deliver: the SIGTERM flush
         for kind in kinds:
             if kind == "timer":
                 target = self._timer_main
@@ -422,7 +424,7 @@ class BackgroundDelivery:
             with self._lock:
                 self._threads.add(thread)
             try:
-                thread.start()
+                _threads.start(thread)
             except RuntimeError:
                 # "can't create new thread at interpreter shutdown": existing threads (if
                 # any) carry on; otherwise the calls stay queued and flush() times out.

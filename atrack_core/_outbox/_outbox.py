@@ -290,7 +290,7 @@ class Outbox:
             )
             self._thread = thread
         try:
-            thread.start()
+            _threads.start(thread)
         except RuntimeError:  # interpreter shutting down
             logger.debug("A-Track outbox writer could not start", exc_info=True)
 

@@ -88,7 +88,7 @@ def test_exit_waits_the_largest_shutdown_timeout_not_the_sum(transport: str) -> 
 
 SIGTERM_SCRIPT = textwrap.dedent(
     """
-    import os, signal, sys, threading
+    import os, select, signal, sys, threading
     from atrack_core import ATrackSdk, Options
 
     url, transport, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -103,6 +103,16 @@ SIGTERM_SCRIPT = textwrap.dedent(
     for i in range(count):
         sdk.track("e", {"i": i}, uuid=f"u{i % 10}")
     print("queued", sdk.stats()["queued"] + sdk.stats()["in_flight"], flush=True)
+    if own:
+        # A host with a handler of its own waits as an event loop does, on the wakeup
+        # fd: a bare Event().wait() can miss a signal that arrives just before it
+        # blocks (CPython's race, the host's to handle: docs/deployment.md).
+        r, w = os.pipe()
+        os.set_blocking(w, False)
+        signal.set_wakeup_fd(w)
+        while True:
+            select.select([r], [], [])
+            os.read(r, 64)
     threading.Event().wait()  # a server's main loop: it never returns by itself
     """
 ).replace("@KEY@", repr(KEY))
@@ -122,7 +132,12 @@ def start_and_terminate(
     lines = [proc.stdout.readline().strip(), proc.stdout.readline().strip()]
     assert lines[1].startswith("queued"), [*lines, proc.stderr.read() if proc.stderr else ""]
     proc.send_signal(signal.SIGTERM)
-    out, _err = proc.communicate(timeout=30)
+    try:
+        out, _err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:  # a hang: leave no process behind for the next tests
+            proc.kill()
+            proc.communicate()
     return proc.returncode, lines + out.split("\n")
 
 
@@ -145,6 +160,100 @@ def test_sigterm_handler_of_the_host_is_never_replaced(fake_api: FakeApi) -> Non
     assert "host-handler" in lines
     assert code == 0  # the host's handler ran (sys.exit(0)), then the exit flush
     assert len(fake_api.bodies()) == 5
+
+
+PARKED_SCRIPT = textwrap.dedent(
+    """
+    import signal, sys, threading
+    from atrack_core import ATrackSdk, Options
+
+    sdk = ATrackSdk(Options(@KEY@, endpoint=sys.argv[1], transport=sys.argv[2]))
+    for i in range(50):
+        sdk.track("e", {"i": i}, uuid=f"u{i % 10}")
+
+    def host_thread():  # a thread of the host's that does not block SIGTERM
+        sys.stdin.readline()
+        signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+
+    threading.Thread(target=host_thread, daemon=True).start()
+    print("parked", flush=True)
+    threading.Event().wait()  # untimed: only a signal delivered to this thread wakes it
+    """
+).replace("@KEY@", repr(KEY))
+
+
+def test_sigterm_the_parked_main_thread_never_saw_still_flushes_and_ends(
+    fake_api: FakeApi, transport: str
+) -> None:
+    """The SIGTERM lands on another thread (or just before the main thread blocks): the
+    interpreter notes it, but its handler runs only when the main thread's wait returns,
+    which is never. The SDK's watcher sees it on the wakeup fd, flushes, and wakes the
+    main thread; the process ends by SIGTERM, as it would have without the SDK."""
+    fake_api.latency = 0.05
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PARKED_SCRIPT, fake_api.url, transport],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env(),
+    )
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout.readline().strip() == "parked"
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == -signal.SIGTERM, err
+    assert sorted(b["attributes"]["i"] for b in fake_api.bodies()) == list(range(50))
+
+
+FORK_SIGTERM_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys, time
+    from atrack_core import ATrackSdk, Options
+
+    sdk = ATrackSdk(Options(@KEY@, endpoint=sys.argv[1], transport=sys.argv[2]))
+    # Children killed the moment they exist: none of their SIGTERMs reaches the
+    # parent's watcher (they share its pipe until they drop it).
+    for _ in range(30):
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(30)
+            os._exit(3)
+        os.kill(pid, signal.SIGTERM)
+        print("idle", os.waitpid(pid, 0)[1], flush=True)
+    # A child with calls queued flushes them on SIGTERM, then dies by it.
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        for i in range(20):
+            sdk.track("child", {"i": i}, uuid=f"c{i % 4}")
+        os.write(w, b"x")
+        time.sleep(30)
+        os._exit(3)
+    os.read(r, 1)
+    os.kill(pid, signal.SIGTERM)
+    print("busy", os.waitpid(pid, 0)[1], flush=True)
+    print("parent-alive", signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL, flush=True)
+    """
+).replace("@KEY@", repr(KEY))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_children_on_sigterm(fake_api: FakeApi, transport: str) -> None:
+    fake_api.latency = 0.05
+    _, out, err = run(FORK_SIGTERM_SCRIPT, fake_api.url, transport)
+    lines = out.splitlines()
+    # A child with nothing to deliver dies at once, as without the SDK (status 15 is
+    # "killed by SIGTERM" in waitpid's encoding); the parent is never touched.
+    assert lines[:30] == [f"idle {signal.SIGTERM}"] * 30, out + err
+    assert lines[30:] == [f"busy {signal.SIGTERM}", "parent-alive True"], out + err
+    assert sorted(b["attributes"]["i"] for b in fake_api.bodies()) == list(range(20))
 
 
 def test_sigterm_flush_can_be_turned_off(fake_api: FakeApi) -> None:

@@ -1,0 +1,270 @@
+"""The SDK's SIGTERM flush, for processes that would otherwise die at once on SIGTERM.
+
+Some servers never run ``atexit`` on SIGTERM (waitress; granian's WSGI and
+lifespan-less ASGI workers before 2.x), and a ``multiprocessing`` ``Pool`` terminates
+its workers with SIGTERM: with the default disposition the process dies with its queued
+calls. When the process still has that default as the first SDK is built in the main
+thread, a handler is installed that flushes, then restores the default and raises
+SIGTERM again, so the process ends exactly as it would have (status, core, parent's
+view). A handler the host set is never replaced; a host that sets one later replaces
+this one, and owns shutdown. ``ATRACK_SIGTERM_FLUSH=0`` turns it off.
+
+**The watcher.** Python runs a signal handler in the main thread, between two bytecodes.
+A SIGTERM that arrives just before the main thread enters a blocking call (a ``Pool``
+worker going back to wait for its next task, a server's ``Event().wait()``) is noted by
+the interpreter and then waits until that call returns, which may be never: the process
+that would have died hangs, and the ``Pool`` that terminated it hangs in ``join``. So,
+when the host has not claimed it, the interpreter's wakeup file descriptor
+(``signal.set_wakeup_fd``, written the moment the signal arrives, whatever the main
+thread is doing) is a pipe read by an SDK thread. On a SIGTERM the watcher runs the flush
+itself, then sends SIGTERM to the main thread, which interrupts its blocking call: the
+handler runs there, finds the flush done, and ends the process. Whoever starts the flush
+first (the handler or the watcher) runs it; the other waits for it.
+
+**Forks.** A forked child shares the parent's pipe: its SIGTERM would reach the parent's
+watcher. So SIGTERM is blocked in the forking thread around ``fork()``, and the child
+drops the pipe and goes back to the default disposition before unblocking it; the
+handler (with a watcher of its own) is installed again in the child only when it has
+calls to deliver (:func:`rearm`, from its main thread). A child with nothing queued dies
+on SIGTERM as it would have without the SDK.
+"""
+
+from __future__ import annotations
+
+import _thread
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from types import FrameType
+
+from . import _threads
+
+logger = logging.getLogger("atrack")
+
+ENV = "ATRACK_SIGTERM_FLUSH"
+_SIGTERM: int | None = getattr(signal, "SIGTERM", None)
+_FALLBACK_DEADLINE = 5.0
+
+# Set by the first install: what to flush, and for how long the flush may take.
+_flush: Callable[[str], None] | None = None
+_deadline: Callable[[], float] = lambda: _FALLBACK_DEADLINE  # noqa: E731 (set at install)
+
+_decided = False  # this process's first main-thread SDK decided
+_rearm_wanted = False  # a fork child whose parent had the handler
+_pipe: tuple[int, int] | None = None  # the wakeup pipe (read, write) of this process
+_handler_started = False  # the handler ran in the main thread
+_fork_blocked = False  # SIGTERM blocked by _before_fork in the forking thread
+
+# Whoever takes _claim runs the flush and releases _done when it ends; others wait on
+# _done. Bare ``_thread`` locks: the handler may have interrupted the main thread
+# inside ``threading``'s own machinery.
+_claim = _thread.allocate_lock()
+_done = _thread.allocate_lock()
+_done.acquire()
+
+
+def enabled() -> bool:
+    return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _supported() -> bool:
+    return _SIGTERM is not None and sys.platform != "win32"
+
+
+def maybe_install(flush: Callable[[str], None], deadline: Callable[[], float]) -> None:
+    """Decided once per process, by the first SDK built in the main thread (only the
+    main thread may set a handler)."""
+    global _decided, _flush, _deadline
+    if _decided or threading.current_thread() is not threading.main_thread():
+        return
+    _decided = True
+    _flush, _deadline = flush, deadline
+    if not enabled() or not _supported():
+        return
+    _install()
+
+
+def rearm() -> None:
+    """In a fork child that has calls to deliver: the handler again, as its parent had
+    it (from the main thread, while the host has not set a handler of its own)."""
+    global _rearm_wanted
+    if not _rearm_wanted or threading.current_thread() is not threading.main_thread():
+        return
+    _rearm_wanted = False
+    _install()
+
+
+def _install() -> None:
+    assert _SIGTERM is not None
+    try:
+        if signal.getsignal(_SIGTERM) is not signal.SIG_DFL:
+            return  # the host handles SIGTERM: its shutdown runs atexit or a lifespan
+        signal.signal(_SIGTERM, _on_sigterm)
+    except (ValueError, OSError):  # an embedded interpreter without signals
+        return
+    if not _threads.green():  # under gevent the handler spawns a greenlet instead
+        _start_watcher()
+
+
+def _start_watcher() -> None:
+    global _pipe
+    r, w = os.pipe()
+    try:
+        os.set_blocking(w, False)
+        previous = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    except (ValueError, OSError):
+        os.close(r)
+        os.close(w)
+        return
+    if previous != -1:  # the host's (asyncio, trio, gunicorn...): theirs, not ours
+        signal.set_wakeup_fd(previous)
+        os.close(r)
+        os.close(w)
+        return
+    _pipe = (r, w)
+    thread = threading.Thread(target=lambda: _watch(r), name="atrack-signals", daemon=True)
+    with contextlib.suppress(RuntimeError):  # RuntimeError: interpreter shutting down
+        _threads.start(thread)  # born with SIGTERM blocked: it never takes one itself
+
+
+def _watch(r: int) -> None:
+    assert _SIGTERM is not None
+    while True:
+        try:
+            data = os.read(r, 512)
+        except OSError:
+            return
+        if not data:
+            return
+        if _SIGTERM not in data or _handler_started or _threads.green():
+            continue  # another signal, or the main thread already handles it
+        if signal.getsignal(_SIGTERM) is not _on_sigterm:
+            continue  # the host's handler replaced ours: its signal
+        # The main thread may be parked in a call the signal did not interrupt: flush
+        # from here, then interrupt it so that the handler runs and ends the process.
+        _flush_or_wait(run_here=True)
+        with contextlib.suppress(OSError, ValueError):
+            main = threading.main_thread().ident
+            if main is not None:
+                signal.pthread_kill(main, _SIGTERM)
+        return
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    global _handler_started
+    if signal.getsignal(signum) is not _on_sigterm:
+        # A handler the host installed after the SDK calls this one as its previous
+        # handler: flush, and leave the rest (exit or not, with which status) to it.
+        _run_flush(terminate=False)
+        return
+    _handler_started = True
+    # The default again first: a second SIGTERM (an impatient supervisor) ends the
+    # process at once, as it would have without the SDK.
+    signal.signal(signum, signal.SIG_DFL)
+    _run_flush(terminate=True)
+
+
+def _run_flush(*, terminate: bool) -> None:
+    spawn = _threads.green_spawn()
+    if spawn is not None:
+        # gevent: this handler runs in whichever greenlet the signal interrupted, often
+        # the hub, where nothing may block (BlockingSwitchOutError), or one that holds
+        # what the flush needs. The flush runs in a greenlet of its own.
+        spawn(_flush_then_end, terminate)
+    else:
+        _flush_then_end(terminate)
+
+
+def _flush_then_end(terminate: bool) -> None:
+    _flush_or_wait(run_here=False)
+    if terminate:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _flush_or_wait(*, run_here: bool) -> None:
+    """Start the flush unless it has started, then wait for it, at most the deadline.
+
+    The handler (``run_here=False``) interrupts the main thread wherever it was:
+    perhaps holding an SDK lock the flush needs, or one of ``threading``'s own. So from
+    there the flush runs in a bare ``_thread`` thread (``threading.Thread.start`` takes
+    those locks), and a flush stuck behind a lock the main thread holds is given up
+    after the deadline. The watcher is an ordinary thread and flushes in place.
+    """
+    if _claim.acquire(blocking=False):
+        if run_here:
+            _flush_then_open()
+            return
+        try:
+            _thread.start_new_thread(_flush_then_open, ())
+        except RuntimeError:  # no new threads (interpreter finalizing): as without us
+            return
+    if _done.acquire(timeout=_deadline() + 1.0):
+        _done.release()  # open for whoever else waits
+
+
+def _flush_then_open() -> None:
+    try:
+        if _flush is not None:
+            _flush("SIGTERM")
+    finally:
+        _done.release()
+
+
+# -- fork -------------------------------------------------------------------------------
+
+
+def _before_fork() -> None:
+    global _fork_blocked
+    _fork_blocked = False
+    # A child's SIGTERM before it dropped the handler (and the pipe) would run the
+    # handler there, or wake the parent's watcher: it waits, blocked, until then.
+    if _SIGTERM is None or signal.getsignal(_SIGTERM) is not _on_sigterm:
+        return
+    with contextlib.suppress(OSError, ValueError):
+        if _SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, ()):
+            signal.pthread_sigmask(signal.SIG_BLOCK, {_SIGTERM})
+            _fork_blocked = True
+
+
+def _after_fork_in_parent() -> None:
+    if _fork_blocked and _SIGTERM is not None:
+        with contextlib.suppress(OSError, ValueError):
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {_SIGTERM})
+
+
+def _after_fork_in_child() -> None:
+    global _claim, _done, _pipe, _handler_started, _rearm_wanted
+    _claim = _thread.allocate_lock()
+    _done = _thread.allocate_lock()
+    _done.acquire()
+    _handler_started = False
+    if _pipe is not None:
+        r, w = _pipe
+        _pipe = None
+        with contextlib.suppress(ValueError, OSError):
+            previous = signal.set_wakeup_fd(-1)
+            if previous != w:
+                signal.set_wakeup_fd(previous)  # someone else's since: left alone
+        for fd in (r, w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    if _SIGTERM is not None:
+        with contextlib.suppress(ValueError, OSError):
+            if signal.getsignal(_SIGTERM) is _on_sigterm:
+                signal.signal(_SIGTERM, signal.SIG_DFL)
+                _rearm_wanted = True
+        if _fork_blocked:
+            with contextlib.suppress(OSError, ValueError):
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {_SIGTERM})
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
+    )
