@@ -316,7 +316,10 @@ def test_multiprocessing_children_deliver_their_calls(
         ATRACK_SIGTERM_FLUSH=sigterm,
     )
     assert out.split() == ["parent-sent", "0"], err
-    fake_api.wait_for(25)
+    try:
+        fake_api.wait_for(25)
+    except AssertionError as lost:  # the workers' own words (they share stderr)
+        raise AssertionError(f"{lost}; stderr: {err[-3000:]}") from None
     ids = Counter(fake_api.request_ids())
     assert max(ids.values()) == 1
     assert sorted(b["attributes"]["i"] for b in fake_api.bodies()) == list(range(25))
@@ -357,7 +360,10 @@ def test_multiprocessing_spawned_children_deliver_their_calls(
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.split() == ["parent-sent", "0"], proc.stderr
-    fake_api.wait_for(25)
+    try:
+        fake_api.wait_for(25)
+    except AssertionError as lost:  # the workers' own words (they share stderr)
+        raise AssertionError(f"{lost}; stderr: {proc.stderr[-3000:]}") from None
     ids = Counter(fake_api.request_ids())
     assert max(ids.values()) == 1
     assert sorted(b["attributes"]["i"] for b in fake_api.bodies()) == list(range(25))
