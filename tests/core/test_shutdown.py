@@ -212,6 +212,58 @@ def test_sigterm_the_parked_main_thread_never_saw_still_flushes_and_ends(
     assert sorted(b["attributes"]["i"] for b in fake_api.bodies()) == list(range(50))
 
 
+SECOND_SIGTERM_SCRIPT = textwrap.dedent(
+    """
+    import signal, sys, threading
+    from atrack_core import ATrackSdk, Options
+
+    # The API never answers: the flush would take the whole shutdown timeout.
+    sdk = ATrackSdk(Options(@KEY@, endpoint=sys.argv[1], shutdown_timeout=30))
+    sdk.track("e", uuid="u")
+
+    def host_thread():  # both SIGTERMs land here: the main thread never sees them
+        sys.stdin.readline()
+        signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+        print("first", flush=True)
+        sys.stdin.readline()
+        signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+
+    threading.Thread(target=host_thread, daemon=True).start()
+    print("parked", flush=True)
+    threading.Event().wait()
+    """
+).replace("@KEY@", repr(KEY))
+
+
+def test_second_sigterm_while_the_watcher_flushes_ends_the_process_at_once() -> None:
+    """The watcher flushes for a main thread parked in an untimed wait; a second
+    SIGTERM meanwhile (an impatient supervisor) ends the process at once, as it does
+    when the handler runs the flush (it used to wait out the whole flush)."""
+    with blackhole_url() as url:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SECOND_SIGTERM_SCRIPT, url],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env(),
+        )
+        try:
+            assert proc.stdout is not None and proc.stdin is not None
+            assert proc.stdout.readline().strip() == "parked"
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline().strip() == "first"
+            start = time.monotonic()
+            _, err = proc.communicate("again\n", timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert proc.returncode == -signal.SIGTERM, err
+    assert time.monotonic() - start < 10.0  # not the 30 s shutdown timeout
+
+
 FORK_SIGTERM_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys, time
