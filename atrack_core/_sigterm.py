@@ -61,7 +61,10 @@ _decided = False  # this process's first main-thread SDK decided
 _rearm_wanted = False  # a fork child whose parent had the handler
 _pipe: tuple[int, int] | None = None  # the wakeup pipe (read, write) of this process
 _handler_started = False  # the handler ran in the main thread
-_fork_blocked = False  # SIGTERM blocked by _before_fork in the forking thread
+# The forking threads (idents) in which _before_fork blocked SIGTERM: one flag would be
+# reset by another thread's fork meanwhile, leaving SIGTERM blocked for good in this
+# thread (and in its child) or unblocked in a thread that had blocked it itself.
+_fork_blocked: set[int] = set()
 _second = False  # the watcher saw a second SIGTERM while the flush ran
 
 # Whoever takes _claim runs the flush and releases _done when it ends; others wait on
@@ -269,8 +272,8 @@ def _flush_then_open() -> None:
 
 
 def _before_fork() -> None:
-    global _fork_blocked
-    _fork_blocked = False
+    me = threading.get_ident()
+    _fork_blocked.discard(me)
     # A child's SIGTERM before it dropped the handler (and the pipe) would run the
     # handler there, or wake the parent's watcher: it waits, blocked, until then.
     if _SIGTERM is None or signal.getsignal(_SIGTERM) is not _on_sigterm:
@@ -278,17 +281,21 @@ def _before_fork() -> None:
     with contextlib.suppress(OSError, ValueError):
         if _SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, ()):
             signal.pthread_sigmask(signal.SIG_BLOCK, {_SIGTERM})
-            _fork_blocked = True
+            _fork_blocked.add(me)
 
 
 def _after_fork_in_parent() -> None:
-    if _fork_blocked and _SIGTERM is not None:
+    me = threading.get_ident()
+    if me in _fork_blocked and _SIGTERM is not None:
+        _fork_blocked.discard(me)
         with contextlib.suppress(OSError, ValueError):
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {_SIGTERM})
 
 
 def _after_fork_in_child() -> None:
     global _claim, _done, _pipe, _handler_started, _rearm_wanted, _second
+    blocked = threading.get_ident() in _fork_blocked  # the forking thread, this one
+    _fork_blocked.clear()
     _claim = _thread.allocate_lock()
     _done = _thread.allocate_lock()
     _done.acquire()
@@ -309,7 +316,7 @@ def _after_fork_in_child() -> None:
             if signal.getsignal(_SIGTERM) is _on_sigterm:
                 signal.signal(_SIGTERM, signal.SIG_DFL)
                 _rearm_wanted = True
-        if _fork_blocked:
+        if blocked:
             with contextlib.suppress(OSError, ValueError):
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, {_SIGTERM})
 
