@@ -16,10 +16,12 @@ the interpreter and then waits until that call returns, which may be never: the 
 that would have died hangs, and the ``Pool`` that terminated it hangs in ``join``. So,
 when the host has not claimed it, the interpreter's wakeup file descriptor
 (``signal.set_wakeup_fd``, written the moment the signal arrives, whatever the main
-thread is doing) is a pipe read by an SDK thread. On a SIGTERM the watcher runs the flush
-itself, then sends SIGTERM to the main thread, which interrupts its blocking call: the
-handler runs there, finds the flush done, and ends the process. Whoever starts the flush
-first (the handler or the watcher) runs it; the other waits for it.
+thread is doing) is a pipe read by an SDK thread. On a SIGTERM the watcher starts the
+flush itself, then sends SIGTERM to the main thread, which interrupts its blocking call:
+the handler runs there, finds the flush done, and ends the process. Whoever starts the
+flush first (the handler or the watcher) starts it; the other waits for it. The watcher
+reads on while it waits: a second SIGTERM then ends the process at once, as it does once
+the handler has run (it has put the default disposition back).
 
 **Forks.** A forked child shares the parent's pipe: its SIGTERM would reach the parent's
 watcher. So SIGTERM is blocked in the forking thread around ``fork()``, and the child
@@ -35,9 +37,11 @@ import _thread
 import contextlib
 import logging
 import os
+import select
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from types import FrameType
 
@@ -57,7 +61,11 @@ _decided = False  # this process's first main-thread SDK decided
 _rearm_wanted = False  # a fork child whose parent had the handler
 _pipe: tuple[int, int] | None = None  # the wakeup pipe (read, write) of this process
 _handler_started = False  # the handler ran in the main thread
-_fork_blocked = False  # SIGTERM blocked by _before_fork in the forking thread
+# The forking threads (idents) in which _before_fork blocked SIGTERM: one flag would be
+# reset by another thread's fork meanwhile, leaving SIGTERM blocked for good in this
+# thread (and in its child) or unblocked in a thread that had blocked it itself.
+_fork_blocked: set[int] = set()
+_second = False  # the watcher saw a second SIGTERM while the flush ran
 
 # Whoever takes _claim runs the flush and releases _done when it ends; others wait on
 # _done. Bare ``_thread`` locks: the handler may have interrupted the main thread
@@ -144,14 +152,55 @@ def _watch(r: int) -> None:
             continue  # another signal, or the main thread already handles it
         if signal.getsignal(_SIGTERM) is not _on_sigterm:
             continue  # the host's handler replaced ours: its signal
-        # The main thread may be parked in a call the signal did not interrupt: flush
-        # from here, then interrupt it so that the handler runs and ends the process.
-        _flush_or_wait(run_here=True)
-        with contextlib.suppress(OSError, ValueError):
-            main = threading.main_thread().ident
-            if main is not None:
-                signal.pthread_kill(main, _SIGTERM)
-        return
+        break
+    # The main thread may be parked in a call the signal did not interrupt: flush from
+    # here, then interrupt it so that the handler runs and ends the process. The flush
+    # runs in a thread of its own (born with this one's mask: SIGTERM blocked), and
+    # this one keeps reading: a second SIGTERM meanwhile (an impatient supervisor) ends
+    # the process at once, as it does when the handler runs the flush.
+    global _second
+    if data.count(_SIGTERM) > 1 or _wait_flush_or_sigterm(r):
+        _second = True
+    with contextlib.suppress(OSError, ValueError):
+        main = threading.main_thread().ident
+        if main is not None:
+            signal.pthread_kill(main, _SIGTERM)
+
+
+def _wait_flush_or_sigterm(r: int) -> bool:
+    """Start the flush unless it has started, then wait for it (at most the deadline)
+    or for another SIGTERM on the pipe, whichever comes first: True for a SIGTERM."""
+    assert _SIGTERM is not None
+    if _claim.acquire(blocking=False):
+        try:
+            _thread.start_new_thread(_flush_then_open, ())
+        except RuntimeError:  # no new threads (interpreter finalizing): as without us
+            return False
+    poller = select.poll()
+    poller.register(r, select.POLLIN)
+    end = time.monotonic() + _deadline() + 1.0
+    while not _flush_ended():
+        left = end - time.monotonic()
+        if left <= 0:
+            return False
+        # _flush_then_open writes a byte (0, no signal's number) when it ends.
+        if poller.poll(left * 1000):
+            try:
+                data = os.read(r, 512)
+            except OSError:
+                return False
+            if not data:
+                return False
+            if _SIGTERM in data:
+                return True
+    return False
+
+
+def _flush_ended() -> bool:
+    if _done.acquire(blocking=False):
+        _done.release()
+        return True
+    return False
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -165,6 +214,9 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     # The default again first: a second SIGTERM (an impatient supervisor) ends the
     # process at once, as it would have without the SDK.
     signal.signal(signum, signal.SIG_DFL)
+    if _second:  # it came while the watcher flushed for a parked main thread
+        os.kill(os.getpid(), signum)
+        return
     _run_flush(terminate=True)
 
 
@@ -180,24 +232,22 @@ def _run_flush(*, terminate: bool) -> None:
 
 
 def _flush_then_end(terminate: bool) -> None:
-    _flush_or_wait(run_here=False)
+    _flush_or_wait()
     if terminate:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _flush_or_wait(*, run_here: bool) -> None:
-    """Start the flush unless it has started, then wait for it, at most the deadline.
+def _flush_or_wait() -> None:
+    """From the handler: start the flush unless it has started, then wait for it, at
+    most the deadline.
 
-    The handler (``run_here=False``) interrupts the main thread wherever it was:
-    perhaps holding an SDK lock the flush needs, or one of ``threading``'s own. So from
-    there the flush runs in a bare ``_thread`` thread (``threading.Thread.start`` takes
-    those locks), and a flush stuck behind a lock the main thread holds is given up
-    after the deadline. The watcher is an ordinary thread and flushes in place.
+    The handler interrupts the main thread wherever it was: perhaps holding an SDK lock
+    the flush needs, or one of ``threading``'s own. So the flush runs in a bare
+    ``_thread`` thread (``threading.Thread.start`` takes those locks), and a flush stuck
+    behind a lock the main thread holds is given up after the deadline. (The watcher
+    starts it the same way, and waits for it or for a second SIGTERM.)
     """
     if _claim.acquire(blocking=False):
-        if run_here:
-            _flush_then_open()
-            return
         try:
             _thread.start_new_thread(_flush_then_open, ())
         except RuntimeError:  # no new threads (interpreter finalizing): as without us
@@ -212,14 +262,18 @@ def _flush_then_open() -> None:
             _flush("SIGTERM")
     finally:
         _done.release()
+        pipe = _pipe
+        if pipe is not None:  # wakes the watcher if it waits for the flush
+            with contextlib.suppress(OSError):
+                os.write(pipe[1], b"\0")
 
 
 # -- fork -------------------------------------------------------------------------------
 
 
 def _before_fork() -> None:
-    global _fork_blocked
-    _fork_blocked = False
+    me = threading.get_ident()
+    _fork_blocked.discard(me)
     # A child's SIGTERM before it dropped the handler (and the pipe) would run the
     # handler there, or wake the parent's watcher: it waits, blocked, until then.
     if _SIGTERM is None or signal.getsignal(_SIGTERM) is not _on_sigterm:
@@ -227,21 +281,26 @@ def _before_fork() -> None:
     with contextlib.suppress(OSError, ValueError):
         if _SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, ()):
             signal.pthread_sigmask(signal.SIG_BLOCK, {_SIGTERM})
-            _fork_blocked = True
+            _fork_blocked.add(me)
 
 
 def _after_fork_in_parent() -> None:
-    if _fork_blocked and _SIGTERM is not None:
+    me = threading.get_ident()
+    if me in _fork_blocked and _SIGTERM is not None:
+        _fork_blocked.discard(me)
         with contextlib.suppress(OSError, ValueError):
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {_SIGTERM})
 
 
 def _after_fork_in_child() -> None:
-    global _claim, _done, _pipe, _handler_started, _rearm_wanted
+    global _claim, _done, _pipe, _handler_started, _rearm_wanted, _second
+    blocked = threading.get_ident() in _fork_blocked  # the forking thread, this one
+    _fork_blocked.clear()
     _claim = _thread.allocate_lock()
     _done = _thread.allocate_lock()
     _done.acquire()
     _handler_started = False
+    _second = False
     if _pipe is not None:
         r, w = _pipe
         _pipe = None
@@ -257,7 +316,7 @@ def _after_fork_in_child() -> None:
             if signal.getsignal(_SIGTERM) is _on_sigterm:
                 signal.signal(_SIGTERM, signal.SIG_DFL)
                 _rearm_wanted = True
-        if _fork_blocked:
+        if blocked:
             with contextlib.suppress(OSError, ValueError):
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, {_SIGTERM})
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fake_api import FakeApi, blackhole_url
+from tests.fake_api import FakeApi, blackhole_url, closed_port_url
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
@@ -212,6 +212,58 @@ def test_sigterm_the_parked_main_thread_never_saw_still_flushes_and_ends(
     assert sorted(b["attributes"]["i"] for b in fake_api.bodies()) == list(range(50))
 
 
+SECOND_SIGTERM_SCRIPT = textwrap.dedent(
+    """
+    import signal, sys, threading
+    from atrack_core import ATrackSdk, Options
+
+    # The API never answers: the flush would take the whole shutdown timeout.
+    sdk = ATrackSdk(Options(@KEY@, endpoint=sys.argv[1], shutdown_timeout=30))
+    sdk.track("e", uuid="u")
+
+    def host_thread():  # both SIGTERMs land here: the main thread never sees them
+        sys.stdin.readline()
+        signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+        print("first", flush=True)
+        sys.stdin.readline()
+        signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+
+    threading.Thread(target=host_thread, daemon=True).start()
+    print("parked", flush=True)
+    threading.Event().wait()
+    """
+).replace("@KEY@", repr(KEY))
+
+
+def test_second_sigterm_while_the_watcher_flushes_ends_the_process_at_once() -> None:
+    """The watcher flushes for a main thread parked in an untimed wait; a second
+    SIGTERM meanwhile (an impatient supervisor) ends the process at once, as it does
+    when the handler runs the flush (it used to wait out the whole flush)."""
+    with blackhole_url() as url:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SECOND_SIGTERM_SCRIPT, url],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env(),
+        )
+        try:
+            assert proc.stdout is not None and proc.stdin is not None
+            assert proc.stdout.readline().strip() == "parked"
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline().strip() == "first"
+            start = time.monotonic()
+            _, err = proc.communicate("again\n", timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert proc.returncode == -signal.SIGTERM, err
+    assert time.monotonic() - start < 10.0  # not the 30 s shutdown timeout
+
+
 FORK_SIGTERM_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys, time
@@ -254,6 +306,60 @@ def test_forked_children_on_sigterm(fake_api: FakeApi, transport: str) -> None:
     assert lines[:30] == [f"idle {signal.SIGTERM}"] * 30, out + err
     assert lines[30:] == [f"busy {signal.SIGTERM}", "parent-alive True"], out + err
     assert sorted(b["attributes"]["i"] for b in fake_api.bodies()) == list(range(20))
+
+
+FORK_RACE_SCRIPT = textwrap.dedent(
+    """
+    import logging, os, signal, sys, threading
+
+    # Registered after logging's hook and before the SDK's: os.fork runs "before" hooks
+    # in reverse order, so in the main thread's fork this one runs after the SDK's
+    # (SIGTERM blocked for the fork) and lets a host thread fork meanwhile.
+    go, forked = threading.Event(), threading.Event()
+
+    def between():
+        if threading.current_thread() is threading.main_thread():
+            go.set()
+            forked.wait()
+
+    os.register_at_fork(before=between)
+    from atrack_core import ATrackSdk, Options
+
+    sdk = ATrackSdk(Options(@KEY@, endpoint=sys.argv[1]))
+
+    def host_thread():  # keeps SIGTERM blocked (a sigwait() thread, say), and forks
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        go.wait()
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+        print("host-thread", signal.SIGTERM in signal.pthread_sigmask(signal.SIG_BLOCK, ()))
+        forked.set()
+
+    thread = threading.Thread(target=host_thread)
+    thread.start()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        blocked = signal.SIGTERM in signal.pthread_sigmask(signal.SIG_BLOCK, ())
+        os.write(w, b"1" if blocked else b"0")
+        os._exit(0)
+    print("child", os.read(r, 1) == b"1")
+    os.waitpid(pid, 0)
+    thread.join()
+    print("main", signal.SIGTERM in signal.pthread_sigmask(signal.SIG_BLOCK, ()), flush=True)
+    """
+).replace("@KEY@", repr(KEY))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_fork_beside_a_thread_that_blocks_sigterm_leaves_each_mask_as_it_was() -> None:
+    """SIGTERM is blocked in the forking thread around fork() and unblocked after: per
+    thread. Another thread's fork meanwhile (one that keeps SIGTERM blocked itself) left
+    it blocked for good in the main thread and in its child, deaf to SIGTERM."""
+    _, out, err = run(FORK_RACE_SCRIPT, closed_port_url())
+    assert out.split("\n")[:3] == ["host-thread True", "child False", "main False"], out + err
 
 
 def test_sigterm_flush_can_be_turned_off(fake_api: FakeApi) -> None:
