@@ -411,7 +411,7 @@ class BackgroundDelivery:
         with self._lock:
             kinds, self._pending = self._pending, []
         if kinds:
-            _sigterm.rearm()  # a fork child with calls to deliver: the SIGTERM flush
+            _sigterm.on_delivery_start()  # the SIGTERM watcher, from the first delivery
         for kind in kinds:
             if kind == "timer":
                 target = self._timer_main

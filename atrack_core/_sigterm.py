@@ -23,12 +23,18 @@ flush first (the handler or the watcher) starts it; the other waits for it. The 
 reads on while it waits: a second SIGTERM then ends the process at once, as it does once
 the handler has run (it has put the default disposition back).
 
+The watcher thread starts with the first delivery thread (or at once in a
+``multiprocessing`` child): a thread from the moment the SDK is built would make every
+later ``fork()`` that of a multi-threaded process. A process that never delivered has
+nothing to flush; parked at the wrong moment it waits as any Python program with a
+SIGTERM handler would.
+
 **Forks.** A forked child shares the parent's pipe: its SIGTERM would reach the parent's
 watcher. So SIGTERM is blocked in the forking thread around ``fork()``, and the child
 drops the pipe and goes back to the default disposition before unblocking it; the
 handler (with a watcher of its own) is installed again in the child only when it has
-calls to deliver (:func:`rearm`, from its main thread). A child with nothing queued dies
-on SIGTERM as it would have without the SDK.
+calls to deliver (:func:`on_delivery_start`, from its main thread). A child with nothing
+queued dies on SIGTERM as it would have without the SDK.
 """
 
 from __future__ import annotations
@@ -60,6 +66,8 @@ _deadline: Callable[[], float] = lambda: _FALLBACK_DEADLINE  # noqa: E731 (set a
 _decided = False  # this process's first main-thread SDK decided
 _rearm_wanted = False  # a fork child whose parent had the handler
 _pipe: tuple[int, int] | None = None  # the wakeup pipe (read, write) of this process
+_watching = False  # the watcher thread of this process started
+_watch_lock = threading.Lock()
 _handler_started = False  # the handler ran in the main thread
 # The forking threads (idents) in which _before_fork blocked SIGTERM: one flag would be
 # reset by another thread's fork meanwhile, leaving SIGTERM blocked for good in this
@@ -93,20 +101,31 @@ def maybe_install(flush: Callable[[str], None], deadline: Callable[[], float]) -
     _flush, _deadline = flush, deadline
     if not enabled() or not _supported():
         return
-    _install()
+    # A multiprocessing child (spawn, forkserver) may be terminated before it has ever
+    # delivered: its watcher starts now. Elsewhere, with the first delivery thread.
+    mp = sys.modules.get("multiprocessing.process")
+    _install(watch_now=mp is not None and mp.parent_process() is not None)
 
 
-def rearm() -> None:
-    """In a fork child that has calls to deliver: the handler again, as its parent had
-    it (from the main thread, while the host has not set a handler of its own)."""
+def on_delivery_start() -> None:
+    """This process starts a delivery thread (it has calls to deliver): the watcher
+    thread, if not running yet; in a fork child, the handler again, as its parent had
+    it (from the main thread, while the host has not set a handler of its own).
+
+    The watcher is not started with the handler: a thread from the moment the SDK is
+    built would make every later ``fork()`` (a gunicorn ``--preload`` master, a fork
+    ``Pool``) that of a multi-threaded process (Python 3.12+ warns). Until it starts,
+    what the interpreter writes waits in the pipe."""
     global _rearm_wanted
-    if not _rearm_wanted or threading.current_thread() is not threading.main_thread():
+    if _rearm_wanted and threading.current_thread() is threading.main_thread():
+        _rearm_wanted = False
+        _install(watch_now=True)
         return
-    _rearm_wanted = False
-    _install()
+    if _pipe is not None and not _watching:
+        _start_watch_thread()
 
 
-def _install() -> None:
+def _install(*, watch_now: bool) -> None:
     assert _SIGTERM is not None
     try:
         if signal.getsignal(_SIGTERM) is not signal.SIG_DFL:
@@ -114,11 +133,15 @@ def _install() -> None:
         signal.signal(_SIGTERM, _on_sigterm)
     except (ValueError, OSError):  # an embedded interpreter without signals
         return
-    if not _threads.green():  # under gevent the handler spawns a greenlet instead
-        _start_watcher()
+    if _threads.green():  # under gevent the handler spawns a greenlet instead
+        return
+    _open_pipe()
+    if watch_now:
+        _start_watch_thread()
 
 
-def _start_watcher() -> None:
+def _open_pipe() -> None:
+    """The interpreter's wakeup fd becomes our pipe, unless the host has one."""
     global _pipe
     r, w = os.pipe()
     try:
@@ -134,6 +157,15 @@ def _start_watcher() -> None:
         os.close(w)
         return
     _pipe = (r, w)
+
+
+def _start_watch_thread() -> None:
+    global _watching
+    with _watch_lock:
+        if _watching or _pipe is None:
+            return
+        _watching = True
+        r = _pipe[0]
     thread = threading.Thread(target=lambda: _watch(r), name="atrack-signals", daemon=True)
     with contextlib.suppress(RuntimeError):  # RuntimeError: interpreter shutting down
         _threads.start(thread)  # born with SIGTERM blocked: it never takes one itself
@@ -294,6 +326,9 @@ def _after_fork_in_parent() -> None:
 
 def _after_fork_in_child() -> None:
     global _claim, _done, _pipe, _handler_started, _rearm_wanted, _second
+    global _watching, _watch_lock
+    _watching = False
+    _watch_lock = threading.Lock()
     blocked = threading.get_ident() in _fork_blocked  # the forking thread, this one
     _fork_blocked.clear()
     _claim = _thread.allocate_lock()

@@ -362,6 +362,31 @@ def test_fork_beside_a_thread_that_blocks_sigterm_leaves_each_mask_as_it_was() -
     assert out.split("\n")[:3] == ["host-thread True", "child False", "main False"], out + err
 
 
+NO_THREAD_SCRIPT = textwrap.dedent(
+    """
+    import signal, sys, threading
+    from atrack_core import ATrackSdk, Options
+
+    sdk = ATrackSdk(Options(@KEY@, endpoint=sys.argv[1], transport=sys.argv[2]))
+    print("built", signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL,
+          *sorted(t.name for t in threading.enumerate()), flush=True)
+    sdk.track("e", uuid="u")
+    assert sdk.flush(10)
+    print("delivered", *sorted({t.name for t in threading.enumerate()}), flush=True)
+    """
+).replace("@KEY@", repr(KEY))
+
+
+def test_no_thread_before_the_first_delivery(fake_api: FakeApi, transport: str) -> None:
+    """Building an SDK starts no thread (a later fork, a gunicorn ``--preload`` master's,
+    stays that of a single-threaded process: Python 3.12+ warns otherwise); the SIGTERM
+    watcher starts with the first delivery thread."""
+    _, out, err = run(NO_THREAD_SCRIPT, fake_api.url, transport)
+    built, delivered = out.splitlines()
+    assert built == "built True MainThread", out + err
+    assert "atrack-signals" in delivered.split(), out
+
+
 def test_sigterm_flush_can_be_turned_off(fake_api: FakeApi) -> None:
     fake_api.latency = 0.05
     code, lines = start_and_terminate(fake_api.url, "httpx", 100, ATRACK_SIGTERM_FLUSH="0")
