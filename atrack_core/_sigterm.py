@@ -161,6 +161,10 @@ def _open_pipe() -> None:
 
 def _start_watch_thread() -> None:
     global _watching
+    if _threads.green():
+        # Patched since the handler was installed (gevent patches in main(), after the
+        # imports): a "thread" would be a greenlet whose blocking read stops the hub.
+        return
     with _watch_lock:
         if _watching or _pipe is None:
             return
