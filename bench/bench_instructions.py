@@ -24,6 +24,7 @@ set): with random string hashes, dict and set probes differ from run to run and 
 the figures (one 20-character name check: 0.5k or 1.7k instructions). ``--src DIR``
 runs the same measurement with ``DIR`` first on ``sys.path`` (another checkout, e.g.
 the commit before a change, made with ``git worktree add``): side by side, in one run.
+``--no-gc`` leaves the garbage collector's share out (see ``NO_GC``).
 """
 
 from __future__ import annotations
@@ -42,9 +43,18 @@ ROOT = HERE.parent
 N1, N2 = 300, 1300
 KINDS = ("wsgi", "asgi", "flask")
 QUICK_N = (100, 500)  # --quick: fewer requests, the first scenario only
+# --no-gc: the children run with the cyclic garbage collector off. The calls queued
+# towards a socket that never answers pile up in the heap, and whether one more full
+# collection falls between N1 and N2 requests moves a Flask or Django figure by several
+# thousand instructions between checkouts that differ by a few allocations.
+NO_GC = False
 
 
 def child(kind: str, scenario: int, tracked: bool, n: int) -> None:
+    if os.environ.get("BENCH_NO_GC"):
+        import gc
+
+        gc.disable()
     # The checkout under test first, imported before bench_middleware (which puts this
     # checkout at the front of sys.path): its modules are the ones in sys.modules.
     sys.path.insert(0, os.environ["BENCH_SRC"])
@@ -187,6 +197,8 @@ def instructions(src: str, kind: str, scenario: int, tracked: bool, n: int) -> i
     """Instructions of the main thread (where requests run): the SDK's sender thread
     works by the clock (connect attempts, backoff), so counting it would add noise."""
     env = {"PYTHONHASHSEED": "0", **os.environ, "BENCH_SRC": src}
+    if NO_GC:
+        env["BENCH_NO_GC"] = "1"
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "cg.out")
         cmd = [
@@ -218,6 +230,8 @@ def main(argv: list[str]) -> int:
         sources.append(str(Path(argv[at + 1]).resolve()))
         del argv[at : at + 2]
     quick = "--quick" in argv
+    global NO_GC
+    NO_GC = "--no-gc" in argv
     n = QUICK_N if quick else (N1, N2)
     sys.path.insert(0, str(HERE))
     from bench_middleware import SCENARIOS
