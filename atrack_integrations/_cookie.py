@@ -53,6 +53,7 @@ class CookiePolicy:
         "_attrs_https",
         "_prefix",
         "_read_cache",
+        "cached",
         "domain",
         "max_age",
         "name",
@@ -122,6 +123,9 @@ class CookiePolicy:
             attrs += f"; SameSite={same}"
         self._prefix = name + "="
         self._read_cache: dict[str, tuple[str | None, str | None]] = {}
+        #: ``cached(header)``: what :meth:`read` answered for this ``Cookie`` header
+        #: before, or ``None`` (one C call: the request path asks it first).
+        self.cached = self._read_cache.get
         self._attrs_http = attrs + ("; Secure" if secure_flag else "")
         self._attrs_https = attrs + ("" if secure_flag is False else "; Secure")
 

@@ -50,12 +50,15 @@ class InitDedupe:
     """Decides whether a user's ``/init`` is due, and sends it. Shared by every request
     and thread of one installed integration."""
 
-    __slots__ = ("_lock", "_sdk", "_seen", "_warned_at", "ttl")
+    __slots__ = ("_lock", "_sdk", "_seen", "_warned_at", "deadline", "ttl")
 
     def __init__(self, sdk: ATrackSdk, ttl: float) -> None:
         self._sdk = sdk
         self.ttl = ttl
         self._seen: dict[str, float] = {}
+        #: ``deadline(uuid)``: the monotonic time until which this process knows the
+        #: user's ``/init`` went out, or ``None`` (what :meth:`recent` compares).
+        self.deadline = self._seen.get
         self._warned_at = -_STORAGE_WARN_EVERY
         self._lock = threading.Lock()
 

@@ -63,6 +63,7 @@ import logging
 import os
 import uuid as _uuid
 from collections.abc import Iterable, Mapping
+from time import monotonic as _monotonic
 from typing import Any, Literal
 
 from atrack_core import ATrackSdk, MemoryStorage, Storage
@@ -218,6 +219,7 @@ class IntegrationConfig:
         )
         self.identify = identify
         self.cookie = cookie
+        self._cookie_cached = cookie.cached
         self.cookie_name = cookie.name
         self.cookie_max_age = cookie.max_age
         self.cookie_domain = cookie.domain
@@ -229,9 +231,12 @@ class IntegrationConfig:
         #: ``is_excluded(method, path)``: whether a request gets a passive tracker
         #: (excluded path, ``HEAD``/``OPTIONS``). The one place that rule is written.
         self.is_excluded = exclusions
+        # Its bound method: calling it costs less than calling the instance.
+        self._excluded = exclusions.__call__
         self.respect_dnt = dnt
         self.context_config = context_config
         self.dedupe = InitDedupe(self.sdk, ttl)
+        self._seen_get = self.dedupe.deadline
         # Request inputs -> their WireContext, shared by requests made of the same
         # inputs (see RequestTracker._wire_context).
         self._contexts: dict[tuple[str | None, ...], WireContext] = {}
@@ -314,14 +319,19 @@ class IntegrationConfig:
         :meth:`abegin`. Never raises.
         """
         try:
-            tracker = self._skipped(view, cookies, path)
-            if tracker is None:
-                tracker = self._start(view, cookies)
-                if self.identify is not None:
-                    tracker._identify_due = True
-                    tracker._hook_request = request
-                if in_event_loop and self._offloader is not None:
-                    tracker._offload = self._offloader
+            # Steps 1 and 7 first: a passive or no-op tracker, else the full lifecycle.
+            if self._excluded(view.method, view.path if path is None else path):
+                return self._passive(view, cookies)
+            if self.respect_dnt:
+                tracker = self._dnt(view, cookies)
+                if tracker is not None:
+                    return tracker
+            tracker = self._start(view, cookies)
+            if self.identify is not None:
+                tracker._identify_due = True
+                tracker._hook_request = request
+            if in_event_loop and self._offloader is not None:
+                tracker._offload = self._offloader
             return tracker
         except Exception:  # noqa: BLE001 - logged by _BEGIN_FAILED.log()
             _BEGIN_FAILED.log()
@@ -437,32 +447,37 @@ class IntegrationConfig:
             return self.cookie.read(view.headers.get("cookie"))
         return self.cookie.read_parsed(cookies)
 
-    def _skipped(
-        self, view: RequestView, cookies: Mapping[str, str] | None, path: str | None
-    ) -> RequestTracker | None:
-        """Steps 1 and 7: a passive or no-op tracker, or ``None`` for the full lifecycle."""
-        if self.is_excluded(view.method, view.path if path is None else path):
+    def _passive(self, view: RequestView, cookies: Mapping[str, str] | None) -> RequestTracker:
+        """Step 1: an excluded path or ``HEAD``/``OPTIONS`` gets a passive tracker."""
+        uuid, timezone = self._read_cookies(view, cookies)
+        return RequestTracker(self, view, uuid, False, None, True, timezone)
+
+    def _dnt(self, view: RequestView, cookies: Mapping[str, str] | None) -> RequestTracker | None:
+        """Step 7 (``respect_dnt``): a no-op tracker when the browser asks, else ``None``."""
+        headers = view.headers
+        if headers.get("dnt", "").strip() == "1" or headers.get("sec-gpc", "").strip() == "1":
             uuid, timezone = self._read_cookies(view, cookies)
-            return RequestTracker(self, view, uuid, False, None, True, timezone)
-        if self.respect_dnt:
-            headers = view.headers
-            if headers.get("dnt", "").strip() == "1" or headers.get("sec-gpc", "").strip() == "1":
-                uuid, timezone = self._read_cookies(view, cookies)
-                tracker = RequestTracker(self, view, uuid, False, None, True, timezone)
-                tracker.enabled = False
-                return tracker
+            tracker = RequestTracker(self, view, uuid, False, None, True, timezone)
+            tracker.enabled = False
+            return tracker
         return None
 
     def _start(self, view: RequestView, cookies: Mapping[str, str] | None) -> RequestTracker:
         if cookies is None:
-            cookie_uuid, timezone = self.cookie.read(view.headers.get("cookie"))
+            header = view.headers.get("cookie")
+            # A returning visitor's Cookie header was read before: one dict lookup.
+            found = self._cookie_cached(header) if header else None
+            cookie_uuid, timezone = self.cookie.read(header) if found is None else found
         else:
             cookie_uuid, timezone = self.cookie.read_parsed(cookies)
         if cookie_uuid is not None:
             tracker = RequestTracker(self, view, cookie_uuid, False, cookie_uuid, False, timezone)
-            # A returning user this process initialised recently: nothing is due.
-            if self._init_on and (self.identify is not None or not self.dedupe.recent(cookie_uuid)):
-                tracker._init_pending = True
+            # A returning user this process initialised recently: nothing is due
+            # (InitDedupe.recent, inline: every returning visitor's request asks).
+            if self._init_on:
+                seen = self._seen_get(cookie_uuid)
+                if self.identify is not None or seen is None or seen <= _monotonic():
+                    tracker._init_pending = True
         else:
             uuid = str(_uuid.uuid4())
             tracker = RequestTracker(self, view, uuid, True, None, False, timezone)

@@ -269,11 +269,17 @@ class RequestTracker:
         # events still go out.
         view = self._view
         config = self._config
-        values = tuple(map(view.headers.get, config.context_config.header_names))
-        key = (view.path, view.query_string, view.client, self._timezone_cookie, *values)
+        key = (
+            view.path,
+            view.query_string,
+            view.client,
+            self._timezone_cookie,
+            *map(view.headers.get, config.context_config.header_names),
+        )
         cache = config._contexts
         context = cache.get(key)
         if context is None:
+            values = key[4:]
             data: dict[str, str] = {}
             with _CONTEXT_FAILED:
                 data = request_context_dict(

@@ -44,6 +44,8 @@ Receive: TypeAlias = Callable[[], Awaitable[Message]]
 Send: TypeAlias = Callable[[Message], Awaitable[None]]
 ASGIApp: TypeAlias = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+# Marks the Host header in ATrackMiddleware._wanted: not a header name (those are tokens).
+_HOST = "\x00host"
 # Stands in for a request the middleware could not read (see the failure path).
 _UNKNOWN_REQUEST = RequestView("GET", "http", None, "/", "", {}, None)
 
@@ -76,6 +78,8 @@ class ATrackMiddleware:
         self._wanted: dict[bytes, str] = {
             name.encode("latin-1"): name for name in self.config.header_names
         }
+        # And the Host header, for the view (unless a setting names it as a header to read).
+        self._wanted.setdefault(b"host", _HOST)
         self._request_factory: Callable[[Scope], Any] | None = None
         if self.config.identify is not None:
             self._request_factory = _request_factory()
@@ -97,7 +101,8 @@ class ATrackMiddleware:
             return
         config = self.config
         tracker = None
-        with _MIDDLEWARE_FAILED:
+        # try/except rather than a with block: free until something fails (as in WSGI).
+        try:
             view = self._view(scope)
             if not config.async_begin:
                 request = None if self._request_factory is None else self._request_factory(scope)
@@ -105,6 +110,8 @@ class ATrackMiddleware:
             else:
                 request = self._request_factory(scope)  # type: ignore[misc]
                 tracker = await config.abegin(view, request, path=scope.get("path"))
+        except Exception:  # noqa: BLE001 - logged by _MIDDLEWARE_FAILED.log()
+            _MIDDLEWARE_FAILED.log()
         if tracker is None:
             # A no-op tracker still, so that view code using it keeps working.
             tracker = config._disabled(_UNKNOWN_REQUEST)
@@ -132,16 +139,17 @@ class ATrackMiddleware:
         picked: dict[str, str] = {}
         host = None
         for name, value in scope["headers"]:
+            # One lookup per header: the rest of a browser's headers (most) stop here.
             key = wanted.get(name)
-            if key is not None:
-                text = header_text(value)
-                previous = picked.get(key)
-                if previous is None:
-                    picked[key] = text
-                else:
-                    picked[key] = previous + ("; " if key == "cookie" else ", ") + text
-            elif name == b"host":
-                host = header_text(value)
+            if key is None:
+                continue
+            text = header_text(value)
+            if key in picked:
+                picked[key] += ("; " if key == "cookie" else ", ") + text
+            elif key is _HOST:
+                host = text  # the last one, if repeated
+            else:
+                picked[key] = text
         client = scope.get("client")
         raw_path = scope.get("raw_path")
         return RequestView(

@@ -142,7 +142,8 @@ class ATrack:
             elif tracker._identify_due:
                 tracker._hook_request = req  # config.bind_request, inline
             req.atrack = tracker
-            g.atrack = tracker
+            # On the real object too: setting through the proxy costs a lookup and a call.
+            g._get_current_object().atrack = tracker
 
         # First in line, so that the app's own before_request hooks can use the tracker.
         app.before_request_funcs.setdefault(None, []).insert(0, before_request)

@@ -106,6 +106,8 @@ class ATrackWSGIMiddleware:
             body = self.app(environ, start_response_with_cookie(config, environ, start_response))
         finally:
             CURRENT.reset(token)
+        if body.__class__ is list:
+            return body  # the common body, and no app code runs while it is iterated
         return active_body(body, tracker, environ)
 
 

@@ -9,7 +9,9 @@ instruction counts do not. The middleware's work is the same under every framewo
 issue measured ~120k instructions in Django, Flask and Starlette alike), so it is
 counted around the plainest app: a one-line WSGI app inside ``ATrackWSGIMiddleware``
 and a one-line ASGI app inside ``ATrackMiddleware``, and around a two-view Flask app
-(the extension's own share) and Django's ``WSGIHandler`` (``--kinds django``, as in
+(the extension's own share), Django's ``WSGIHandler`` (``--kinds django``, as in
+``bench_middleware_wsgi``) and Django's async mode (``--kinds django-async``: an
+``ASGIRequest`` through the middleware to an async view, as in
 ``bench_middleware_wsgi``), for the scenarios of ``bench_middleware.SCENARIOS``, bare
 and tracked. ``--kinds wsgi,flask`` picks some.
 
@@ -17,9 +19,12 @@ Each figure is ``(Ir(N2) - Ir(N1)) / (N2 - N1)`` from two runs of the same proce
 under ``valgrind --tool=callgrind`` (start-up cancels out), counting the main thread,
 where the requests run (the SDK's sender thread, pointed at a loopback socket that
 never answers as in ``bench_middleware``, works by the clock and would add noise; the
-enqueue each call makes is counted). ``--src DIR`` runs the same measurement with ``DIR`` first on
-``sys.path`` (another checkout, e.g. the commit before a change, made with ``git
-worktree add``): side by side, in one run.
+enqueue each call makes is counted). The children run with ``PYTHONHASHSEED=0`` (unless
+set): with random string hashes, dict and set probes differ from run to run and so did
+the figures (one 20-character name check: 0.5k or 1.7k instructions). ``--src DIR``
+runs the same measurement with ``DIR`` first on ``sys.path`` (another checkout, e.g.
+the commit before a change, made with ``git worktree add``): side by side, in one run.
+``--no-gc`` leaves the garbage collector's share out (see ``NO_GC``).
 """
 
 from __future__ import annotations
@@ -38,9 +43,18 @@ ROOT = HERE.parent
 N1, N2 = 300, 1300
 KINDS = ("wsgi", "asgi", "flask")
 QUICK_N = (100, 500)  # --quick: fewer requests, the first scenario only
+# --no-gc: the children run with the cyclic garbage collector off. The calls queued
+# towards a socket that never answers pile up in the heap, and whether one more full
+# collection falls between N1 and N2 requests moves a Flask or Django figure by several
+# thousand instructions between checkouts that differ by a few allocations.
+NO_GC = False
 
 
 def child(kind: str, scenario: int, tracked: bool, n: int) -> None:
+    if os.environ.get("BENCH_NO_GC"):
+        import gc
+
+        gc.disable()
     # The checkout under test first, imported before bench_middleware (which puts this
     # checkout at the front of sys.path): its modules are the ones in sys.modules.
     sys.path.insert(0, os.environ["BENCH_SRC"])
@@ -126,6 +140,31 @@ def child(kind: str, scenario: int, tracked: bool, n: int) -> None:
             env = environ.copy()
             env["wsgi.input"] = io.BytesIO()
             handler(env, django_start_response).close()
+    elif kind == "django-async":
+        # bench_middleware_wsgi's async mode: an ASGIRequest per request, the middleware
+        # (async mode) over an async view, against the view alone.
+        import io
+
+        import bench_middleware_wsgi as django_bench
+        from django.core.handlers.asgi import ASGIRequest
+
+        from atrack_integrations.django import ATrackMiddleware
+
+        django_bench._django_setup()
+
+        async def django_view(request: Any) -> Any:
+            if request.path == "/products":
+                return django_bench.products(request)
+            return django_bench.about(request)
+
+        django_app = ATrackMiddleware(django_view) if tracked else django_view
+        django_scope = asgi_scope(cookie, path)
+
+        async def run_django() -> None:
+            for _ in range(n):
+                await django_app(ASGIRequest(django_scope, io.BytesIO()))
+
+        asyncio.run(run_django())
     else:
         from atrack_integrations.asgi import ATrackMiddleware
 
@@ -157,7 +196,9 @@ def child(kind: str, scenario: int, tracked: bool, n: int) -> None:
 def instructions(src: str, kind: str, scenario: int, tracked: bool, n: int) -> int:
     """Instructions of the main thread (where requests run): the SDK's sender thread
     works by the clock (connect attempts, backoff), so counting it would add noise."""
-    env = {**os.environ, "BENCH_SRC": src}
+    env = {"PYTHONHASHSEED": "0", **os.environ, "BENCH_SRC": src}
+    if NO_GC:
+        env["BENCH_NO_GC"] = "1"
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "cg.out")
         cmd = [
@@ -189,6 +230,8 @@ def main(argv: list[str]) -> int:
         sources.append(str(Path(argv[at + 1]).resolve()))
         del argv[at : at + 2]
     quick = "--quick" in argv
+    global NO_GC
+    NO_GC = "--no-gc" in argv
     n = QUICK_N if quick else (N1, N2)
     sys.path.insert(0, str(HERE))
     from bench_middleware import SCENARIOS

@@ -104,24 +104,30 @@ class ATrackMiddleware:
 
 def _begin(request: Any, *, in_event_loop: bool) -> tuple[IntegrationConfig, RequestTracker] | None:
     """The start both modes share: the tracker attached as ``request.atrack``."""
-    with _MIDDLEWARE_FAILED:
+    # try/except rather than a with block: free until something fails (every request
+    # passes here).
+    try:
         config = conf.get_config()
         view = _view(request, _keys(config))
         tracker = config.begin(view, request, path=request.path_info, in_event_loop=in_event_loop)
         request.atrack = tracker
         return config, tracker
+    except Exception:  # noqa: BLE001 - logged by _MIDDLEWARE_FAILED.log()
+        _MIDDLEWARE_FAILED.log()
     return None
 
 
 def _finish(config: IntegrationConfig, tracker: RequestTracker, response: Any) -> Any:
     """The end both modes share: the eager ``/init`` if due for the response's status,
     the cookie, and a streaming body that keeps the tracker current."""
-    with _COOKIE_FAILED:
-        cookie = config.finish(tracker, response.status_code)  # never raises
-        if cookie is not None:
-            # Django keeps cookies apart from other headers, in response.cookies.
-            line = _CookieLine(cookie)
-            response.cookies[line.key] = line
+    # Nothing is due for most requests (a returning visitor): no call, no with block.
+    if tracker._init_pending or tracker._identify_due or tracker._cookie_out is not None:
+        with _COOKIE_FAILED:
+            cookie = config.finish(tracker, response.status_code)  # never raises
+            if cookie is not None:
+                # Django keeps cookies apart from other headers, in response.cookies.
+                line = _CookieLine(cookie)
+                response.cookies[line.key] = line
     _stream_with_tracker(response, tracker)
     return response
 
