@@ -97,6 +97,16 @@ class Server:
             time.sleep(0.05)
         self.fail(f"{self.kind} did not answer on {self.url} within {timeout} s")
 
+    def wait_log(self, text: str, count: int = 1, timeout: float = 30.0) -> None:
+        """Until ``text`` appears ``count`` times in the output."""
+        deadline = time.monotonic() + timeout
+        while self.output(1_000_000).count(text) < count:
+            if self.proc.poll() is not None:
+                self.fail(f"{self.kind} exited with {self.proc.returncode} while starting")
+            if time.monotonic() > deadline:
+                self.fail(f"{text!r} not {count} times in the output within {timeout} s")
+            time.sleep(0.05)
+
     def terminate(self, timeout: float = 30.0) -> int:
         """SIGTERM to the master, then wait for it to exit; returns the exit code."""
         started = time.monotonic()

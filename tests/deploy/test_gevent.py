@@ -27,6 +27,7 @@ def test_gunicorn_gevent_worker_delivers_without_deadlock(
     start_server: StartServer, fake_api: FakeApi, transport: str, preload: bool
 ) -> None:
     args = ["-k", "gevent", "--workers", "2", "--timeout", "20"]
+    args += ["-c", "python:tests.deploy.gunicorn_ready"]
     if preload:
         args.append("--preload")
     env = {
@@ -36,6 +37,9 @@ def test_gunicorn_gevent_worker_delivers_without_deadlock(
     }
     server = start_server([*args, "tests.deploy.gevent_app:app"], env)
     server.wait_ready()
+    # Both workers, not just the first: a SIGTERM to one still booting (patching) is
+    # lost by gunicorn itself, and that worker serves on until the graceful timeout.
+    server.wait_log("Worker ready", 2)
     with httpx.Client(base_url=server.url, timeout=10) as client:
         for n in range(30):
             # A deadlocked worker never answers: the timeout fails the test.
