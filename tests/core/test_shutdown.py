@@ -6,6 +6,7 @@ Timing bounds are behaviour checks with generous margins (the machine is shared)
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import sys
 import textwrap
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -162,6 +164,31 @@ def test_sigterm_handler_of_the_host_is_never_replaced(fake_api: FakeApi) -> Non
     assert len(fake_api.bodies()) == 5
 
 
+@contextlib.contextmanager
+def parked(script: str, *args: str) -> Iterator[subprocess.Popen[str]]:
+    """``script`` started with pipes on all three streams; once it prints ``parked``,
+    ``go`` on its stdin (its host thread then signals itself). Killed if still running
+    when the block ends."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env(),
+    )
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout.readline().strip() == "parked"
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 PARKED_SCRIPT = textwrap.dedent(
     """
     import signal, sys, threading
@@ -190,24 +217,8 @@ def test_sigterm_the_parked_main_thread_never_saw_still_flushes_and_ends(
     which is never. The SDK's watcher sees it on the wakeup fd, flushes, and wakes the
     main thread; the process ends by SIGTERM, as it would have without the SDK."""
     fake_api.latency = 0.05
-    proc = subprocess.Popen(
-        [sys.executable, "-c", PARKED_SCRIPT, fake_api.url, transport],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env(),
-    )
-    try:
-        assert proc.stdout is not None and proc.stdin is not None
-        assert proc.stdout.readline().strip() == "parked"
-        proc.stdin.write("go\n")
-        proc.stdin.flush()
+    with parked(PARKED_SCRIPT, fake_api.url, transport) as proc:
         _, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == -signal.SIGTERM, err
     assert sorted(b["attributes"]["i"] for b in fake_api.bodies()) == list(range(50))
 
@@ -239,27 +250,11 @@ def test_second_sigterm_while_the_watcher_flushes_ends_the_process_at_once() -> 
     """The watcher flushes for a main thread parked in an untimed wait; a second
     SIGTERM meanwhile (an impatient supervisor) ends the process at once, as it does
     when the handler runs the flush (it used to wait out the whole flush)."""
-    with blackhole_url() as url:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", SECOND_SIGTERM_SCRIPT, url],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env(),
-        )
-        try:
-            assert proc.stdout is not None and proc.stdin is not None
-            assert proc.stdout.readline().strip() == "parked"
-            proc.stdin.write("go\n")
-            proc.stdin.flush()
-            assert proc.stdout.readline().strip() == "first"
-            start = time.monotonic()
-            _, err = proc.communicate("again\n", timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
+    with blackhole_url() as url, parked(SECOND_SIGTERM_SCRIPT, url) as proc:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "first"
+        start = time.monotonic()
+        _, err = proc.communicate("again\n", timeout=60)
     assert proc.returncode == -signal.SIGTERM, err
     assert time.monotonic() - start < 10.0  # not the 30 s shutdown timeout
 
