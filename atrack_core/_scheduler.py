@@ -29,7 +29,9 @@ the same critical section and ``stats()`` is always consistent):
   one probe at a time until the API answers again.
 
 Hooks for a persistent store (an outbox, ``_outbox``), set as ``BackgroundDelivery.hooks``:
-``accepted(call)`` after a call is enqueued (caller's thread), ``overflow(call)`` when
+``accepted(call)`` for every call enqueued, under the lock in ``seq`` order (the
+caller's thread: a deque's append; a true result asks for ``start()``, which runs
+after the lock is released, like a sender's start), ``overflow(call)`` when
 it does not fit (``True``: the store keeps it), ``settled(call, delivered)`` when it
 was delivered or finally rejected, ``park(call)`` when a retryable call ran out of
 retries (or the SDK stops): ``True``, the store keeps it for later and it is neither
@@ -57,6 +59,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from . import _fork, _retry, _sigterm, _threads
@@ -95,18 +98,21 @@ MAX_QUEUE_BYTES = 32 * 1024 * 1024
 
 
 class StoreHooks(Protocol):
-    """What a persistent store (an outbox) observes; see the module docstring."""
+    """What a persistent store (an outbox) observes; see the module docstring.
 
-    def accepted(self, call: Call) -> None: ...
+    ``accepted`` and ``spilling`` are plain attributes: they are on every caller's
+    path, where a method call or a property would be most of the store's cost."""
+
+    accepted: Callable[[Call], bool | None]
+    spilling: bool
+
+    def start(self) -> None: ...
 
     def overflow(self, call: Call) -> bool: ...
 
     def settled(self, call: Call, delivered: bool) -> None: ...
 
     def park(self, call: Call) -> bool: ...
-
-    @property
-    def spilling(self) -> bool: ...
 
 
 class _Lane:
@@ -176,7 +182,8 @@ class BackgroundDelivery:
         self._wall_min = self._wall_min_prev = math.inf
         self._threads: set[threading.Thread] = set()
         self._timer = False  # the retry timer thread runs (or is about to start)
-        # Threads to start once the lock is released ("sender", "timer"): Thread.start()
+        # Threads to start once the lock is released ("sender", "timer", "store": the
+        # store's own, see StoreHooks): Thread.start()
         # waits for the new thread, and under gevent that wait yields to other greenlets;
         # one of them blocking on this lock (made before monkey-patching, so a real
         # lock) would block the whole worker. Nothing here yields while holding the lock.
@@ -246,11 +253,11 @@ class BackgroundDelivery:
                     lane.waiting = deque((call,))
                 else:
                     lane.waiting.append(call)
+                if hooks is not None and hooks.accepted(call):
+                    self._pending.append("store")
         if self._pending:
             self._start_pending()
         if accepted:
-            if hooks is not None:
-                hooks.accepted(call)
             return True
         if not closed and hooks is not None and hooks.overflow(call):
             return True
@@ -413,6 +420,10 @@ class BackgroundDelivery:
         if kinds:
             _sigterm.on_delivery_start()  # the SIGTERM watcher, from the first delivery
         for kind in kinds:
+            if kind == "store":
+                if self.hooks is not None:
+                    self.hooks.start()
+                continue
             if kind == "timer":
                 target = self._timer_main
             elif self._uses_multi:
