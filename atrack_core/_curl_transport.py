@@ -177,6 +177,14 @@ def _cselect(events: int) -> int:
     return flags
 
 
+_POLL_REMOVE = pycurl.POLL_REMOVE
+# libcurl's POLL_IN (1) / POLL_OUT (2) / both -> a one-shot epoll mask.
+_EPOLL_MASKS = tuple(
+    (select.EPOLLIN if what & pycurl.POLL_IN else 0)
+    | (select.EPOLLOUT if what & pycurl.POLL_OUT else 0)
+    | select.EPOLLONESHOT
+    for what in range(4)
+)
 # epoll's event bits (IN 0x1, PRI 0x2, OUT 0x4, ERR 0x8, HUP 0x10) -> libcurl's flags.
 _CSELECT = tuple(_cselect(events) for events in range(0x20))
 
@@ -262,7 +270,7 @@ class CurlMulti(Multi):
         else:
             self._selector.register(self._wake_r, selectors.EVENT_READ)
         self._free: list[tuple[Any, _State]] = []
-        self._busy: dict[int, tuple[Any, _State]] = {}
+        self._busy: dict[Any, _State] = {}  # handle -> its state, while added
 
     # libcurl's callbacks (run inside socket_action, in the loop thread)
 
@@ -276,19 +284,14 @@ class CurlMulti(Multi):
             # place and re-arming it then is one epoll_ctl per request instead of two
             # (DEL, ADD). A disarmed registration reports nothing, not even a hang-up, so
             # nothing stale can wake the loop; an armed one is taken out at once.
-            if what == pycurl.POLL_REMOVE:
-                self._fds.pop(fd, None)
-                if fd in self._armed:
+            if what == _POLL_REMOVE:
+                if self._fds.pop(fd, None) is not None and fd in self._armed:
                     self._armed.discard(fd)
                     self._known.discard(fd)
                     with contextlib.suppress(OSError):  # closed already: epoll forgot it
                         epoll.unregister(fd)
                 return
-            mask = (
-                (select.EPOLLIN if what & pycurl.POLL_IN else 0)
-                | (select.EPOLLOUT if what & pycurl.POLL_OUT else 0)
-                | select.EPOLLONESHOT
-            )
+            mask = _EPOLL_MASKS[what & 3]
             if self._fds.get(fd) == mask and fd in self._armed:
                 return
             self._fds[fd] = mask
@@ -331,7 +334,7 @@ class CurlMulti(Multi):
             h = _handle(self._endpoint, state)
         state.reset(token)
         state.floor = _prepare(h, state, self._base + path, headers, body)
-        self._busy[id(h)] = (h, state)
+        self._busy[h] = state
         self._multi.add_handle(h)
 
     def run(self, wait: float | None) -> list[tuple[object, Response | TransportError]]:
@@ -408,7 +411,7 @@ class CurlMulti(Multi):
                 return done
 
     def _finish(self, h: Any, code: int, message: str) -> tuple[object, Response | TransportError]:
-        _, state = self._busy.pop(id(h))
+        state = self._busy.pop(h)
         self._multi.remove_handle(h)
         result = _result(h, state, code, message)
         token, state.token = state.token, None
@@ -426,7 +429,7 @@ class CurlMulti(Multi):
         if self._pid != os.getpid():
             _inherited.append(self._multi)
             return
-        for h, _ in list(self._busy.values()):
+        for h in list(self._busy):
             self._multi.remove_handle(h)
             h.close()
         for h, _ in self._free:
