@@ -463,6 +463,28 @@ class BackgroundDelivery:
             call.request_id = new_request_id()  # see the module docstring: store hooks
         return call, wait
 
+    def _poll_many_locked(self, limit: int, into: list[Call]) -> float | None:
+        """:meth:`_poll_locked` up to ``limit`` times, the calls appended to ``into``;
+        returns the last poll's wait. Without an outage or a store, that is taking the
+        first ``limit`` ready calls, in one go."""
+        if not self._outage and self.hooks is None:
+            ready = self._ready
+            count = min(limit, len(ready))
+            if count > 0:
+                self._stats.in_flight += count
+                popleft = ready.popleft
+                for _ in range(count):
+                    into.append(popleft())
+            return None
+        wait: float | None = None
+        while limit > 0:
+            call, wait = self._poll_locked()
+            if call is None:
+                break
+            into.append(call)
+            limit -= 1
+        return wait
+
     def _poll_ready_locked(self) -> tuple[Call | None, float | None]:
         if not self._ready:
             return None, None
@@ -687,11 +709,8 @@ class BackgroundDelivery:
                     results = []
                     self._loop_woken = False
                     wait: float | None = None
-                    while not self._stopping and len(flying) + len(new) < capacity:
-                        taken, wait = self._poll_locked()
-                        if taken is None:
-                            break
-                        new.append(taken)
+                    if not self._stopping:
+                        wait = self._poll_many_locked(capacity - len(flying), new)
                     self._loop_free = capacity - len(flying) - len(new)
                     if not flying and not new and not errors:
                         if self._stopping:
