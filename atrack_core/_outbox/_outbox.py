@@ -356,7 +356,7 @@ class Outbox:
     def _open(self) -> None:
         path, fd = _files.create_own(self.directory)
         self._path, self._fd = path, fd
-        self._db = _db.connect(path)
+        self._db = _db.connect(path, page_size=_db.page_size_for(self._max_bytes))
         _db.set_owner(self._db, self._owner)
         self._adopt_all()
 
@@ -378,7 +378,7 @@ class Outbox:
             self._parked.clear()
         try:
             self._path, self._fd = _files.create_own(self.directory)
-            self._db = _db.connect(self._path)
+            self._db = _db.connect(self._path, page_size=_db.page_size_for(self._max_bytes))
             _db.set_owner(self._db, self._owner)
         except Exception:
             logger.exception("A-Track outbox cannot start a fresh file; memory only")
@@ -403,35 +403,37 @@ class Outbox:
         # Spilled calls had their room reserved when they were taken (``overflow``).
         room = self._max_bytes - counts["bytes"] - self._spill_bytes
         park_due = now + PARK_DELAY
+        overhead = _ROW_OVERHEAD
+        take_id = ids.pop
         with self._delivery.lock:
+            # Appended under this lock: a consistent cut, taken whole.
+            calls = list(new)
+            new.clear()
             next_id = self._next_id
-            last_seq = self._last_seq
-            while new:
-                call = new.popleft()
-                seq = call.seq
-                if seq > last_seq + 1:
-                    evicted += seq - last_seq - 1  # pushed out of the bounded deque
-                last_seq = seq
+            if calls:
+                # Calls pushed out of the bounded deque left a gap in the numbering.
+                last_seq = calls[-1].seq
+                evicted = last_seq - self._last_seq - len(calls)
+                self._last_seq = last_seq
+            for call in calls:
                 stored = call.stored
-                if stored not in (0, _PARKED):
+                if stored and stored != _PARKED:
                     continue  # settled already, or loaded back from its row
-                size = len(call.body) + len(call.uuid) + _ROW_OVERHEAD
+                size = len(call.body) + len(call.uuid) + overhead
                 if added + size > room:
                     # In memory still, but not durable: counted, logged sometimes.
                     full += 1
                     call.stored = _SETTLED
                     continue
-                request_id = call.request_id
-                if not request_id:  # not yet taken by a sender (same lock)
-                    request_id = call.request_id = ids.pop() if ids else new_request_id()
+                rid = call.request_id
+                if not rid:  # not yet taken by a sender (same lock)
+                    rid = call.request_id = take_id() if ids else new_request_id()
                 call.stored = next_id
+                held, due = 1, 0.0
                 if stored:  # parked before it was written: written as waiting
-                    values += (next_id, call.path, call.uuid, call.body, request_id)
-                    values += (call.created, 0, park_due)
+                    held, due = 0, park_due
                     waiting = True
-                else:
-                    values += (next_id, call.path, call.uuid, call.body, request_id)
-                    values += (call.created, 1, 0.0)
+                values += (next_id, call.path, call.uuid, call.body, rid, call.created, held, due)
                 next_id += 1
                 added += size
                 written += 1
@@ -440,20 +442,18 @@ class Outbox:
                 if call.stored > 0:
                     put_back.append((call.stored, now + BOUNCE_DELAY))
                     continue
-                size = len(call.body) + len(call.uuid) + _ROW_OVERHEAD
+                size = len(call.body) + len(call.uuid) + overhead
                 spilled_bytes += size
-                request_id = call.request_id
-                if not request_id:
-                    request_id = call.request_id = ids.pop() if ids else new_request_id()
+                rid = call.request_id
+                if not rid:
+                    rid = call.request_id = take_id() if ids else new_request_id()
                 call.stored = next_id
-                values += (next_id, call.path, call.uuid, call.body, request_id)
-                values += (call.created, 0, 0.0)
+                values += (next_id, call.path, call.uuid, call.body, rid, call.created, 0, 0.0)
                 waiting = True
                 next_id += 1
                 added += size
                 written += 1
             self._next_id = next_id
-            self._last_seq = last_seq
             removed, self._removed = self._removed, []
             parked, self._parked = self._parked, []
         if evicted or full:
