@@ -329,10 +329,11 @@ class CurlMulti(Multi):
     def add(self, token: object, path: str, headers: Mapping[str, str], body: bytes) -> None:
         if self._free:
             h, state = self._free.pop()
+            state.token = token  # the rest was reset when its last request finished
         else:
             state = _State()
+            state.token = token
             h = _handle(self._endpoint, state)
-        state.reset(token)
         state.floor = _prepare(h, state, self._base + path, headers, body)
         self._busy[h] = state
         self._multi.add_handle(h)
@@ -414,9 +415,8 @@ class CurlMulti(Multi):
         state = self._busy.pop(h)
         self._multi.remove_handle(h)
         result = _result(h, state, code, message)
-        token, state.token = state.token, None
-        state.body = []
-        state.lines.clear()
+        token = state.token
+        state.reset(None)  # ready for the next request, and holds nothing meanwhile
         self._free.append((h, state))
         return token, result
 

@@ -529,7 +529,10 @@ class BackgroundDelivery:
         stats = self._stats
         if outcome.resent:
             stats.retried += 1
-        self._track_reachability_locked(call, outcome)
+        if outcome.ok and self._probe is None and not self._outage:
+            self._no_response = 0  # all _track_reachability_locked does for this one
+        else:
+            self._track_reachability_locked(call, outcome)
         if outcome.ok:
             stats.in_flight -= 1
             stats.sent += 1
