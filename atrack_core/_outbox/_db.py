@@ -41,25 +41,18 @@ COLUMNS = "id, path, uuid, body, request_id, created"
 Row = tuple[int, str, str, bytes, str, float]
 
 
-def page_size_for(max_bytes: int) -> int:
-    """The page size of a new file for ``outbox_max_bytes``: 16 KiB from 16 MiB up (rows
-    are appended a commit at a time, and larger pages mean fewer WAL frames, each with
-    a header and checksum, and fewer writes per commit: about 15% less CPU per row);
-    SQLite's 4 KiB below, where the schema's few pages would be a visible part of the
-    bound (the file itself stays within it: tested with 256 KiB)."""
-    return 16384 if max_bytes >= 16 * 1024 * 1024 else 4096
+def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    """Open (creating the schema) an outbox file; raises ``sqlite3.Error`` if corrupt.
 
-
-def connect(path: Path, *, readonly: bool = False, page_size: int = 4096) -> sqlite3.Connection:
-    """Open (creating the schema, with ``page_size`` if the file is new) an outbox file;
-    raises ``sqlite3.Error`` if corrupt."""
+    SQLite's 4 KiB pages: 16 KiB ones cost 15% less CPU per row appended (fewer WAL
+    frames per commit) but 15% more when rows are written and deleted (a slow API:
+    every row), and would let the WAL grow to 16 MiB between checkpoints."""
     if readonly:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
         db.execute("SELECT count(*) FROM calls").fetchone()
         return db
     db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     try:
-        db.execute(f"PRAGMA page_size = {int(page_size)}")  # no effect on an existing file
         db.execute("PRAGMA auto_vacuum = INCREMENTAL")
         mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":

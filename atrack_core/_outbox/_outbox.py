@@ -45,6 +45,13 @@ if TYPE_CHECKING:
 logger = logging.getLogger("atrack.outbox")
 
 COMMIT_INTERVAL = 0.05
+# Rows of settled calls are deleted at most this often (or once this many wait, or at
+# close): a slow API has every call written and then deleted, and deleting a quarter
+# second's rows at once touches each page once where every commit's share would
+# rewrite it (measured: a third less writer CPU per call). The cost: after a kill -9,
+# calls delivered in that quarter second are sent again, with the same request id.
+DELETE_INTERVAL = 0.25
+DELETE_AT = 5000
 LOAD_BATCH = 2000
 # A call that ran out of retries waits this long on disk before it is tried again.
 PARK_DELAY = 10.0
@@ -154,6 +161,7 @@ class Outbox:
         self._fd: int | None = None
         self._next_id = 1
         self._next_due = 0.0  # when a waiting row may next be due (0: check now)
+        self._delete_due = 0.0  # when settled calls' rows are next deleted
         self._full_logged = -10.0
         self._dropped_logged = 0
         self.counts: dict[str, int] = dict.fromkeys(
@@ -356,7 +364,7 @@ class Outbox:
     def _open(self) -> None:
         path, fd = _files.create_own(self.directory)
         self._path, self._fd = path, fd
-        self._db = _db.connect(path, page_size=_db.page_size_for(self._max_bytes))
+        self._db = _db.connect(path)
         _db.set_owner(self._db, self._owner)
         self._adopt_all()
 
@@ -378,7 +386,7 @@ class Outbox:
             self._parked.clear()
         try:
             self._path, self._fd = _files.create_own(self.directory)
-            self._db = _db.connect(self._path, page_size=_db.page_size_for(self._max_bytes))
+            self._db = _db.connect(self._path)
             _db.set_owner(self._db, self._owner)
         except Exception:
             logger.exception("A-Track outbox cannot start a fresh file; memory only")
@@ -454,7 +462,12 @@ class Outbox:
                 added += size
                 written += 1
             self._next_id = next_id
-            removed, self._removed = self._removed, []
+            removed = self._removed
+            if len(removed) >= DELETE_AT or self._stop or time.monotonic() >= self._delete_due:
+                self._removed = []
+                self._delete_due = time.monotonic() + DELETE_INTERVAL
+            else:
+                removed = []
             parked, self._parked = self._parked, []
         if evicted or full:
             counts["dropped"] += evicted + full
