@@ -68,21 +68,25 @@ _NAMES = {
 class _State:
     """One handle's per-request results, filled by libcurl's callbacks."""
 
-    __slots__ = ("body", "floor", "retry_after", "size", "token")
+    __slots__ = ("body", "floor", "lines", "size", "token", "url")
 
     def __init__(self) -> None:
         self.token: object = None
         self.body: list[bytes] = []
         self.size = 0
-        self.retry_after: str | None = None
+        # The response's header lines, as libcurl hands them over: the handle's header
+        # callback is this list's own ``append`` (no Python frame per line), and
+        # ``Retry-After`` is looked up only in an answer that can carry a meaningful one.
+        self.lines: list[bytes] = []
         # A lower bound of the bytes one sending of the request takes (see _result).
         self.floor = 0
+        self.url = ""  # the URL set on the handle (set again only when it changes)
 
     def reset(self, token: object) -> None:
         self.token = token
         self.body = []
         self.size = 0
-        self.retry_after = None
+        self.lines.clear()  # the same list: the handle's callback is bound to it
 
     def write(self, data: bytes) -> int | None:
         room = MAX_RESPONSE_BODY - self.size
@@ -92,13 +96,18 @@ class _State:
         self.size += min(len(data), room)
         return None
 
-    def header(self, line: bytes) -> None:
-        if line[:1] not in b"RrH":
-            return
-        if line[:12].lower() == b"retry-after:":
-            self.retry_after = line[12:].decode("latin-1").strip()
-        elif line[:5] == b"HTTP/":  # a new response (after a 100 or a proxy's CONNECT)
-            self.retry_after = None
+    def retry_after(self) -> str | None:
+        """The last response's ``Retry-After`` (after a 100 or a proxy's CONNECT answer,
+        a new status line starts a new response)."""
+        value = None
+        for line in self.lines:
+            if line[:1] not in b"RrH":
+                continue
+            if line[:12].lower() == b"retry-after:":
+                value = line[12:].decode("latin-1").strip()
+            elif line[:5] == b"HTTP/":
+                value = None
+        return value
 
 
 def _handle(endpoint: Endpoint, state: _State) -> Any:
@@ -120,20 +129,22 @@ def _handle(endpoint: Endpoint, state: _State) -> Any:
         pycurl.CURL_HTTP_VERSION_2TLS if endpoint.http2 else pycurl.CURL_HTTP_VERSION_1_1,
     )
     h.setopt(pycurl.WRITEFUNCTION, state.write)
-    h.setopt(pycurl.HEADERFUNCTION, state.header)
+    h.setopt(pycurl.HEADERFUNCTION, state.lines.append)
     return h
 
 
-def _prepare(h: Any, url: str, headers: Mapping[str, str], body: bytes) -> int:
+def _prepare(h: Any, state: _State, url: str, headers: Mapping[str, str], body: bytes) -> int:
     """Set the request on ``h``; returns a lower bound of its size on the wire (the body
     and the header lines this code sets: libcurl adds only its own few on top)."""
-    h.setopt(pycurl.URL, url)
+    if url != state.url:
+        h.setopt(pycurl.URL, url)
+        state.url = url
     # "Expect:" turns off libcurl's 100-continue round trip for larger bodies.
     lines = [f"{k}: {v}" for k, v in headers.items()]
     lines.append("Expect:")
     h.setopt(pycurl.HTTPHEADER, lines)
-    h.setopt(pycurl.POSTFIELDSIZE, len(body))
-    h.setopt(pycurl.COPYPOSTFIELDS, body)
+    # POSTFIELDS sets the size too (binary-safe) and keeps the bytes object alive.
+    h.setopt(pycurl.POSTFIELDS, body)
     return len(body) + sum(map(len, lines))
 
 
@@ -146,11 +157,36 @@ def _result(h: Any, state: _State, code: int, message: str) -> Response | Transp
         # server may have processed it). Its request size then counts both sendings:
         # reported, so the engine counts the resend as the retry it is.
         resent = int(h.getinfo(pycurl.REQUEST_SIZE) or 0) >= 2 * state.floor > 0
-        return Response(status, state.retry_after, b"".join(state.body), resent)
+        # Retry-After means something only in an answer that is not a success.
+        retry_after = None if 200 <= status < 300 else state.retry_after()
+        return Response(status, retry_after, b"".join(state.body), resent)
     if code == 0:  # pragma: no cover - libcurl always has a status after a transfer
         return TransportError("RemoteProtocolError: no status line")
     name = _NAMES.get(code, "CurlError")
     return TransportError(f"{name}: curl error {code}: {message}", retry=code not in _FATAL)
+
+
+def _cselect(events: int) -> int:
+    flags = 0
+    if events & (select.EPOLLIN | select.EPOLLHUP):
+        flags |= pycurl.CSELECT_IN
+    if events & select.EPOLLOUT:
+        flags |= pycurl.CSELECT_OUT
+    if events & select.EPOLLERR:
+        flags |= pycurl.CSELECT_ERR
+    return flags
+
+
+_POLL_REMOVE = pycurl.POLL_REMOVE
+# libcurl's POLL_IN (1) / POLL_OUT (2) / both -> a one-shot epoll mask.
+_EPOLL_MASKS = tuple(
+    (select.EPOLLIN if what & pycurl.POLL_IN else 0)
+    | (select.EPOLLOUT if what & pycurl.POLL_OUT else 0)
+    | select.EPOLLONESHOT
+    for what in range(4)
+)
+# epoll's event bits (IN 0x1, PRI 0x2, OUT 0x4, ERR 0x8, HUP 0x10) -> libcurl's flags.
+_CSELECT = tuple(_cselect(events) for events in range(0x20))
 
 
 def _raw_epoll() -> Any:
@@ -190,7 +226,7 @@ class CurlConnection(Connection):
             self._pid = os.getpid()
         h = self._handle
         self._state.reset(None)
-        self._state.floor = _prepare(h, self._base + path, headers, body)
+        self._state.floor = _prepare(h, self._state, self._base + path, headers, body)
         try:
             h.perform()
             result = _result(h, self._state, 0, "")
@@ -198,6 +234,7 @@ class CurlConnection(Connection):
             code = int(exc.args[0])
             message = str(exc.args[1]) if len(exc.args) > 1 else ""
             result = _result(h, self._state, code, message)
+        self._state.lines.clear()
         if isinstance(result, TransportError):
             raise result
         return result
@@ -219,47 +256,46 @@ class CurlMulti(Multi):
         self._multi.setopt(pycurl.M_MAX_TOTAL_CONNECTIONS, capacity)
         self._multi.setopt(pycurl.M_MAXCONNECTS, capacity)
         self._multi.setopt(pycurl.M_SOCKETFUNCTION, self._on_socket)
-        self._multi.setopt(pycurl.M_TIMERFUNCTION, self._on_timer)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._epoll = _raw_epoll()
-        self._fds: dict[int, int] = {}  # epoll: fd -> registered mask
+        # epoll, one-shot: see _on_socket.
+        self._fds: dict[int, int] = {}  # the sockets libcurl watches -> their mask
+        self._armed: set[int] = set()  # registered and armed (no event reported since)
+        self._known: set[int] = set()  # registered, armed or not
         self._selector = selectors.DefaultSelector()
         if self._epoll is not None:
             self._epoll.register(self._wake_r, select.EPOLLIN)
         else:
             self._selector.register(self._wake_r, selectors.EVENT_READ)
-        self._timer_at: float | None = None
         self._free: list[tuple[Any, _State]] = []
-        self._busy: dict[int, tuple[Any, _State]] = {}
+        self._busy: dict[Any, _State] = {}  # handle -> its state, while added
 
     # libcurl's callbacks (run inside socket_action, in the loop thread)
 
     def _on_socket(self, what: int, fd: int, multi: Any, data: Any) -> None:
         epoll = self._epoll
         if epoll is not None:
-            if what == pycurl.POLL_REMOVE:
-                if self._fds.pop(fd, None) is not None:
+            # Sockets are registered one-shot: an event disarms its socket in the kernel.
+            # A keep-alive connection's socket is usually given up by libcurl right after
+            # the event that completed its response (POLL_REMOVE), and asked for again
+            # when the next request goes out on it: leaving the disarmed registration in
+            # place and re-arming it then is one epoll_ctl per request instead of two
+            # (DEL, ADD). A disarmed registration reports nothing, not even a hang-up, so
+            # nothing stale can wake the loop; an armed one is taken out at once.
+            if what == _POLL_REMOVE:
+                if self._fds.pop(fd, None) is not None and fd in self._armed:
+                    self._armed.discard(fd)
+                    self._known.discard(fd)
                     with contextlib.suppress(OSError):  # closed already: epoll forgot it
                         epoll.unregister(fd)
                 return
-            mask = (select.EPOLLIN if what & pycurl.POLL_IN else 0) | (
-                select.EPOLLOUT if what & pycurl.POLL_OUT else 0
-            )
-            old = self._fds.get(fd)
-            if old == mask:
+            mask = _EPOLL_MASKS[what & 3]
+            if self._fds.get(fd) == mask and fd in self._armed:
                 return
-            try:
-                if old is None:
-                    epoll.register(fd, mask)
-                else:
-                    epoll.modify(fd, mask)
-            except FileExistsError:  # a reused fd number epoll still had
-                epoll.modify(fd, mask)
-            except FileNotFoundError:  # closed and reopened behind our back
-                epoll.register(fd, mask)
             self._fds[fd] = mask
+            self._arm(epoll, fd, mask)
             return
         if what == pycurl.POLL_REMOVE:
             with contextlib.suppress(KeyError, ValueError):
@@ -275,64 +311,86 @@ class CurlMulti(Multi):
         except KeyError:
             self._selector.register(fd, events)
 
-    def _on_timer(self, timeout_ms: int) -> None:
-        self._timer_at = None if timeout_ms < 0 else time.monotonic() + timeout_ms / 1000
+    def _arm(self, epoll: Any, fd: int, mask: int) -> None:
+        try:
+            if fd in self._known:
+                epoll.modify(fd, mask)
+            else:
+                epoll.register(fd, mask)
+        except FileExistsError:  # a reused fd number epoll still had
+            epoll.modify(fd, mask)
+        except FileNotFoundError:  # closed (epoll forgot it) and the number reused
+            epoll.register(fd, mask)
+        self._known.add(fd)
+        self._armed.add(fd)
 
     # the Multi interface
 
     def add(self, token: object, path: str, headers: Mapping[str, str], body: bytes) -> None:
         if self._free:
             h, state = self._free.pop()
+            state.token = token  # the rest was reset when its last request finished
         else:
             state = _State()
+            state.token = token
             h = _handle(self._endpoint, state)
-        state.reset(token)
-        state.floor = _prepare(h, self._base + path, headers, body)
-        self._busy[id(h)] = (h, state)
+        state.floor = _prepare(h, state, self._base + path, headers, body)
+        self._busy[h] = state
         self._multi.add_handle(h)
 
     def run(self, wait: float | None) -> list[tuple[object, Response | TransportError]]:
+        multi = self._multi
         end = None if wait is None else time.monotonic() + wait
         while True:
             done = self._collect()
             if done:
                 return done
-            now = time.monotonic()
-            timeout = None if end is None else max(0.0, end - now)
-            if self._timer_at is not None:
-                due = max(0.0, self._timer_at - now)
+            timeout = None if end is None else max(0.0, end - time.monotonic())
+            # libcurl's next deadline in ms (-1: none), asked for when it matters rather
+            # than followed through a timer callback (two Python calls per request).
+            due_ms = multi.timeout()
+            if due_ms >= 0:
+                due = due_ms / 1000
                 timeout = due if timeout is None else min(timeout, due)
             woken = False
-            for fd, flags in self._wait(timeout):
-                if fd == self._wake_r:
-                    woken = True
-                    try:
-                        while os.read(self._wake_r, 512):
-                            pass
-                    except BlockingIOError:
-                        pass
-                    continue
-                self._multi.socket_action(fd, flags)
-            if self._timer_at is not None and time.monotonic() >= self._timer_at:
-                self._timer_at = None
-                self._multi.socket_action(pycurl.SOCKET_TIMEOUT, 0)
+            epoll = self._epoll
+            if epoll is not None:
+                fds, armed = self._fds, self._armed
+                for fd, events in epoll.poll(-1 if timeout is None else timeout):
+                    if fd == self._wake_r:
+                        woken = True
+                        self._drain()
+                        continue
+                    armed.discard(fd)  # one-shot: reported, so disarmed
+                    if fd not in fds:
+                        continue  # given up by libcurl meanwhile (taken out of epoll too)
+                    multi.socket_action(fd, _CSELECT[events & 0x1F])
+                    if fd not in armed:  # still watched and not re-armed by the callback
+                        mask = fds.get(fd)
+                        if mask is not None:
+                            self._arm(epoll, fd, mask)
+            else:
+                for fd, flags in self._select(timeout):
+                    if fd == self._wake_r:
+                        woken = True
+                        self._drain()
+                        continue
+                    multi.socket_action(fd, flags)
+            if multi.timeout() == 0:
+                multi.socket_action(pycurl.SOCKET_TIMEOUT, 0)
             if woken or (end is not None and time.monotonic() >= end):
                 return self._collect()
 
-    def _wait(self, timeout: float | None) -> list[tuple[int, int]]:
-        """Ready sockets as (fd, libcurl's CSELECT flags)."""
+    def _drain(self) -> None:
+        try:
+            while os.read(self._wake_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _select(self, timeout: float | None) -> list[tuple[int, int]]:
+        """Ready sockets as (fd, libcurl's CSELECT flags), without epoll."""
         out: list[tuple[int, int]] = []
-        if self._epoll is not None:
-            for fd, events in self._epoll.poll(-1 if timeout is None else timeout):
-                flags = 0
-                if events & (select.EPOLLIN | select.EPOLLHUP):
-                    flags |= pycurl.CSELECT_IN
-                if events & select.EPOLLOUT:
-                    flags |= pycurl.CSELECT_OUT
-                if events & select.EPOLLERR:
-                    flags |= pycurl.CSELECT_ERR
-                out.append((fd, flags))
-            return out
         for key, mask in self._selector.select(timeout):
             flags = 0
             if mask & selectors.EVENT_READ:
@@ -354,11 +412,11 @@ class CurlMulti(Multi):
                 return done
 
     def _finish(self, h: Any, code: int, message: str) -> tuple[object, Response | TransportError]:
-        _, state = self._busy.pop(id(h))
+        state = self._busy.pop(h)
         self._multi.remove_handle(h)
         result = _result(h, state, code, message)
-        token, state.token = state.token, None
-        state.body = []
+        token = state.token
+        state.reset(None)  # ready for the next request, and holds nothing meanwhile
         self._free.append((h, state))
         return token, result
 
@@ -371,13 +429,16 @@ class CurlMulti(Multi):
         if self._pid != os.getpid():
             _inherited.append(self._multi)
             return
-        for h, _ in list(self._busy.values()):
+        for h in list(self._busy):
             self._multi.remove_handle(h)
             h.close()
         for h, _ in self._free:
             h.close()
         self._busy.clear()
         self._free.clear()
+        self._fds.clear()
+        self._armed.clear()
+        self._known.clear()
         self._multi.close()
         self._selector.close()
         if self._epoll is not None:

@@ -51,6 +51,10 @@ class Outcome:
         return self.ok or (self.error is not None and self.error.status is not None)
 
 
+# The outcome of every delivered attempt (never changed: see classify).
+DELIVERED = Outcome(True)
+
+
 def backoff_delay(retry: int, rng: Callable[[], float] = jitter.random) -> float:
     """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**retry))."""
     return float(rng() * min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** min(retry, 64)))
@@ -81,6 +85,8 @@ def classify(call: Call, response: Response | None, exc: BaseException | None) -
     if response is not None and response.resent:
         call.attempts += 1
         outcome = _classify(call, response, None)
+        if outcome is DELIVERED:
+            outcome = Outcome(True)
         outcome.resent = True
         return outcome
     return _classify(call, response, exc)
@@ -90,7 +96,7 @@ def _classify(call: Call, response: Response | None, exc: BaseException | None) 
     if response is not None:
         status = response.status
         if 200 <= status < 300:
-            return Outcome(True)
+            return DELIVERED
         body = response.body[:ERROR_TEXT].decode("utf-8", "replace")
         if status in RETRY_STATUSES:
             delay = parse_retry_after(response.retry_after)

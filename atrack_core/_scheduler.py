@@ -29,7 +29,9 @@ the same critical section and ``stats()`` is always consistent):
   one probe at a time until the API answers again.
 
 Hooks for a persistent store (an outbox, ``_outbox``), set as ``BackgroundDelivery.hooks``:
-``accepted(call)`` after a call is enqueued (caller's thread), ``overflow(call)`` when
+``accepted(call)`` for every call enqueued, under the lock in ``seq`` order (the
+caller's thread: a deque's append; a true result asks for ``start()``, which runs
+after the lock is released, like a sender's start), ``overflow(call)`` when
 it does not fit (``True``: the store keeps it), ``settled(call, delivered)`` when it
 was delivered or finally rejected, ``park(call)`` when a retryable call ran out of
 retries (or the SDK stops): ``True``, the store keeps it for later and it is neither
@@ -57,13 +59,14 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from . import _fork, _retry, _sigterm, _threads
 from ._call import Call
 from ._errors import DeliveryError
 from ._reporting import Reporter, Stats
-from ._retry import Outcome, attempt, classify, prepare
+from ._retry import DELIVERED, Outcome, attempt, classify, prepare
 from ._transport import Connection, Endpoint, Multi, Response, Transport
 from ._wire import PATH_EVENT, new_request_id
 
@@ -95,18 +98,21 @@ MAX_QUEUE_BYTES = 32 * 1024 * 1024
 
 
 class StoreHooks(Protocol):
-    """What a persistent store (an outbox) observes; see the module docstring."""
+    """What a persistent store (an outbox) observes; see the module docstring.
 
-    def accepted(self, call: Call) -> None: ...
+    ``accepted`` and ``spilling`` are plain attributes: they are on every caller's
+    path, where a method call or a property would be most of the store's cost."""
+
+    accepted: Callable[[Call], bool | None]
+    spilling: bool
+
+    def start(self) -> None: ...
 
     def overflow(self, call: Call) -> bool: ...
 
     def settled(self, call: Call, delivered: bool) -> None: ...
 
     def park(self, call: Call) -> bool: ...
-
-    @property
-    def spilling(self) -> bool: ...
 
 
 class _Lane:
@@ -176,7 +182,8 @@ class BackgroundDelivery:
         self._wall_min = self._wall_min_prev = math.inf
         self._threads: set[threading.Thread] = set()
         self._timer = False  # the retry timer thread runs (or is about to start)
-        # Threads to start once the lock is released ("sender", "timer"): Thread.start()
+        # Threads to start once the lock is released ("sender", "timer", "store": the
+        # store's own, see StoreHooks): Thread.start()
         # waits for the new thread, and under gevent that wait yields to other greenlets;
         # one of them blocking on this lock (made before monkey-patching, so a real
         # lock) would block the whole worker. Nothing here yields while holding the lock.
@@ -246,11 +253,11 @@ class BackgroundDelivery:
                     lane.waiting = deque((call,))
                 else:
                     lane.waiting.append(call)
+                if hooks is not None and hooks.accepted(call):
+                    self._pending.append("store")
         if self._pending:
             self._start_pending()
         if accepted:
-            if hooks is not None:
-                hooks.accepted(call)
             return True
         if not closed and hooks is not None and hooks.overflow(call):
             return True
@@ -413,6 +420,10 @@ class BackgroundDelivery:
         if kinds:
             _sigterm.on_delivery_start()  # the SIGTERM watcher, from the first delivery
         for kind in kinds:
+            if kind == "store":
+                if self.hooks is not None:
+                    self.hooks.start()
+                continue
             if kind == "timer":
                 target = self._timer_main
             elif self._uses_multi:
@@ -451,6 +462,28 @@ class BackgroundDelivery:
         if call is not None and not call.request_id and self.hooks is not None:
             call.request_id = new_request_id()  # see the module docstring: store hooks
         return call, wait
+
+    def _poll_many_locked(self, limit: int, into: list[Call]) -> float | None:
+        """:meth:`_poll_locked` up to ``limit`` times, the calls appended to ``into``;
+        returns the last poll's wait. Without an outage or a store, that is taking the
+        first ``limit`` ready calls, in one go."""
+        if not self._outage and self.hooks is None:
+            ready = self._ready
+            count = min(limit, len(ready))
+            if count > 0:
+                self._stats.in_flight += count
+                popleft = ready.popleft
+                for _ in range(count):
+                    into.append(popleft())
+            return None
+        wait: float | None = None
+        while limit > 0:
+            call, wait = self._poll_locked()
+            if call is None:
+                break
+            into.append(call)
+            limit -= 1
+        return wait
 
     def _poll_ready_locked(self) -> tuple[Call | None, float | None]:
         if not self._ready:
@@ -496,7 +529,10 @@ class BackgroundDelivery:
         stats = self._stats
         if outcome.resent:
             stats.retried += 1
-        self._track_reachability_locked(call, outcome)
+        if outcome.ok and self._probe is None and not self._outage:
+            self._no_response = 0  # all _track_reachability_locked does for this one
+        else:
+            self._track_reachability_locked(call, outcome)
         if outcome.ok:
             stats.in_flight -= 1
             stats.sent += 1
@@ -669,18 +705,23 @@ class BackgroundDelivery:
                     for call in failed:
                         self._give_up_locked(call)
                     failed = []
+                    stats = self._stats
                     for call, outcome in results:
+                        if outcome is DELIVERED and self._probe is None and not self._outage:
+                            # _settle_locked's path for a delivered call, inlined.
+                            self._no_response = 0
+                            stats.in_flight -= 1
+                            stats.sent += 1
+                            self._finish_locked(call, True)
+                            continue
                         error = self._settle_locked(call, outcome)
                         if error is not None:
                             errors.append((call, error))
                     results = []
                     self._loop_woken = False
                     wait: float | None = None
-                    while not self._stopping and len(flying) + len(new) < capacity:
-                        taken, wait = self._poll_locked()
-                        if taken is None:
-                            break
-                        new.append(taken)
+                    if not self._stopping:
+                        wait = self._poll_many_locked(capacity - len(flying), new)
                     self._loop_free = capacity - len(flying) - len(new)
                     if not flying and not new and not errors:
                         if self._stopping:
@@ -720,7 +761,10 @@ class BackgroundDelivery:
                 for token, result in multi.run(0.0 if results else wait):
                     call = flying.pop(id(token))
                     if isinstance(result, Response):
-                        results.append((call, classify(call, result, None)))
+                        if 200 <= result.status < 300 and not result.resent:
+                            results.append((call, DELIVERED))  # what classify gives
+                        else:
+                            results.append((call, classify(call, result, None)))
                     else:
                         results.append((call, classify(call, None, result)))
         except Exception as exc:

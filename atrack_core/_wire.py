@@ -181,6 +181,48 @@ def new_request_id() -> str:
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-{h[20:]}"
 
 
+def _uuid_masks(count: int) -> tuple[int, int]:
+    """AND and OR masks over ``count`` records of 37 random bytes: each byte becomes a
+    hex digit's value (0-15), a dash (16), the version 4, the variant (8-11) or, last,
+    a separator (17); see :func:`new_request_ids`."""
+    keep, put = bytearray(), bytearray()
+    for pos in range(36):
+        if pos in (8, 13, 18, 23):
+            keep.append(0)
+            put.append(16)
+        elif pos == 14:  # the version
+            keep.append(0)
+            put.append(4)
+        elif pos == 19:  # the variant: 8, 9, a or b
+            keep.append(3)
+            put.append(8)
+        else:
+            keep.append(15)
+            put.append(0)
+    keep.append(0)
+    put.append(17)
+    return int.from_bytes(bytes(keep) * count, "big"), int.from_bytes(bytes(put) * count, "big")
+
+
+_IDS_PER_BLOCK = 256
+_ID_KEEP, _ID_PUT = _uuid_masks(_IDS_PER_BLOCK)
+_ID_CHARS = b"0123456789abcdef- " + bytes(238)
+
+
+def new_request_ids(count: int) -> list[str]:
+    """At least ``count`` ids like :func:`new_request_id` (a multiple of 256), built
+    together in C (random bytes masked as one integer, mapped to characters, split):
+    about a fifth of the time per id. For the outbox's writer, which names thousands
+    of calls per group commit while the host's requests want the GIL. Each digit is
+    the low nibble of its own random byte: 122 random bits per id, as in a uuid4."""
+    ids: list[str] = []
+    size = 37 * _IDS_PER_BLOCK
+    for _ in range(-(-count // _IDS_PER_BLOCK)):
+        raw = int.from_bytes(os.urandom(size), "big") & _ID_KEEP | _ID_PUT
+        ids += raw.to_bytes(size, "big").translate(_ID_CHARS).decode("ascii").split()
+    return ids
+
+
 # track() runs on request paths: formatting a timestamp from scratch costs more than
 # the rest of the call, so the part up to the second is cached.
 _ts_cache: tuple[int, str] = (-1, "")

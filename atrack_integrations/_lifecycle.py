@@ -379,11 +379,15 @@ class IntegrationConfig:
         if tracker._identify_due:
             tracker._hook_request = request
 
-    def finish(self, tracker: RequestTracker, status: int) -> str | None:
+    def finish(self, tracker: RequestTracker, status: int, https: bool | None = None) -> str | None:
         """The response starts with ``status``: send the eager ``/init`` if it is due
         (statuses below 400 only, unless the view tracked something: pages that do not
         exist create no user), and return the ``Set-Cookie`` value for the response, or
         ``None`` when the uuid cookie need not change (SPEC step 6). Never raises.
+
+        ``https``: whether the request came over https, for the cookie's ``Secure``
+        flag (default: the view's scheme). Django passes its ``request.scheme``, which
+        honours ``SECURE_PROXY_SSL_HEADER`` and is read only when a cookie goes out.
 
         Cheap when nothing is due: a returning user's tracker has no pending ``/init``.
         """
@@ -401,7 +405,9 @@ class IntegrationConfig:
         value = tracker._cookie_out
         if value is None:
             return None
-        return self.cookie.header(value, tracker._view.scheme == "https")
+        if https is None:
+            https = tracker._view.scheme == "https"
+        return self.cookie.header(value, https)
 
     async def settle(self, tracker: RequestTracker) -> None:
         """Async adapters, before the response starts: wait (awaiting, the loop runs on)

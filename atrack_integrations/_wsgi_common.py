@@ -83,7 +83,13 @@ def view_from_environ(
     under ASGI the raw path and query are in the scope).
     """
     get = environ.get
-    headers = {name: value for key, name in keys if (value := get(key)).__class__ is str}
+    # A loop, not a comprehension: before Python 3.12 a comprehension builds and calls
+    # a function object per request (~2k instructions of ~18k here).
+    headers: dict[str, str] = {}
+    for key, name in keys:
+        value = get(key)
+        if value.__class__ is str:
+            headers[name] = value
     if not "".join(headers.values()).isascii():
         # Non-ASCII bytes somewhere (rare): each value read by the shared rule.
         headers = {name: wsgi_text(value) for name, value in headers.items()}

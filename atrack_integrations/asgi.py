@@ -143,7 +143,12 @@ class ATrackMiddleware:
             key = wanted.get(name)
             if key is None:
                 continue
-            text = header_text(value)
+            try:
+                # header_text's first try (valid UTF-8, nearly every header) without
+                # the call: ~0.8k instructions per header read.
+                text = value.decode()
+            except UnicodeDecodeError:
+                text = header_text(value)
             if key in picked:
                 picked[key] += ("; " if key == "cookie" else ", ") + text
             elif key is _HOST:

@@ -21,6 +21,14 @@ Rows, side by side in one run:
 - at 50 ms: one uuid (5,000 events), ``max_concurrency=512`` (four times the events,
   so that its run is as long as the default row's), ``http2=True`` (https);
 - a burst of 20,000 ``track()`` calls from one thread, default options: delivered.
+
+The ``max_concurrency=512`` rows run up to 10,000 requests/s at 50 ms, where the asyncio
+stand-in itself becomes the limit (~40-55 µs of its CPU per request, timers late on a
+busy machine). So they get their own stand-in, ``--stand-in`` (default ``auto``: the C
+server ``bench/_fast_server.c`` over http when a C compiler exists, else the asyncio
+one; ``python``: the asyncio one, as in figures before 2026-12-04 20:00), and bare
+pycurl with 512 in flight beside them; the table says which stand-in ran and its own
+CPU per request. ``--wide`` runs only those rows, alternating, medians of ``--rounds``.
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx
-from _server import BenchServer, CollectorServer
+from _server import BenchServer, CollectorServer, process_cpu
 
 from atrack_core import ATrackSdk, Options
 from atrack_core._wire import event_body, headers, new_request_id, now_timestamp, serialize
@@ -270,6 +278,84 @@ def table(title: str, rows: list[Result], baseline: Result) -> None:
     sys.stdout.flush()
 
 
+def wide_rows(
+    scheme: str, n: int, stand_in: str, names: list[str], note: bool = True
+) -> tuple[str, list[Result], list[float]]:
+    """The ``max_concurrency=512`` rows at 50 ms on their own stand-in: bare pycurl with
+    512 in flight, then the SDK per transport. Returns (stand-in, rows, the stand-in's
+    CPU µs per request for each row)."""
+    tls = scheme == "https"
+    rows: list[Result] = []
+    server_us: list[float] = []
+    with BenchServer(latency=0.05, tls=tls, stand_in=stand_in) as server:
+        assert server.proc is not None
+        cafile = server.cert_file
+        if cafile:
+            os.environ["SSL_CERT_FILE"] = cafile
+        else:
+            os.environ.pop("SSL_CERT_FILE", None)
+        runs: list[tuple[str, Callable[[], int]]] = []
+        if "curl" in names:
+            runs.append(
+                (
+                    f"floor: bare pycurl multi, 512 in flight, {n:,} events",
+                    partial(curl_floor_run, server.url, n, 512, cafile),
+                )
+            )
+        for name in names:
+            runs.append(
+                (
+                    f"SDK transport={name}, max_concurrency=512, {n:,} events",
+                    partial(sdk_run, server.url, n, transport=name, max_concurrency=512),
+                )
+            )
+        for label, fn in runs:
+            before = process_cpu(server.proc.pid)
+            result = measure(label, n, fn)
+            rows.append(result)
+            server_us.append((process_cpu(server.proc.pid) - before) / result.events * 1e6)
+        got = server.count()
+        if note:
+            print(
+                f"  ({scheme} 512 rows: {server.stand_in} stand-in, received {got:,} requests,"
+                f" its CPU per request: " + ", ".join(f"{u:.1f} µs" for u in server_us) + ")"
+            )
+        return server.stand_in, rows, server_us
+
+
+def wide(rounds: int, n: int, stand_ins: list[str], schemes: list[str]) -> None:
+    """Only the 512 rows, each stand-in and scheme in turn, ``rounds`` times; medians."""
+    import statistics
+
+    names = [t for t in transports() if t == "curl"] or ["httpx"]
+    found: dict[tuple[str, str, str], list[tuple[float, float, float]]] = {}
+    loads: list[float] = []
+    used: dict[tuple[str, str], str] = {}
+    for _ in range(rounds):
+        for scheme in schemes:
+            for stand_in in stand_ins:
+                if stand_in == "c" and scheme == "https":
+                    continue
+                loads.append(os.getloadavg()[0])
+                ran, rows, server_us = wide_rows(scheme, n, stand_in, names, note=False)
+                used[(scheme, stand_in)] = ran
+                for r, us in zip(rows, server_us, strict=True):
+                    key = (scheme, ran, r.name)
+                    found.setdefault(key, []).append((r.rate, r.cpu_us, us))
+    print(
+        f"\n50 ms added latency, max_concurrency=512 (ceiling 10,240/s), {n:,} events per row;"
+        f" load average {min(loads):.1f}-{max(loads):.1f} during the run; medians of {rounds}"
+    )
+    print(f"  {'stand-in':<8} {'row':<58} {'events/s':>9} {'CPU us/ev':>10} {'API us/req':>11}")
+    for (scheme, ran, name), values in found.items():
+        rate = statistics.median(v[0] for v in values)
+        cpu = statistics.median(v[1] for v in values)
+        api = statistics.median(v[2] for v in values)
+        row = f"{scheme}: {name}"
+        print(f"  {ran:<8} {row:<58} {rate:>9,.0f} {cpu:>10.1f} {api:>11.1f}")
+    sys.stdout.flush()
+
+
 def transports() -> list[str]:
     try:
         import pycurl  # noqa: F401
@@ -280,7 +366,13 @@ def transports() -> list[str]:
 
 
 def scenario(
-    scheme: str, latency: float, n: int, target: str, alternatives: bool, extras: bool
+    scheme: str,
+    latency: float,
+    n: int,
+    target: str,
+    alternatives: bool,
+    extras: bool,
+    stand_in: str = "auto",
 ) -> None:
     label = f"{scheme}, {latency * 1000:.0f} ms added latency"
     tls = scheme == "https"
@@ -334,16 +426,12 @@ def scenario(
                 )
             # Four times the events: at 512 in flight, n events are only ~n/512 round
             # trips, and opening 512 connections and draining the last ones would be a
-            # fifth of the run; with 4n it lasts as long as the default row's run.
-            wide = 4 * n
-            for name in names:
-                rows.append(
-                    measure(
-                        f"SDK transport={name}, max_concurrency=512, {wide:,} events",
-                        wide,
-                        partial(sdk_run, url, wide, transport=name, max_concurrency=512),
-                    )
-                )
+            # fifth of the run; with 4n it lasts as long as the default row's run. Their
+            # own stand-in (--stand-in): at ~10,000 requests/s the asyncio one limits.
+            if target == "fast":
+                rows += wide_rows(scheme, 4 * n, stand_in, names)[1]
+                if cafile:
+                    os.environ["SSL_CERT_FILE"] = cafile
             if tls:
                 for name in names:
                     rows.append(
@@ -403,6 +491,20 @@ def main() -> None:
         default="fast",
         help="fast: bench/_server.py (default); collector: `atrack collector` (SQLite)",
     )
+    parser.add_argument(
+        "--stand-in",
+        choices=["auto", "c", "python"],
+        default="auto",
+        help="API stand-in of the max_concurrency=512 rows: auto (C over http when cc"
+        " exists), c (bench/_fast_server.c, http only), python (bench/_server.py)",
+    )
+    parser.add_argument(
+        "--wide", action="store_true", help="only the max_concurrency=512 rows, medians"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of --wide")
+    parser.add_argument(
+        "--schemes", default="http,https", help="schemes of --wide (comma-separated)"
+    )
     args = parser.parse_args()
     n = 3000 if args.quick else args.events
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -410,9 +512,21 @@ def main() -> None:
         f"machine: {os.cpu_count()} cores, shared (load average {load:.1f} at start);"
         f" target: {args.target} server in its own process; CPU = this process"
     )
+    if args.wide:
+        stand_ins = ["c", "python"] if args.stand_in == "auto" else [args.stand_in]
+        wide(args.rounds, 4 * n, stand_ins, args.schemes.split(","))
+        return
     for scheme in ("http", "https"):
         for latency in (0.0, 0.05):
-            scenario(scheme, latency, n, args.target, args.alternatives, extras=True)
+            scenario(
+                scheme,
+                latency,
+                n,
+                args.target,
+                args.alternatives,
+                extras=True,
+                stand_in=args.stand_in,
+            )
     burst(20_000)
 
 

@@ -75,7 +75,7 @@ class ATrackMiddleware:
             response = self.get_response(request)
         finally:
             CURRENT.reset(token)
-        return _finish(*started, response)
+        return _finish(*started, response, request)
 
     async def __acall__(self, request: Any) -> Any:
         get_response: Callable[[Any], Awaitable[Any]] = self.get_response
@@ -96,7 +96,7 @@ class ATrackMiddleware:
             response = await get_response(request)
         finally:
             CURRENT.reset(token)
-        response = _finish(config, tracker, response)
+        response = _finish(config, tracker, response, request)
         if tracker._last is not None:
             await config.settle(tracker)  # the init dedupe in the background, done
         return response
@@ -117,13 +117,16 @@ def _begin(request: Any, *, in_event_loop: bool) -> tuple[IntegrationConfig, Req
     return None
 
 
-def _finish(config: IntegrationConfig, tracker: RequestTracker, response: Any) -> Any:
+def _finish(config: IntegrationConfig, tracker: RequestTracker, response: Any, request: Any) -> Any:
     """The end both modes share: the eager ``/init`` if due for the response's status,
     the cookie, and a streaming body that keeps the tracker current."""
     # Nothing is due for most requests (a returning visitor): no call, no with block.
     if tracker._init_pending or tracker._identify_due or tracker._cookie_out is not None:
         with _COOKIE_FAILED:
-            cookie = config.finish(tracker, response.status_code)  # never raises
+            # request.scheme honours SECURE_PROXY_SSL_HEADER: the Secure flag follows
+            # it. Read here, only when a cookie may go out (~5k instructions).
+            https = request.scheme == "https"
+            cookie = config.finish(tracker, response.status_code, https)  # never raises
             if cookie is not None:
                 # Django keeps cookies apart from other headers, in response.cookies.
                 line = _CookieLine(cookie)
@@ -172,10 +175,13 @@ def _view(request: Any, keys: HeaderKeys) -> RequestView:
         raw_query = scope.get("query_string", b"")
         # Test clients may put text there.
         query = url_text(raw_query) if raw_query.__class__ is bytes else str(raw_query)
+        scheme = scope.get("scheme") or "http"
     else:
         path = environ_path(meta)
-    # request.scheme honours SECURE_PROXY_SSL_HEADER: the Secure flag follows it.
-    return view_from_environ(meta, keys, scheme=request.scheme, path=path, query=query)
+        scheme = None  # the environ's wsgi.url_scheme
+    # The scheme as the server saw it: the cookie's Secure flag follows request.scheme
+    # (SECURE_PROXY_SSL_HEADER), read by _finish only when a cookie goes out.
+    return view_from_environ(meta, keys, scheme=scheme, path=path, query=query)
 
 
 def _stream_with_tracker(response: Any, tracker: RequestTracker) -> None:

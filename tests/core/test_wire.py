@@ -233,3 +233,26 @@ def test_request_ids_are_distinct_version_4_uuids() -> None:
         assert str(parsed) == value
         assert parsed.version == 4
         assert parsed.variant == uuid.RFC_4122
+
+
+def test_request_ids_made_in_bulk_are_distinct_version_4_uuids() -> None:
+    import uuid
+    from collections import Counter
+
+    from atrack_core._wire import new_request_ids
+
+    assert new_request_ids(0) == []
+    assert len(new_request_ids(1)) == 256  # whole blocks: the outbox keeps the rest
+    ids = new_request_ids(4000)
+    assert len(ids) == 4096 and len(set(ids)) == 4096
+    for value in ids:
+        parsed = uuid.UUID(value)
+        assert str(parsed) == value
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+    # Every random digit position takes all 16 values, about equally often (4096
+    # ids: 256 expected each; a digit stuck or skewed by the masking would show).
+    for pos in (0, 7, 9, 15, 20, 24, 35):
+        counts = Counter(value[pos] for value in ids)
+        assert len(counts) == 16 and min(counts.values()) > 150, (pos, counts)
+    assert set(Counter(value[19] for value in ids)) == set("89ab")

@@ -206,6 +206,36 @@ def test_calls_beyond_max_bytes_that_fit_in_memory_are_sent_not_written(
     assert "did not write" in caplog.text
 
 
+def test_calls_made_while_the_writer_is_stalled_are_sent_and_counted_beyond_its_bound(
+    tmp_path: Path, collector: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stalled disk (here: another connection holding the file's write lock, so the
+    writer waits inside SQLite): calls wait for the writer in memory up to
+    ``MAX_UNWRITTEN``; beyond it the oldest make room, are counted as not written, and
+    every call is still delivered from memory."""
+    monkeypatch.setattr(outbox_mod, "MAX_UNWRITTEN", 100)
+    outbox = tmp_path / "ob"
+    sdk = ATrackSdk(Options(KEY, endpoint=collector.url, outbox=outbox))
+    sdk.track("before", uuid="u0")
+    wait_until(lambda: sdk.stats()["outbox_unwritten"] == 0, 5, "the first commit")
+    (path,) = files(outbox)
+    other = sqlite3.connect(path, isolation_level=None, timeout=10)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # the writer's next INSERT waits for it
+        sdk.track("stall", uuid="u1")
+        wait_until(lambda: sdk.stats()["outbox_unwritten"] == 0, 5, "the writer to take it")
+        for i in range(300):  # the writer is blocked in SQLite meanwhile
+            sdk.track("while stalled", {"i": i}, uuid=f"user-{i % 10}")
+        assert sdk.stats()["outbox_unwritten"] == 100
+        assert sdk.flush(20)  # delivered from memory all the same
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    wait_until(lambda: sdk.stats()["outbox_dropped"] == 200, 5, "the writer to count them")
+    sdk.shutdown()
+    assert len(unique_calls(collector)) == 302
+
+
 def test_calls_older_than_max_age_are_dropped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

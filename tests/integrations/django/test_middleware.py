@@ -74,6 +74,18 @@ def test_secure_cookie_on_https() -> None:
     assert resp.cookies["atrack_uuid"]["secure"] is True
 
 
+def test_secure_cookie_follows_secure_proxy_ssl_header() -> None:
+    # Behind a TLS-terminating proxy the server sees http; Django's request.scheme
+    # (SECURE_PROXY_SSL_HEADER) decides the Secure flag, in both modes.
+    with override_settings(SECURE_PROXY_SSL_HEADER=("HTTP_X_FORWARDED_PROTO", "https")):
+        proxied = Client().get("/track", HTTP_X_FORWARDED_PROTO="https")
+        plain = Client().get("/track", HTTP_X_FORWARDED_PROTO="http")
+        proxied_async = aget(AsyncClient(), "/atrack", headers={"x-forwarded-proto": "https"})
+    assert proxied.cookies["atrack_uuid"]["secure"] is True
+    assert not plain.cookies["atrack_uuid"]["secure"]
+    assert proxied_async.cookies["atrack_uuid"]["secure"] is True
+
+
 def test_forged_x_forwarded_for_is_ignored(calls: CapturedCalls) -> None:
     Client().get("/track", HTTP_X_FORWARDED_FOR="1.2.3.4", REMOTE_ADDR="203.0.113.9")
     assert calls.events[0]["context"]["ipAddress"] == "203.0.113.9"
