@@ -25,8 +25,9 @@ Rows, side by side in one run:
 The ``max_concurrency=512`` rows run up to 10,000 requests/s at 50 ms, where the asyncio
 stand-in itself becomes the limit (~40-55 µs of its CPU per request, timers late on a
 busy machine). So they get their own stand-in, ``--stand-in`` (default ``auto``: the C
-server ``bench/_fast_server.c`` over http when a C compiler exists, else the asyncio
-one; ``python``: the asyncio one, as in figures before 2026-12-04 20:00), and bare
+server ``bench/_fast_server.c`` over http when a C compiler exists, else the asyncio one
+on uvloop when installed (https too), else on asyncio; ``python``: on asyncio, as in
+figures before 2026-12-04 20:00), and bare
 pycurl with 512 in flight beside them; the table says which stand-in ran and its own
 CPU per request. ``--wide`` runs only those rows, alternating, medians of ``--rounds``.
 """
@@ -493,10 +494,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--stand-in",
-        choices=["auto", "c", "python"],
+        choices=["auto", "c", "uvloop", "python"],
         default="auto",
         help="API stand-in of the max_concurrency=512 rows: auto (C over http when cc"
-        " exists), c (bench/_fast_server.c, http only), python (bench/_server.py)",
+        " exists, else uvloop when installed), c (bench/_fast_server.c, http only), uvloop"
+        " (bench/_server.py on uvloop), python (bench/_server.py on asyncio)",
     )
     parser.add_argument(
         "--wide", action="store_true", help="only the max_concurrency=512 rows, medians"
@@ -513,7 +515,7 @@ def main() -> None:
         f" target: {args.target} server in its own process; CPU = this process"
     )
     if args.wide:
-        stand_ins = ["c", "python"] if args.stand_in == "auto" else [args.stand_in]
+        stand_ins = ["c", "uvloop", "python"] if args.stand_in == "auto" else [args.stand_in]
         wide(args.rounds, 4 * n, stand_ins, args.schemes.split(","))
         return
     for scheme in ("http", "https"):
