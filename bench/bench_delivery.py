@@ -355,6 +355,9 @@ def wide_rows(
             rows.append(result)
             server_us.append((process_cpu(server.proc.pid) - before) / result.events * 1e6)
         got = server.count()
+        delivered = sum(r.events for r in rows)
+        if got != delivered:  # every event counted as sent must have reached the stand-in
+            print(f"  (!) {server.stand_in} stand-in received {got:,}, rows counted {delivered:,}")
         if note:
             print(
                 f"  ({scheme} 512 rows: {server.stand_in} stand-in, received {got:,} requests,"
