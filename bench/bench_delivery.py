@@ -360,8 +360,8 @@ def wide_rows(
             print(f"  (!) {server.stand_in} stand-in received {got:,}, rows counted {delivered:,}")
         if note:
             print(
-                f"  ({scheme} 512 rows: {server.stand_in} stand-in, received {got:,} requests,"
-                f" its CPU per request: "
+                f"  (the {scheme} 50 ms table below, 512 rows: {server.stand_in} stand-in,"
+                f" received {got:,} requests, its CPU per request: "
                 + ", ".join(f"{u:.1f} µs" for u in server_us)
                 + "; events/s from 10 % to 90 % delivered: "
                 + ", ".join(f"{x.rate:,.0f}" for x in steadies)
