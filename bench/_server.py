@@ -17,10 +17,11 @@ thread, epoll, a timerfd for the latency; plain http only), compiled on first us
 the system C compiler: it costs a few microseconds of CPU per request where this
 asyncio server costs ~40-55, and its 50 ms answers are not late when the machine is
 busy, so at high rates the figure is the client's, not the stand-in's.
-``stand_in="auto"`` takes it for http when a C compiler exists and this Python server
-otherwise (and always for https); the default, ``"python"``, keeps every benchmark's
-figures comparable with earlier ones. ``server.stand_in`` says which ran,
-``server.cpu()`` is the stand-in process's CPU seconds so far.
+``stand_in="uvloop"`` is this server on uvloop's event loop (http and https; uvloop is
+in the ``dev`` dependency group). ``stand_in="auto"`` takes C for http when a C compiler
+exists, uvloop otherwise (and for https) when it is installed, else asyncio; the
+default, ``"python"``, keeps every benchmark's figures comparable with earlier ones.
+``server.stand_in`` says which ran, ``server.cpu()`` is the stand-in's CPU seconds so far.
 """
 
 from __future__ import annotations
@@ -57,8 +58,8 @@ class _Http(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, but have its methods
+        self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -123,8 +124,23 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added per request")
     parser.add_argument("--cert", help="serve https with this certificate (PEM)")
     parser.add_argument("--key", help="and this private key (PEM)")
+    parser.add_argument("--uvloop", action="store_true", help="run on uvloop's event loop")
     args = parser.parse_args()
-    asyncio.run(_serve(args.port, args.latency, args.cert, args.key))
+    serve = _serve(args.port, args.latency, args.cert, args.key)
+    if args.uvloop:
+        import uvloop
+
+        uvloop.run(serve)
+    else:
+        asyncio.run(serve)
+
+
+def has_uvloop() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def self_signed(directory: str) -> tuple[str, str]:
@@ -177,14 +193,15 @@ def process_cpu(pid: int) -> float:
 class BenchServer:
     """The server in a child process (its CPU is not the benchmark's).
 
-    ``stand_in``: "python" (this file's asyncio server), "c" (``_fast_server.c``; http
-    only, an error when it cannot be built), "auto" (C for http when it can be built)."""
+    ``stand_in``: "python" (this file's asyncio server), "uvloop" (the same on uvloop),
+    "c" (``_fast_server.c``; http only, an error when it cannot be built), "auto" (C for
+    http when it can be built, else uvloop when installed, else asyncio)."""
 
     def __init__(
         self, latency: float = 0.0, tls: bool = False, port: int = 0, stand_in: str = "python"
     ) -> None:
-        if stand_in not in ("auto", "c", "python"):
-            raise ValueError(f"stand_in must be 'auto', 'c' or 'python', not {stand_in!r}")
+        if stand_in not in ("auto", "c", "uvloop", "python"):
+            raise ValueError(f"stand_in must be auto, c, uvloop or python, not {stand_in!r}")
         if stand_in == "c" and tls:
             raise ValueError("the C stand-in serves plain http only")
         self.latency = latency
@@ -199,13 +216,19 @@ class BenchServer:
 
     def __enter__(self) -> BenchServer:
         args = [sys.executable, os.path.abspath(__file__), "--latency", str(self.latency)]
-        if self.requested != "python" and not self.tls:
+        if self.requested in ("auto", "c") and not self.tls:
             binary = fast_server_binary()
             if binary is not None:
                 args = [binary, "--latency", str(self.latency)]
                 self.stand_in = "c"
             elif self.requested == "c":
                 raise RuntimeError("stand_in='c' needs a C compiler (cc, gcc or clang)")
+        if self.stand_in == "python" and self.requested in ("auto", "uvloop"):
+            if has_uvloop():
+                args.append("--uvloop")
+                self.stand_in = "uvloop"
+            elif self.requested == "uvloop":
+                raise RuntimeError("stand_in='uvloop' needs uvloop (pip install uvloop)")
         if self.port:
             args += ["--port", str(self.port)]
         if self.tls:

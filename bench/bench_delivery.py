@@ -25,8 +25,9 @@ Rows, side by side in one run:
 The ``max_concurrency=512`` rows run up to 10,000 requests/s at 50 ms, where the asyncio
 stand-in itself becomes the limit (~40-55 µs of its CPU per request, timers late on a
 busy machine). So they get their own stand-in, ``--stand-in`` (default ``auto``: the C
-server ``bench/_fast_server.c`` over http when a C compiler exists, else the asyncio
-one; ``python``: the asyncio one, as in figures before 2026-12-04 20:00), and bare
+server ``bench/_fast_server.c`` over http when a C compiler exists, else the asyncio one
+on uvloop when installed (https too), else on asyncio; ``python``: on asyncio, as in
+figures before 2026-12-04 20:00), and bare
 pycurl with 512 in flight beside them; the table says which stand-in ran and its own
 CPU per request. ``--wide`` runs only those rows, alternating, medians of ``--rounds``.
 """
@@ -91,11 +92,36 @@ def measure(name: str, events: int, run: Callable[[], int]) -> Result:
 # -- the SDK, the baseline, the floor ------------------------------------------------------
 
 
-def sdk_run(url: str, events: int, users: int = USERS, **options: object) -> int:
+class Steady:
+    """The delivery rate between 10 % and 90 % of the events delivered: without the
+    start (the ``track()`` calls, opening the connections) and the last round trip."""
+
+    def __init__(self, events: int) -> None:
+        self.low, self.high = events // 10, events - events // 10
+        self.t_low = self.t_high = 0.0
+        self.rate = float("nan")
+
+    def see(self, delivered: int) -> None:
+        if not self.t_low and delivered >= self.low:
+            self.t_low = time.perf_counter()
+        if not self.t_high and delivered >= self.high:
+            self.t_high = time.perf_counter()
+            if self.t_high > self.t_low:
+                self.rate = (self.high - self.low) / (self.t_high - self.t_low)
+
+
+def sdk_run(
+    url: str, events: int, users: int = USERS, steady: Steady | None = None, **options: object
+) -> int:
     sdk = ATrackSdk(Options(KEY, endpoint=url, **options))  # type: ignore[arg-type]
     try:
         for i in range(events):
             sdk.track("page_viewed", {"i": i}, uuid=f"user-{i % users}")
+        if steady is not None:  # polled every 20 ms while the sender delivers
+            deadline = time.monotonic() + 120
+            while not steady.t_high and time.monotonic() < deadline:
+                steady.see(int(sdk.stats()["sent"]))
+                time.sleep(0.02)
         if not sdk.flush(120):
             raise SystemExit(f"flush timed out: {sdk.stats()}")
         stats = sdk.stats()
@@ -115,7 +141,9 @@ def naive_run(url: str, events: int, cafile: str | None) -> int:
     return events
 
 
-def curl_floor_run(url: str, events: int, in_flight: int, cafile: str | None) -> int:
+def curl_floor_run(
+    url: str, events: int, in_flight: int, cafile: str | None, steady: Steady | None = None
+) -> int:
     """Bare pycurl: the multi interface, ``in_flight`` handles, pre-built bodies."""
     import pycurl
 
@@ -149,6 +177,8 @@ def curl_floor_run(url: str, events: int, in_flight: int, cafile: str | None) ->
                 done += 1
             if not left:
                 break
+        if steady is not None:
+            steady.see(done)
         multi.select(0.1)
     multi.close()
     return done
@@ -280,13 +310,14 @@ def table(title: str, rows: list[Result], baseline: Result) -> None:
 
 def wide_rows(
     scheme: str, n: int, stand_in: str, names: list[str], note: bool = True
-) -> tuple[str, list[Result], list[float]]:
+) -> tuple[str, list[Result], list[float], list[Steady]]:
     """The ``max_concurrency=512`` rows at 50 ms on their own stand-in: bare pycurl with
     512 in flight, then the SDK per transport. Returns (stand-in, rows, the stand-in's
-    CPU µs per request for each row)."""
+    CPU µs per request for each row, the rows' rates between 10 % and 90 % delivered)."""
     tls = scheme == "https"
     rows: list[Result] = []
     server_us: list[float] = []
+    steadies: list[Steady] = []
     with BenchServer(latency=0.05, tls=tls, stand_in=stand_in) as server:
         assert server.proc is not None
         cafile = server.cert_file
@@ -296,17 +327,26 @@ def wide_rows(
             os.environ.pop("SSL_CERT_FILE", None)
         runs: list[tuple[str, Callable[[], int]]] = []
         if "curl" in names:
+            steadies.append(Steady(n))
             runs.append(
                 (
                     f"floor: bare pycurl multi, 512 in flight, {n:,} events",
-                    partial(curl_floor_run, server.url, n, 512, cafile),
+                    partial(curl_floor_run, server.url, n, 512, cafile, steadies[-1]),
                 )
             )
         for name in names:
+            steadies.append(Steady(n))
             runs.append(
                 (
                     f"SDK transport={name}, max_concurrency=512, {n:,} events",
-                    partial(sdk_run, server.url, n, transport=name, max_concurrency=512),
+                    partial(
+                        sdk_run,
+                        server.url,
+                        n,
+                        steady=steadies[-1],
+                        transport=name,
+                        max_concurrency=512,
+                    ),
                 )
             )
         for label, fn in runs:
@@ -315,12 +355,19 @@ def wide_rows(
             rows.append(result)
             server_us.append((process_cpu(server.proc.pid) - before) / result.events * 1e6)
         got = server.count()
+        delivered = sum(r.events for r in rows)
+        if got != delivered:  # every event counted as sent must have reached the stand-in
+            print(f"  (!) {server.stand_in} stand-in received {got:,}, rows counted {delivered:,}")
         if note:
             print(
-                f"  ({scheme} 512 rows: {server.stand_in} stand-in, received {got:,} requests,"
-                f" its CPU per request: " + ", ".join(f"{u:.1f} µs" for u in server_us) + ")"
+                f"  (the {scheme} 50 ms table below, 512 rows: {server.stand_in} stand-in,"
+                f" received {got:,} requests, its CPU per request: "
+                + ", ".join(f"{u:.1f} µs" for u in server_us)
+                + "; events/s from 10 % to 90 % delivered: "
+                + ", ".join(f"{x.rate:,.0f}" for x in steadies)
+                + ")"
             )
-        return server.stand_in, rows, server_us
+        return server.stand_in, rows, server_us, steadies
 
 
 def wide(rounds: int, n: int, stand_ins: list[str], schemes: list[str]) -> None:
@@ -328,31 +375,34 @@ def wide(rounds: int, n: int, stand_ins: list[str], schemes: list[str]) -> None:
     import statistics
 
     names = [t for t in transports() if t == "curl"] or ["httpx"]
-    found: dict[tuple[str, str, str], list[tuple[float, float, float]]] = {}
+    found: dict[tuple[str, str, str], list[tuple[float, float, float, float]]] = {}
     loads: list[float] = []
-    used: dict[tuple[str, str], str] = {}
     for _ in range(rounds):
         for scheme in schemes:
             for stand_in in stand_ins:
                 if stand_in == "c" and scheme == "https":
                     continue
                 loads.append(os.getloadavg()[0])
-                ran, rows, server_us = wide_rows(scheme, n, stand_in, names, note=False)
-                used[(scheme, stand_in)] = ran
-                for r, us in zip(rows, server_us, strict=True):
+                ran, rows, server_us, steadies = wide_rows(scheme, n, stand_in, names, False)
+                for r, us, st in zip(rows, server_us, steadies, strict=True):
                     key = (scheme, ran, r.name)
-                    found.setdefault(key, []).append((r.rate, r.cpu_us, us))
+                    found.setdefault(key, []).append((r.rate, r.cpu_us, us, st.rate))
     print(
         f"\n50 ms added latency, max_concurrency=512 (ceiling 10,240/s), {n:,} events per row;"
         f" load average {min(loads):.1f}-{max(loads):.1f} during the run; medians of {rounds}"
     )
-    print(f"  {'stand-in':<8} {'row':<58} {'events/s':>9} {'CPU us/ev':>10} {'API us/req':>11}")
+    print(
+        "  events/s: the whole row (track() calls to the last answer); 10-90 %: from 10 % to"
+        " 90 % of the events delivered"
+    )
+    print(
+        f"  {'stand-in':<8} {'row':<58} {'events/s':>9} {'10-90 %':>8} {'CPU us/ev':>10}"
+        f" {'API us/req':>11}"
+    )
     for (scheme, ran, name), values in found.items():
-        rate = statistics.median(v[0] for v in values)
-        cpu = statistics.median(v[1] for v in values)
-        api = statistics.median(v[2] for v in values)
+        rate, cpu, api, mid = (statistics.median(v[k] for v in values) for k in range(4))
         row = f"{scheme}: {name}"
-        print(f"  {ran:<8} {row:<58} {rate:>9,.0f} {cpu:>10.1f} {api:>11.1f}")
+        print(f"  {ran:<8} {row:<58} {rate:>9,.0f} {mid:>8,.0f} {cpu:>10.1f} {api:>11.1f}")
     sys.stdout.flush()
 
 
@@ -493,10 +543,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--stand-in",
-        choices=["auto", "c", "python"],
+        choices=["auto", "c", "uvloop", "python"],
         default="auto",
         help="API stand-in of the max_concurrency=512 rows: auto (C over http when cc"
-        " exists), c (bench/_fast_server.c, http only), python (bench/_server.py)",
+        " exists, else uvloop when installed), c (bench/_fast_server.c, http only), uvloop"
+        " (bench/_server.py on uvloop), python (bench/_server.py on asyncio)",
     )
     parser.add_argument(
         "--wide", action="store_true", help="only the max_concurrency=512 rows, medians"
@@ -513,7 +564,7 @@ def main() -> None:
         f" target: {args.target} server in its own process; CPU = this process"
     )
     if args.wide:
-        stand_ins = ["c", "python"] if args.stand_in == "auto" else [args.stand_in]
+        stand_ins = ["c", "uvloop", "python"] if args.stand_in == "auto" else [args.stand_in]
         wide(args.rounds, 4 * n, stand_ins, args.schemes.split(","))
         return
     for scheme in ("http", "https"):
