@@ -5,7 +5,8 @@ A process can end in three ways that matter here, and each gets the same flush:
 - **Interpreter exit**: one ``atexit`` hook for every live SDK of the process.
 - **SIGTERM with nobody listening**: some servers never run ``atexit`` on SIGTERM
   (waitress, granian), and the default disposition kills the process at once: the
-  SDK's SIGTERM handler flushes first (``_sigterm.py``).
+  SDK's SIGTERM handler flushes first (``_sigterm.py``; one that lands during the exit
+  flush lets it finish).
 - **multiprocessing children** leave through ``os._exit`` (no ``atexit``) after
   running multiprocessing's own finalizers: a finalizer is registered in each child.
 
@@ -34,20 +35,21 @@ logger = logging.getLogger("atrack")
 # multiprocessing runs finalizers with a priority >= 0 before it terminates and joins
 # the child's own children; higher first.
 MP_EXIT_PRIORITY = 10
-# What the SIGTERM handler waits when the live SDKs cannot be read (never in practice).
-_FALLBACK_DEADLINE = 5.0
 
-_live: weakref.WeakSet[ATrackSdk] = weakref.WeakSet()
-# Re-entrant: the SIGTERM handler runs on the main thread, which it may have interrupted
-# inside one of the functions below (a plain lock would deadlock it there).
-_lock = threading.RLock()
+# No lock guards _live: the SIGTERM flush runs in a thread of its own while the main
+# thread it interrupted may be anywhere, in register() or in the exit flush's own copy
+# of the set included; a lock held there would stall the flush until its deadline (a
+# terminated spawn Pool worker, interrupted in its atexit flush, lost its calls so).
+# Adding, discarding and copying a set are single steps under the GIL. (A WeakSet's
+# copy is not: it iterates, and fails when another thread changes the set meanwhile.)
+_live: set[weakref.ref[ATrackSdk]] = set()
+_hook_lock = threading.Lock()  # the one-time multiprocessing hook
 
 
 def _new_lock_in_child() -> None:
-    # A lock another thread held at fork time stays held forever in the child: its exit
-    # flush would wait on it for ever.
-    global _lock
-    _lock = threading.RLock()
+    # A lock another thread held at fork time stays held forever in the child.
+    global _hook_lock
+    _hook_lock = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):  # not on Windows
@@ -66,24 +68,20 @@ _token = _Token()
 
 def register(sdk: ATrackSdk) -> None:
     """Flush ``sdk`` when the process ends (until :func:`unregister`)."""
-    with _lock:
-        _live.add(sdk)
-        first_mp = not _mp_hooked
-    if first_mp:
+    _live.add(weakref.ref(sdk, _live.discard))  # gone with the SDK
+    if not _mp_hooked:
         _hook_multiprocessing()
     _sigterm.maybe_install(flush_all, deadline)
 
 
 def unregister(sdk: ATrackSdk) -> None:
-    with _lock:
-        _live.discard(sdk)
+    _live.discard(weakref.ref(sdk))  # equal to the one added: same referent
 
 
 def flush_all(reason: str = "exit") -> None:
     """Shut down every live SDK: all from one start, each within its own
     ``shutdown_timeout``, so the whole takes at most the largest of them."""
-    with _lock:
-        sdks = list(_live)
+    sdks = _live_sdks()
     if not sdks:
         return
     start = time.monotonic()
@@ -97,14 +95,12 @@ def flush_all(reason: str = "exit") -> None:
 
 
 def deadline() -> float:
-    """The longest the flush of the live SDKs may take (seconds). Takes no lock: the
-    SIGTERM handler calls it in the main thread, which may hold ``_lock`` right then."""
-    for _ in range(3):
-        try:
-            return max((sdk.options.shutdown_timeout for sdk in list(_live)), default=0.0)
-        except RuntimeError:  # the set changed while being copied: another thread
-            continue
-    return _FALLBACK_DEADLINE
+    """The longest the flush of the live SDKs may take (seconds)."""
+    return max((sdk.options.shutdown_timeout for sdk in _live_sdks()), default=0.0)
+
+
+def _live_sdks() -> list[ATrackSdk]:
+    return [sdk for ref in _live.copy() if (sdk := ref()) is not None]
 
 
 # -- interpreter exit -------------------------------------------------------------------
@@ -112,7 +108,12 @@ def deadline() -> float:
 
 @atexit.register
 def _at_exit() -> None:
-    flush_all("exit")
+    _exit_flush("exit")
+
+
+def _exit_flush(reason: str) -> None:
+    with _sigterm.exit_flush():
+        flush_all(reason)
 
 
 # -- multiprocessing ----------------------------------------------------------------------
@@ -122,7 +123,7 @@ def _hook_multiprocessing() -> None:
     """Register the child's flush in every multiprocessing child to come (fork and
     forkserver children inherit the SDKs), and in this process if it is one (spawn)."""
     global _mp_hooked
-    with _lock:
+    with _hook_lock:
         if _mp_hooked:
             return
         _mp_hooked = True
@@ -139,5 +140,5 @@ def _register_child_flush(token: object) -> None:
     from multiprocessing import util
 
     util.Finalize(
-        None, flush_all, args=("multiprocessing child exit",), exitpriority=MP_EXIT_PRIORITY
+        None, _exit_flush, args=("multiprocessing child exit",), exitpriority=MP_EXIT_PRIORITY
     )

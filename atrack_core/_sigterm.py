@@ -18,16 +18,27 @@ when the host has not claimed it, the interpreter's wakeup file descriptor
 (``signal.set_wakeup_fd``, written the moment the signal arrives, whatever the main
 thread is doing) is a pipe read by an SDK thread. On a SIGTERM the watcher starts the
 flush itself, then sends SIGTERM to the main thread, which interrupts its blocking call:
-the handler runs there, finds the flush done, and ends the process. Whoever starts the
-flush first (the handler or the watcher) starts it; the other waits for it. The watcher
-reads on while it waits: a second SIGTERM then ends the process at once, as it does once
-the handler has run (it has put the default disposition back).
+the handler runs there, finds the flush done, and ends the process (it sends it again
+until the handler runs: one landing just before the main thread blocks would interrupt
+nothing). Whoever starts the flush first (the handler or the watcher) starts it; the
+other waits for it. The watcher reads on while it waits: a second SIGTERM then ends the
+process at once, as it does once the handler has run (it has put the default
+disposition back). The interpreter notes "SIGTERM pending", not how many: two SIGTERMs
+before the handler runs make one call, so the watcher counts them on the pipe and ends
+the process on the second.
 
 The watcher thread starts with the first delivery thread (or at once in a
-``multiprocessing`` child): a thread from the moment the SDK is built would make every
-later ``fork()`` that of a multi-threaded process. A process that never delivered has
-nothing to flush; parked at the wrong moment it waits as any Python program with a
-SIGTERM handler would.
+``multiprocessing`` child, which a ``Pool`` may terminate before it ever delivered): a
+thread from the moment the SDK is built would make every later ``fork()`` that of a
+multi-threaded process. A process that never delivered has nothing to flush; parked at
+the wrong moment it waits as any Python program with a SIGTERM handler would.
+
+**During the exit flush.** A SIGTERM that interrupts the process's own exit flush in the
+main thread (a ``spawn`` worker leaves through ``sys.exit``; its pool terminates it
+meanwhile) lets that flush finish, then ends the process: a second flush in another
+thread could need a lock the interrupted one holds, and would wait for it until the
+deadline. A flush that outlives its deadline all the same is given up, with an error
+line.
 
 **Forks.** A forked child shares the parent's pipe: its SIGTERM would reach the parent's
 watcher. So SIGTERM is blocked in the forking thread around ``fork()``, and the child
@@ -48,7 +59,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import FrameType
 
 from . import _threads
@@ -74,6 +85,9 @@ _handler_started = False  # the handler ran in the main thread
 # thread (and in its child) or unblocked in a thread that had blocked it itself.
 _fork_blocked: set[int] = set()
 _second = False  # the watcher saw a second SIGTERM while the flush ran
+_gave_up = False  # the flush outlived its deadline: nobody waits for it again
+_exit_flush_running = False  # the main thread runs the process's exit flush
+_terminate_after_exit_flush = False  # a SIGTERM came meanwhile
 
 # Whoever takes _claim runs the flush and releases _done when it ends; others wait on
 # _done. Bare ``_thread`` locks: the handler may have interrupted the main thread
@@ -103,8 +117,17 @@ def maybe_install(flush: Callable[[str], None], deadline: Callable[[], float]) -
         return
     # A multiprocessing child (spawn, forkserver) may be terminated before it has ever
     # delivered: its watcher starts now. Elsewhere, with the first delivery thread.
+    _install(watch_now=_in_multiprocessing_child())
+
+
+def _in_multiprocessing_child() -> bool:
+    """A spawn or forkserver child builds the SDKs of its main module while importing
+    it, before ``parent_process()`` is set (the pool's workers then hung on terminate:
+    no watcher); multiprocessing has named the process by then."""
     mp = sys.modules.get("multiprocessing.process")
-    _install(watch_now=mp is not None and mp.parent_process() is not None)
+    if mp is None:
+        return False
+    return mp.parent_process() is not None or mp.current_process().name != "MainProcess"
 
 
 def on_delivery_start() -> None:
@@ -177,6 +200,7 @@ def _start_watch_thread() -> None:
 
 def _watch(r: int) -> None:
     assert _SIGTERM is not None
+    seen = 0  # SIGTERMs read since the handler started
     while True:
         try:
             data = os.read(r, 512)
@@ -184,8 +208,17 @@ def _watch(r: int) -> None:
             return
         if not data:
             return
-        if _SIGTERM not in data or _handler_started or _threads.green():
-            continue  # another signal, or the main thread already handles it
+        if _SIGTERM not in data or _threads.green():
+            continue  # another signal
+        if _handler_started:
+            # The handler runs the flush. Every SIGTERM caught while it was ours wrote
+            # a byte; one handler call may stand for two of them (the interpreter
+            # notes "SIGTERM pending", not how many), so a second one, which would
+            # have ended the process, would be lost: end it here.
+            seen += data.count(_SIGTERM)
+            if seen > 1:
+                os.kill(os.getpid(), _SIGTERM)  # the default disposition by now
+            continue
         if signal.getsignal(_SIGTERM) is not _on_sigterm:
             continue  # the host's handler replaced ours: its signal
         break
@@ -197,10 +230,25 @@ def _watch(r: int) -> None:
     global _second
     if data.count(_SIGTERM) > 1 or _wait_flush_or_sigterm(r):
         _second = True
-    with contextlib.suppress(OSError, ValueError):
-        main = threading.main_thread().ident
-        if main is not None:
+    _interrupt_main_until_handled()
+
+
+def _interrupt_main_until_handled() -> None:
+    """SIGTERM to the main thread until its handler runs: a signal that lands just
+    before the main thread enters its blocking call interrupts nothing (the race the
+    watcher is for), so one is not enough."""
+    assert _SIGTERM is not None
+    main = threading.main_thread().ident
+    if main is None:
+        return
+    pause = 0.01
+    while not _handler_started and signal.getsignal(_SIGTERM) is _on_sigterm:
+        try:
             signal.pthread_kill(main, _SIGTERM)
+        except (OSError, ValueError):  # the main thread has ended
+            return
+        time.sleep(pause)
+        pause = min(pause * 2, 0.5)
 
 
 def _wait_flush_or_sigterm(r: int) -> bool:
@@ -214,10 +262,12 @@ def _wait_flush_or_sigterm(r: int) -> bool:
             return False
     poller = select.poll()
     poller.register(r, select.POLLIN)
-    end = time.monotonic() + _deadline() + 1.0
+    waited = _deadline() + 1.0
+    end = time.monotonic() + waited
     while not _flush_ended():
         left = end - time.monotonic()
         if left <= 0:
+            _give_up(waited)
             return False
         # _flush_then_open writes a byte (0, no signal's number) when it ends.
         if poller.poll(left * 1000):
@@ -240,7 +290,7 @@ def _flush_ended() -> bool:
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    global _handler_started
+    global _handler_started, _terminate_after_exit_flush
     if signal.getsignal(signum) is not _on_sigterm:
         # A handler the host installed after the SDK calls this one as its previous
         # handler: flush, and leave the rest (exit or not, with which status) to it.
@@ -253,7 +303,31 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     if _second:  # it came while the watcher flushed for a parked main thread
         os.kill(os.getpid(), signum)
         return
+    if _exit_flush_running:
+        # It interrupted the process's exit flush (a spawn Pool worker leaving through
+        # sys.exit, terminated meanwhile), which may hold the locks another flush
+        # would need: that one goes on, bounded as ever, then the process ends by
+        # SIGTERM (exit_flush).
+        _terminate_after_exit_flush = True
+        return
     _run_flush(terminate=True)
+
+
+@contextlib.contextmanager
+def exit_flush() -> Iterator[None]:
+    """Around the exit flush (``atexit``, multiprocessing's finalizers): a SIGTERM that
+    interrupts it in the main thread lets it finish, then ends the process."""
+    global _exit_flush_running
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _exit_flush_running = True
+    try:
+        yield
+    finally:
+        _exit_flush_running = False
+        if _terminate_after_exit_flush and _SIGTERM is not None:
+            os.kill(os.getpid(), _SIGTERM)  # the default disposition by now
 
 
 def _run_flush(*, terminate: bool) -> None:
@@ -288,8 +362,46 @@ def _flush_or_wait() -> None:
             _thread.start_new_thread(_flush_then_open, ())
         except RuntimeError:  # no new threads (interpreter finalizing): as without us
             return
-    if _done.acquire(timeout=_deadline() + 1.0):
+    if _gave_up:
+        return  # the watcher waited out the deadline already
+    waited = _deadline() + 1.0
+    if _done.acquire(timeout=waited):
         _done.release()  # open for whoever else waits
+    else:
+        _give_up(waited)
+
+
+def _give_up(waited: float) -> None:
+    """The flush outlived its deadline: the flush itself gives up at the deadline and
+    logs what it left, so it is stuck (behind a lock the interrupted main thread holds,
+    say). Say so once; the process then ends without it."""
+    global _gave_up
+    if _gave_up:
+        return
+    _gave_up = True
+    message = (
+        f"A-Track SIGTERM flush did not end within {waited:.1f} s; the process ends"
+        " without it (calls not delivered are lost, unless an outbox keeps them)"
+    )
+    # logging takes locks the interrupted main thread may hold: log from a thread of
+    # its own, waited for briefly, and write to stderr if that does not end.
+    logged = _thread.allocate_lock()
+    logged.acquire()
+
+    def log() -> None:
+        try:
+            logger.error(message)
+        finally:
+            logged.release()
+
+    try:
+        _thread.start_new_thread(log, ())
+        if logged.acquire(timeout=0.5):
+            return
+    except RuntimeError:  # no new threads (interpreter finalizing)
+        pass
+    with contextlib.suppress(OSError):
+        os.write(2, (message + "\n").encode())
 
 
 def _flush_then_open() -> None:
@@ -329,7 +441,8 @@ def _after_fork_in_parent() -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _claim, _done, _pipe, _handler_started, _rearm_wanted, _second
+    global _claim, _done, _pipe, _handler_started, _rearm_wanted, _second, _gave_up
+    global _exit_flush_running, _terminate_after_exit_flush
     global _watching, _watch_lock
     _watching = False
     _watch_lock = threading.Lock()
@@ -340,6 +453,9 @@ def _after_fork_in_child() -> None:
     _done.acquire()
     _handler_started = False
     _second = False
+    _gave_up = False
+    _exit_flush_running = False
+    _terminate_after_exit_flush = False
     if _pipe is not None:
         r, w = _pipe
         _pipe = None

@@ -21,6 +21,15 @@ Rows, side by side in one run:
 - at 50 ms: one uuid (5,000 events), ``max_concurrency=512`` (four times the events,
   so that its run is as long as the default row's), ``http2=True`` (https);
 - a burst of 20,000 ``track()`` calls from one thread, default options: delivered.
+
+The ``max_concurrency=512`` rows run up to 10,000 requests/s at 50 ms, where the asyncio
+stand-in itself becomes the limit (~40-55 µs of its CPU per request, timers late on a
+busy machine). So they get their own stand-in, ``--stand-in`` (default ``auto``: the C
+server ``bench/_fast_server.c`` over http when a C compiler exists, else the asyncio one
+on uvloop when installed (https too), else on asyncio; ``python``: on asyncio, as in
+figures before 2026-12-04 20:00), and bare
+pycurl with 512 in flight beside them; the table says which stand-in ran and its own
+CPU per request. ``--wide`` runs only those rows, alternating, medians of ``--rounds``.
 """
 
 from __future__ import annotations
@@ -41,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx
-from _server import BenchServer, CollectorServer
+from _server import BenchServer, CollectorServer, process_cpu
 
 from atrack_core import ATrackSdk, Options
 from atrack_core._wire import event_body, headers, new_request_id, now_timestamp, serialize
@@ -83,11 +92,36 @@ def measure(name: str, events: int, run: Callable[[], int]) -> Result:
 # -- the SDK, the baseline, the floor ------------------------------------------------------
 
 
-def sdk_run(url: str, events: int, users: int = USERS, **options: object) -> int:
+class Steady:
+    """The delivery rate between 10 % and 90 % of the events delivered: without the
+    start (the ``track()`` calls, opening the connections) and the last round trip."""
+
+    def __init__(self, events: int) -> None:
+        self.low, self.high = events // 10, events - events // 10
+        self.t_low = self.t_high = 0.0
+        self.rate = float("nan")
+
+    def see(self, delivered: int) -> None:
+        if not self.t_low and delivered >= self.low:
+            self.t_low = time.perf_counter()
+        if not self.t_high and delivered >= self.high:
+            self.t_high = time.perf_counter()
+            if self.t_high > self.t_low:
+                self.rate = (self.high - self.low) / (self.t_high - self.t_low)
+
+
+def sdk_run(
+    url: str, events: int, users: int = USERS, steady: Steady | None = None, **options: object
+) -> int:
     sdk = ATrackSdk(Options(KEY, endpoint=url, **options))  # type: ignore[arg-type]
     try:
         for i in range(events):
             sdk.track("page_viewed", {"i": i}, uuid=f"user-{i % users}")
+        if steady is not None:  # polled every 20 ms while the sender delivers
+            deadline = time.monotonic() + 120
+            while not steady.t_high and time.monotonic() < deadline:
+                steady.see(int(sdk.stats()["sent"]))
+                time.sleep(0.02)
         if not sdk.flush(120):
             raise SystemExit(f"flush timed out: {sdk.stats()}")
         stats = sdk.stats()
@@ -107,7 +141,9 @@ def naive_run(url: str, events: int, cafile: str | None) -> int:
     return events
 
 
-def curl_floor_run(url: str, events: int, in_flight: int, cafile: str | None) -> int:
+def curl_floor_run(
+    url: str, events: int, in_flight: int, cafile: str | None, steady: Steady | None = None
+) -> int:
     """Bare pycurl: the multi interface, ``in_flight`` handles, pre-built bodies."""
     import pycurl
 
@@ -141,6 +177,8 @@ def curl_floor_run(url: str, events: int, in_flight: int, cafile: str | None) ->
                 done += 1
             if not left:
                 break
+        if steady is not None:
+            steady.see(done)
         multi.select(0.1)
     multi.close()
     return done
@@ -270,6 +308,104 @@ def table(title: str, rows: list[Result], baseline: Result) -> None:
     sys.stdout.flush()
 
 
+def wide_rows(
+    scheme: str, n: int, stand_in: str, names: list[str], note: bool = True
+) -> tuple[str, list[Result], list[float], list[Steady]]:
+    """The ``max_concurrency=512`` rows at 50 ms on their own stand-in: bare pycurl with
+    512 in flight, then the SDK per transport. Returns (stand-in, rows, the stand-in's
+    CPU µs per request for each row, the rows' rates between 10 % and 90 % delivered)."""
+    tls = scheme == "https"
+    rows: list[Result] = []
+    server_us: list[float] = []
+    steadies: list[Steady] = []
+    with BenchServer(latency=0.05, tls=tls, stand_in=stand_in) as server:
+        assert server.proc is not None
+        cafile = server.cert_file
+        if cafile:
+            os.environ["SSL_CERT_FILE"] = cafile
+        else:
+            os.environ.pop("SSL_CERT_FILE", None)
+        runs: list[tuple[str, Callable[[], int]]] = []
+        if "curl" in names:
+            steadies.append(Steady(n))
+            runs.append(
+                (
+                    f"floor: bare pycurl multi, 512 in flight, {n:,} events",
+                    partial(curl_floor_run, server.url, n, 512, cafile, steadies[-1]),
+                )
+            )
+        for name in names:
+            steadies.append(Steady(n))
+            runs.append(
+                (
+                    f"SDK transport={name}, max_concurrency=512, {n:,} events",
+                    partial(
+                        sdk_run,
+                        server.url,
+                        n,
+                        steady=steadies[-1],
+                        transport=name,
+                        max_concurrency=512,
+                    ),
+                )
+            )
+        for label, fn in runs:
+            before = process_cpu(server.proc.pid)
+            result = measure(label, n, fn)
+            rows.append(result)
+            server_us.append((process_cpu(server.proc.pid) - before) / result.events * 1e6)
+        got = server.count()
+        delivered = sum(r.events for r in rows)
+        if got != delivered:  # every event counted as sent must have reached the stand-in
+            print(f"  (!) {server.stand_in} stand-in received {got:,}, rows counted {delivered:,}")
+        if note:
+            print(
+                f"  (the {scheme} 50 ms table below, 512 rows: {server.stand_in} stand-in,"
+                f" received {got:,} requests, its CPU per request: "
+                + ", ".join(f"{u:.1f} µs" for u in server_us)
+                + "; events/s from 10 % to 90 % delivered: "
+                + ", ".join(f"{x.rate:,.0f}" for x in steadies)
+                + ")"
+            )
+        return server.stand_in, rows, server_us, steadies
+
+
+def wide(rounds: int, n: int, stand_ins: list[str], schemes: list[str]) -> None:
+    """Only the 512 rows, each stand-in and scheme in turn, ``rounds`` times; medians."""
+    import statistics
+
+    names = [t for t in transports() if t == "curl"] or ["httpx"]
+    found: dict[tuple[str, str, str], list[tuple[float, float, float, float]]] = {}
+    loads: list[float] = []
+    for _ in range(rounds):
+        for scheme in schemes:
+            for stand_in in stand_ins:
+                if stand_in == "c" and scheme == "https":
+                    continue
+                loads.append(os.getloadavg()[0])
+                ran, rows, server_us, steadies = wide_rows(scheme, n, stand_in, names, False)
+                for r, us, st in zip(rows, server_us, steadies, strict=True):
+                    key = (scheme, ran, r.name)
+                    found.setdefault(key, []).append((r.rate, r.cpu_us, us, st.rate))
+    print(
+        f"\n50 ms added latency, max_concurrency=512 (ceiling 10,240/s), {n:,} events per row;"
+        f" load average {min(loads):.1f}-{max(loads):.1f} during the run; medians of {rounds}"
+    )
+    print(
+        "  events/s: the whole row (track() calls to the last answer); 10-90 %: from 10 % to"
+        " 90 % of the events delivered"
+    )
+    print(
+        f"  {'stand-in':<8} {'row':<58} {'events/s':>9} {'10-90 %':>8} {'CPU us/ev':>10}"
+        f" {'API us/req':>11}"
+    )
+    for (scheme, ran, name), values in found.items():
+        rate, cpu, api, mid = (statistics.median(v[k] for v in values) for k in range(4))
+        row = f"{scheme}: {name}"
+        print(f"  {ran:<8} {row:<58} {rate:>9,.0f} {mid:>8,.0f} {cpu:>10.1f} {api:>11.1f}")
+    sys.stdout.flush()
+
+
 def transports() -> list[str]:
     try:
         import pycurl  # noqa: F401
@@ -280,7 +416,13 @@ def transports() -> list[str]:
 
 
 def scenario(
-    scheme: str, latency: float, n: int, target: str, alternatives: bool, extras: bool
+    scheme: str,
+    latency: float,
+    n: int,
+    target: str,
+    alternatives: bool,
+    extras: bool,
+    stand_in: str = "auto",
 ) -> None:
     label = f"{scheme}, {latency * 1000:.0f} ms added latency"
     tls = scheme == "https"
@@ -334,16 +476,12 @@ def scenario(
                 )
             # Four times the events: at 512 in flight, n events are only ~n/512 round
             # trips, and opening 512 connections and draining the last ones would be a
-            # fifth of the run; with 4n it lasts as long as the default row's run.
-            wide = 4 * n
-            for name in names:
-                rows.append(
-                    measure(
-                        f"SDK transport={name}, max_concurrency=512, {wide:,} events",
-                        wide,
-                        partial(sdk_run, url, wide, transport=name, max_concurrency=512),
-                    )
-                )
+            # fifth of the run; with 4n it lasts as long as the default row's run. Their
+            # own stand-in (--stand-in): at ~10,000 requests/s the asyncio one limits.
+            if target == "fast":
+                rows += wide_rows(scheme, 4 * n, stand_in, names)[1]
+                if cafile:
+                    os.environ["SSL_CERT_FILE"] = cafile
             if tls:
                 for name in names:
                     rows.append(
@@ -403,6 +541,21 @@ def main() -> None:
         default="fast",
         help="fast: bench/_server.py (default); collector: `atrack collector` (SQLite)",
     )
+    parser.add_argument(
+        "--stand-in",
+        choices=["auto", "c", "uvloop", "python"],
+        default="auto",
+        help="API stand-in of the max_concurrency=512 rows: auto (C over http when cc"
+        " exists, else uvloop when installed), c (bench/_fast_server.c, http only), uvloop"
+        " (bench/_server.py on uvloop), python (bench/_server.py on asyncio)",
+    )
+    parser.add_argument(
+        "--wide", action="store_true", help="only the max_concurrency=512 rows, medians"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of --wide")
+    parser.add_argument(
+        "--schemes", default="http,https", help="schemes of --wide (comma-separated)"
+    )
     args = parser.parse_args()
     n = 3000 if args.quick else args.events
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -410,9 +563,21 @@ def main() -> None:
         f"machine: {os.cpu_count()} cores, shared (load average {load:.1f} at start);"
         f" target: {args.target} server in its own process; CPU = this process"
     )
+    if args.wide:
+        stand_ins = ["c", "uvloop", "python"] if args.stand_in == "auto" else [args.stand_in]
+        wide(args.rounds, 4 * n, stand_ins, args.schemes.split(","))
+        return
     for scheme in ("http", "https"):
         for latency in (0.0, 0.05):
-            scenario(scheme, latency, n, args.target, args.alternatives, extras=True)
+            scenario(
+                scheme,
+                latency,
+                n,
+                args.target,
+                args.alternatives,
+                extras=True,
+                stand_in=args.stand_in,
+            )
     burst(20_000)
 
 

@@ -21,6 +21,7 @@ import socket
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -52,14 +53,27 @@ def dir_bytes(directory: Path) -> int:
     return total
 
 
-def cpu_run(url: str, outbox: str | None, events: int) -> tuple[float, float]:
-    """(CPU µs per event to track and deliver, track() median µs)."""
+def thread_cpu(name: str) -> float:
+    """CPU seconds of the live threads called ``name`` (Linux: their schedstat)."""
+    total = 0.0
+    for thread in threading.enumerate():
+        if thread.name == name and thread.native_id:
+            path = f"/proc/self/task/{thread.native_id}/schedstat"
+            with contextlib.suppress(OSError), open(path) as stat:
+                total += int(stat.read().split()[0]) / 1e9
+    return total
+
+
+def cpu_run(url: str, outbox: str | None, events: int) -> tuple[float, float, float]:
+    """(CPU µs per event to track and deliver, track() median µs, the outbox writer
+    thread's CPU µs per event)."""
     sdk = ATrackSdk(Options(KEY, endpoint=url, outbox=outbox))
     sdk.track("warm", uuid="u0")
     sdk.flush(30)
     gc.collect()
     samples = []
     cpu = time.process_time()
+    writer = thread_cpu("atrack-outbox")
     for i in range(events):
         start = time.perf_counter_ns()
         sdk.track("bench", {"i": i}, uuid=f"user-{i % 500}")
@@ -68,14 +82,15 @@ def cpu_run(url: str, outbox: str | None, events: int) -> tuple[float, float]:
     if outbox is not None:
         time.sleep(0.4)  # the writer's last commits (its deletes: every 0.25 s) are part of it
     used = time.process_time() - cpu
+    writer = thread_cpu("atrack-outbox") - writer
     sdk.shutdown()
-    return used / events * 1e6, statistics.median(samples) / 1000
+    return used / events * 1e6, statistics.median(samples) / 1000, writer / events * 1e6
 
 
 def cpu_figures(events: int) -> None:
     for latency in (0.0, 0.05):
         with BenchServer(latency=latency) as server:
-            results: dict[str, list[tuple[float, float]]] = {"off": [], "on": []}
+            results: dict[str, list[tuple[float, float, float]]] = {"off": [], "on": []}
             for _ in range(3):
                 for mode in ("off", "on"):
                     with tempfile.TemporaryDirectory() as tmp:
@@ -88,8 +103,60 @@ def cpu_figures(events: int) -> None:
         print(
             f"latency {latency * 1000:.0f} ms, {events} events: CPU/event off {off:.1f} µs, "
             f"on {on:.1f} µs, added {on - off:+.1f} µs; track() p50 off {p50_off:.2f} µs, "
-            f"on {p50_on:.2f} µs"
+            f"on {p50_on:.2f} µs; writer thread CPU/event "
+            + " ".join(f"{r[2]:.2f}" for r in results["on"])
+            + " µs"
         )
+
+
+def commit_figure(calls: int = 20_000) -> None:
+    """The writer's CPU per call for one commit of ``calls`` calls, nothing else
+    running: the SDK posts to a blackhole (every call is written), the writer is kept
+    asleep while they are tracked, then one commit runs here."""
+    import bench_middleware
+
+    from atrack_core import _scheduler
+    from atrack_core._outbox import _outbox
+
+    _scheduler.MAX_QUEUE_BYTES = 1 << 40
+    interval = _outbox.COMMIT_INTERVAL
+    wake_at = getattr(_outbox, "WAKE_AT", None)  # the first version woke at 1,000 calls
+    figures = []
+    try:
+        for _ in range(5):
+            _outbox.COMMIT_INTERVAL = 1000.0
+            if wake_at is not None:
+                setattr(_outbox, "WAKE_AT", 10**9)  # noqa: B010
+            with tempfile.TemporaryDirectory() as tmp:
+                sdk = ATrackSdk(
+                    Options(
+                        KEY,
+                        endpoint=bench_middleware.blackhole_url(),
+                        max_queue_size=10 * calls,
+                        shutdown_timeout=0.1,
+                        outbox=os.path.join(tmp, "ob"),
+                    )
+                )
+                outbox = sdk._outbox
+                assert outbox is not None
+                outbox._opened.wait(10)
+                for i in range(calls):
+                    sdk.track("product_list_viewed", {"page": 2}, uuid=f"user-{i % 500}")
+                gc.collect()
+                with outbox._io:
+                    start = time.thread_time()
+                    outbox._commit()
+                    figures.append((time.thread_time() - start) / calls * 1e6)
+                sdk.shutdown(timeout=0.1)
+    finally:
+        _outbox.COMMIT_INTERVAL = interval
+        if wake_at is not None:
+            setattr(_outbox, "WAKE_AT", wake_at)  # noqa: B010
+    print(
+        f"one commit of {calls} calls: writer CPU per call "
+        + " ".join(f"{f:.2f}" for f in figures)
+        + " µs"
+    )
 
 
 def middleware_figures(n: int, repeats: int = 3) -> None:
@@ -97,11 +164,12 @@ def middleware_figures(n: int, repeats: int = 3) -> None:
     the SDK posts to a blackhole, so with the outbox every call is written (its worst
     case: nothing is ever delivered and removed).
 
-    Two figures per mode: the bench's own (wall time a request with ``track()`` adds
-    to the bare app, best run), and the process's CPU time over the whole bench (bare
-    and tracked apps, all scenarios, the writer's final commit included) per call the
-    SDK accepted: on a shared machine the more honest cost, since the writer's work
-    runs on another core as long as one is free."""
+    Figures per mode: the bench's own (wall time a request with ``track()`` adds to
+    the bare app, best run), and CPU time over the whole bench (bare and tracked apps,
+    all scenarios, the writer's final commit included) per call the SDK accepted, split
+    into the main thread's (the requests) and the other threads' (the outbox writer;
+    the senders sit blocked on the blackhole): on a shared machine the more honest
+    cost, since the writer's work runs on another core as long as one is free."""
     import bench_middleware
     import bench_middleware_wsgi
 
@@ -128,6 +196,7 @@ def middleware_figures(n: int, repeats: int = 3) -> None:
     for name, (module, bench) in benches.items():
         added: dict[str, list[float]] = {"off": [], "on": []}
         cpu: dict[str, list[float]] = {"off": [], "on": []}
+        main_cpu: dict[str, list[float]] = {"off": [], "on": []}
         try:
             for _ in range(repeats):
                 for mode in ("off", "on"):
@@ -143,24 +212,29 @@ def middleware_figures(n: int, repeats: int = 3) -> None:
 
                         module.make_sdk = make  # type: ignore[misc]
                         gc.collect()
-                        start = time.process_time()
+                        start, start_main = time.process_time(), time.thread_time()
                         rows = bench(n, 3)
                         used = time.process_time() - start
+                        used_main = time.thread_time() - start_main
                     label, bare, tracked = rows[0]  # returning user, cookie + track()
                     added[mode].append(tracked - bare)
                     calls = sum(sdk.stats()["enqueued"] for sdk in sdks)
                     cpu[mode].append(used / calls * 1e6)
+                    main_cpu[mode].append(used_main / calls * 1e6)
         except ImportError as exc:
             print(f"{name}: skipped ({exc})")
             continue
         finally:
             module.make_sdk = plain  # type: ignore[misc]
         cpu_off, cpu_on = statistics.median(cpu["off"]), statistics.median(cpu["on"])
+        main_off, main_on = statistics.median(main_cpu["off"]), statistics.median(main_cpu["on"])
         print(
             f"middleware {name}, {label}: added off {min(added['off']):.1f} µs, "
-            f"on {min(added['on']):.1f} µs (best of {repeats} each); process CPU per call "
-            f"off {cpu_off:.1f} µs, on {cpu_on:.1f} µs (median of {repeats}), "
-            f"outbox {cpu_on - cpu_off:+.1f} µs"
+            f"on {min(added['on']):.1f} µs (best of {repeats} each); CPU per call (median "
+            f"of {repeats}): process off {cpu_off:.1f} µs, on {cpu_on:.1f} µs "
+            f"({cpu_on - cpu_off:+.1f}); main thread off {main_off:.1f}, on {main_on:.1f} "
+            f"({main_on - main_off:+.1f}); other threads off {cpu_off - main_off:.1f}, "
+            f"on {cpu_on - main_on:.1f}"
         )
 
 
@@ -226,6 +300,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"load average {os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs")
     if not args.skip_cpu:
+        commit_figure()
         cpu_figures(args.events)
     if not args.skip_middleware:
         middleware_figures(5_000)

@@ -8,7 +8,7 @@ touches the disk runs in one writer thread per process:
   transaction, skipping those already settled (with a healthy API most calls are
   delivered before they are ever written), and deletes the rows of calls delivered or
   finally rejected meanwhile. Everything per call that needs the GIL is kept small
-  (request ids made 256 at a time, rows bound 100 to a statement): the host's request
+  (request ids made 256 at a time, rows bound 1,000 to a statement): the host's request
   threads want the GIL meanwhile;
 - it loads calls that wait on disk only (spilled, parked, adopted) back into the
   scheduler, oldest first, as the scheduler has room;

@@ -168,25 +168,34 @@ def test_sigterm_handler_of_the_host_is_never_replaced(fake_api: FakeApi) -> Non
 def parked(script: str, *args: str) -> Iterator[subprocess.Popen[str]]:
     """``script`` started with pipes on all three streams; once it prints ``parked``,
     ``go`` on its stdin (its host thread then signals itself). Killed if still running
-    when the block ends."""
-    proc = subprocess.Popen(
+    when the block ends; its pipes are closed whatever happened (left open, they fail
+    a later test with a ResourceWarning)."""
+    with subprocess.Popen(
         [sys.executable, "-c", script, *args],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=env(),
-    )
+    ) as proc:
+        try:
+            assert proc.stdout is not None and proc.stdin is not None
+            assert proc.stdout.readline().strip() == "parked", stderr_if_ended(proc)
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
+def stderr_if_ended(proc: subprocess.Popen[str]) -> str:
+    """What a process that ended early wrote to stderr (for an assertion's message)."""
     try:
-        assert proc.stdout is not None and proc.stdin is not None
-        assert proc.stdout.readline().strip() == "parked"
-        proc.stdin.write("go\n")
-        proc.stdin.flush()
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        return "(still running)"
+    return proc.stderr.read() if proc.stderr is not None else ""
 
 
 PARKED_SCRIPT = textwrap.dedent(
@@ -252,11 +261,123 @@ def test_second_sigterm_while_the_watcher_flushes_ends_the_process_at_once() -> 
     when the handler runs the flush (it used to wait out the whole flush)."""
     with blackhole_url() as url, parked(SECOND_SIGTERM_SCRIPT, url) as proc:
         assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "first"
+        assert proc.stdout.readline().strip() == "first", stderr_if_ended(proc)
         start = time.monotonic()
         _, err = proc.communicate("again\n", timeout=60)
     assert proc.returncode == -signal.SIGTERM, err
     assert time.monotonic() - start < 10.0  # not the 30 s shutdown timeout
+
+
+TWO_AT_ONCE_SCRIPT = textwrap.dedent(
+    """
+    import signal, sys, threading, time
+    from atrack_core import ATrackSdk, Options
+
+    # The API never answers: the flush would take the whole shutdown timeout.
+    sdk = ATrackSdk(Options(@KEY@, endpoint=sys.argv[1], shutdown_timeout=30))
+    sdk.track("e", uuid="u")
+
+    def host_thread():  # two SIGTERMs before the main thread can run its handler
+        sys.stdin.readline()
+        signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+        signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+
+    threading.Thread(target=host_thread, daemon=True).start()
+    print("parked", flush=True)
+    while True:
+        time.sleep(0.01)
+    """
+).replace("@KEY@", repr(KEY))
+
+
+def test_two_sigterms_before_the_handler_runs_end_the_process_at_once() -> None:
+    """The interpreter notes "SIGTERM pending", not how many: two make one handler call.
+    The second still ends the process at once, whether the handler or the watcher
+    sees them first (it waited out the whole flush when the handler ran before the
+    watcher read the pipe: 2 runs in 100 under load)."""
+    with blackhole_url() as url, parked(TWO_AT_ONCE_SCRIPT, url) as proc:
+        start = time.monotonic()
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGTERM, err
+    assert time.monotonic() - start < 10.0, err  # not the 30 s shutdown timeout
+
+
+STUCK_FLUSH_SCRIPT = textwrap.dedent(
+    """
+    import logging, signal, sys, threading
+    from atrack_core import ATrackSdk, Options
+
+    handler = logging.StreamHandler(sys.stderr)
+    logging.getLogger("atrack").addHandler(handler)
+    # The API never answers; the flush gives up at 1 s and logs what it left.
+    sdk = ATrackSdk(Options(@KEY@, endpoint=sys.argv[1], shutdown_timeout=1.0))
+    sdk.track("e", uuid="u")
+
+    def host_thread():
+        sys.stdin.readline()
+        signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+
+    threading.Thread(target=host_thread, daemon=True).start()
+    # The main thread interrupted while it holds the log handler's lock (inside a log
+    # call of its own): the flush's log line then waits for ever.
+    handler.acquire()
+    print("parked", flush=True)
+    threading.Event().wait()
+    """
+).replace("@KEY@", repr(KEY))
+
+
+def test_a_stuck_sigterm_flush_is_given_up_and_said_so() -> None:
+    """A flush stuck behind a lock the interrupted main thread holds is given up after
+    its deadline, with a line on stderr (logging would wait on that lock too): the
+    process still ends by SIGTERM (it used to end without a word)."""
+    with blackhole_url() as url, parked(STUCK_FLUSH_SCRIPT, url) as proc:
+        start = time.monotonic()
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGTERM, err
+    assert "A-Track SIGTERM flush did not end within 2.0 s" in err, err
+    assert time.monotonic() - start < 10.0, err
+
+
+DURING_EXIT_FLUSH_SCRIPT = textwrap.dedent(
+    """
+    import atexit, signal, sys, threading, time
+    from atrack_core import ATrackSdk, Options
+
+    sdk = ATrackSdk(Options(@KEY@, endpoint=sys.argv[1], transport=sys.argv[2]))
+    for i in range(20):
+        sdk.track("e", {"i": i}, uuid=f"u{i % 4}")
+    exiting = threading.Event()
+
+    def terminate_soon():  # SIGTERM to the main thread inside the SDK's exit flush
+        exiting.wait()
+        time.sleep(0.1)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
+
+    threading.Thread(target=terminate_soon, daemon=True).start()
+    atexit.register(exiting.set)  # runs first: registered after the SDK's
+    print("exiting", flush=True)
+    """
+).replace("@KEY@", repr(KEY))
+
+
+def test_a_sigterm_during_the_exit_flush_lets_it_finish(fake_api: FakeApi, transport: str) -> None:
+    """A ``spawn`` Pool worker leaves through ``sys.exit`` and is terminated meanwhile:
+    the SIGTERM interrupts the exit flush, which may hold the locks another flush
+    needs. That flush finishes, then the process ends by SIGTERM."""
+    fake_api.latency = 0.3
+    proc = subprocess.run(
+        [sys.executable, "-c", DURING_EXIT_FLUSH_SCRIPT, fake_api.url, transport],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env(),
+        check=False,
+    )
+    assert proc.returncode == -signal.SIGTERM, proc.stderr
+    assert proc.stdout.split() == ["exiting"], proc.stderr
+    got = sorted(b["attributes"]["i"] for b in fake_api.bodies())
+    assert got == list(range(20)), proc.stderr
 
 
 FORK_SIGTERM_SCRIPT = textwrap.dedent(
@@ -451,17 +572,49 @@ def test_multiprocessing_children_deliver_their_calls(
     assert sorted(b["attributes"]["i"] for b in fake_api.bodies()) == list(range(25))
 
 
-# Known open problem (docs/deployment.md): a terminated spawn/forkserver Pool worker can
-# hang or lose its calls under heavy load. Still run; a failure there is reported as
-# xfail until the cause is found, a pass as a pass.
-_POOL_TERMINATED_OPEN = pytest.mark.xfail(
-    strict=False, reason="open: terminated spawn/forkserver Pool workers under load"
-)
+CHILD_THREADS_SCRIPT = textwrap.dedent(
+    """
+    import multiprocessing, sys, threading
+    from atrack_core import ATrackSdk, Options
+
+    sdk = ATrackSdk(Options(@KEY@, endpoint=sys.argv[1]))
+
+    def names(_):
+        return sorted(t.name for t in threading.enumerate())
+
+    if __name__ == "__main__":
+        with multiprocessing.get_context(sys.argv[2]).Pool(2) as pool:
+            for row in pool.map(names, range(4)):
+                print(*row)
+    """
+).replace("@KEY@", repr(KEY))
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_spawned_pool_workers_watch_for_sigterm_before_they_deliver(
+    method: str, tmp_path: Path
+) -> None:
+    """A spawn/forkserver worker builds its SDK while importing the main module, before
+    multiprocessing marks it a child: its watcher must start then all the same (without
+    it, a worker with nothing delivered hung when the pool terminated it)."""
+    script = tmp_path / "threads_script.py"
+    script.write_text(CHILD_THREADS_SCRIPT)
+    with blackhole_url() as url:
+        proc = subprocess.run(
+            [sys.executable, str(script), url, method],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env(),
+            check=False,
+        )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["MainThread atrack-signals"] * 4, proc.stderr
 
 
 @pytest.mark.parametrize(
     "how",
-    [pytest.param("with", marks=_POOL_TERMINATED_OPEN), "close"],
+    ["with", "close"],
     ids=["pool-terminated", "pool-closed"],
 )
 @pytest.mark.parametrize("method", ["spawn", "forkserver"])
@@ -635,13 +788,13 @@ FORK_WHILE_LOCKED = textwrap.dedent(
     from atrack_core import _shutdown
 
     sdk = ATrackSdk(Options(@KEY@, endpoint=sys.argv[1], shutdown_timeout=1.0))
-    # Another thread inside the exit registry at the moment of the fork (registering
-    # an SDK, say). Held here through the private lock: no public call holds it long
-    # enough to fork inside it on purpose.
+    # Another thread inside the exit registry at the moment of the fork (hooking
+    # multiprocessing, say). Held here through the private lock: no public call holds
+    # it long enough to fork inside it on purpose.
     held, release = threading.Event(), threading.Event()
 
     def hold():
-        with _shutdown._lock:
+        with _shutdown._hook_lock:
             held.set()
             release.wait()
 
@@ -650,7 +803,7 @@ FORK_WHILE_LOCKED = textwrap.dedent(
     pid = os.fork()
     if pid == 0:
         sdk.track("forked", uuid="u-forked")
-        sys.exit(0)  # the exit flush takes the registry lock
+        sys.exit(0)  # the exit flush, in a child where that lock stays held
     release.set()
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:

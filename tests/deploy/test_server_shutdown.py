@@ -32,20 +32,24 @@ WSGI = "tests.deploy.shutdown_apps:wsgi_app"
 ASGI = "tests.deploy.shutdown_apps:asgi_app"
 HOST = ["--host", "127.0.0.1", "--port", "{port}"]
 GRANIAN = [*HOST, "--workers", "1", "--interface"]
+# Each gunicorn worker logs "Worker ready" once its signal handlers are in (a SIGTERM
+# before then is lost by gunicorn itself: the worker serves on until the timeout).
+READY = ["-c", "python:tests.deploy.gunicorn_ready"]
+WORKERS = 2  # -w in each gunicorn entry below
 
 # server id -> (kind, args, needs)
 SERVERS: dict[str, tuple[str, list[str], str]] = {
     "uvicorn": ("python -m uvicorn", [*HOST, ASGI], "uvicorn"),
-    "gunicorn-sync": ("gunicorn", ["-k", "sync", "-w", "2", WSGI], "gunicorn"),
+    "gunicorn-sync": ("gunicorn", [*READY, "-k", "sync", "-w", str(WORKERS), WSGI], "gunicorn"),
     "gunicorn-gthread": (
         "gunicorn",
-        ["-k", "gthread", "--threads", "4", "-w", "2", WSGI],
+        [*READY, "-k", "gthread", "--threads", "4", "-w", str(WORKERS), WSGI],
         "gunicorn",
     ),
-    "gunicorn-gevent": ("gunicorn", ["-k", "gevent", "-w", "2", WSGI], "gevent"),
+    "gunicorn-gevent": ("gunicorn", [*READY, "-k", "gevent", "-w", str(WORKERS), WSGI], "gevent"),
     "gunicorn-uvicorn-worker": (
         "gunicorn",
-        ["-k", "uvicorn_worker.UvicornWorker", "-w", "2", ASGI],
+        [*READY, "-k", "uvicorn_worker.UvicornWorker", "-w", str(WORKERS), ASGI],
         "uvicorn_worker",
     ),
     "hypercorn-asyncio": (
@@ -108,6 +112,8 @@ def shut_down(
     fake_api.latency = LATENCY
     server = start_server(args, env, kind=kind)
     server.wait_ready()
+    if READY[1] in args:
+        server.wait_log("Worker ready", WORKERS)
     send_traffic(server, "/" if django else "/hit")
     at_sigterm = len(fake_api.received)
     code = server.terminate()
