@@ -47,6 +47,8 @@ class Response:
     """What came back: the status, ``Retry-After`` and the start of the body."""
 
     status: int
+    # Read for the retry policy, which looks at it only in an answer it may retry: a
+    # transport may leave it None on a 2xx (the curl transport does; httpx fills it).
     retry_after: str | None = None
     body: bytes = b""
     # The transport sent the request a second time on its own before this answer (so
