@@ -66,7 +66,7 @@ from . import _fork, _retry, _sigterm, _threads
 from ._call import Call
 from ._errors import DeliveryError
 from ._reporting import Reporter, Stats
-from ._retry import DELIVERED, Outcome, attempt, classify, prepare
+from ._retry import Outcome, attempt, classify, prepare
 from ._transport import Connection, Endpoint, Multi, Response, Transport
 from ._wire import PATH_EVENT, new_request_id
 
@@ -705,15 +705,7 @@ class BackgroundDelivery:
                     for call in failed:
                         self._give_up_locked(call)
                     failed = []
-                    stats = self._stats
                     for call, outcome in results:
-                        if outcome is DELIVERED and self._probe is None and not self._outage:
-                            # _settle_locked's path for a delivered call, inlined.
-                            self._no_response = 0
-                            stats.in_flight -= 1
-                            stats.sent += 1
-                            self._finish_locked(call, True)
-                            continue
                         error = self._settle_locked(call, outcome)
                         if error is not None:
                             errors.append((call, error))
@@ -761,10 +753,7 @@ class BackgroundDelivery:
                 for token, result in multi.run(0.0 if results else wait):
                     call = flying.pop(id(token))
                     if isinstance(result, Response):
-                        if 200 <= result.status < 300 and not result.resent:
-                            results.append((call, DELIVERED))  # what classify gives
-                        else:
-                            results.append((call, classify(call, result, None)))
+                        results.append((call, classify(call, result, None)))
                     else:
                         results.append((call, classify(call, None, result)))
         except Exception as exc:
