@@ -255,11 +255,8 @@ def _wait_flush_or_sigterm(r: int) -> bool:
     """Start the flush unless it has started, then wait for it (at most the deadline)
     or for another SIGTERM on the pipe, whichever comes first: True for a SIGTERM."""
     assert _SIGTERM is not None
-    if _claim.acquire(blocking=False):
-        try:
-            _thread.start_new_thread(_flush_then_open, ())
-        except RuntimeError:  # no new threads (interpreter finalizing): as without us
-            return False
+    if not _start_flush():
+        return False
     poller = select.poll()
     poller.register(r, select.POLLIN)
     waited = _deadline() + 1.0
@@ -357,11 +354,8 @@ def _flush_or_wait() -> None:
     behind a lock the main thread holds is given up after the deadline. (The watcher
     starts it the same way, and waits for it or for a second SIGTERM.)
     """
-    if _claim.acquire(blocking=False):
-        try:
-            _thread.start_new_thread(_flush_then_open, ())
-        except RuntimeError:  # no new threads (interpreter finalizing): as without us
-            return
+    if not _start_flush():
+        return
     if _gave_up:
         return  # the watcher waited out the deadline already
     waited = _deadline() + 1.0
@@ -369,6 +363,18 @@ def _flush_or_wait() -> None:
         _done.release()  # open for whoever else waits
     else:
         _give_up(waited)
+
+
+def _start_flush() -> bool:
+    """Start the flush in a bare thread unless it has started (whoever takes _claim);
+    False when no thread can be started (the interpreter is finalizing): then there is
+    nothing to wait for, and the process ends as it would have without the SDK."""
+    if _claim.acquire(blocking=False):
+        try:
+            _thread.start_new_thread(_flush_then_open, ())
+        except RuntimeError:
+            return False
+    return True
 
 
 def _give_up(waited: float) -> None:
