@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 try:
     from flask import g, request
+    from werkzeug.wrappers import Response as _Response
+    from werkzeug.wsgi import ClosingIterator
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "atrack_integrations.flask needs Flask: pip install 'a-track-sdk[flask]'"
@@ -36,12 +38,17 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from atrack_core import ATrackSdk
 
 from ._contain import Contain
+from ._current import active_body
 from ._lifecycle import ENVIRON_KEY, SETTING_NAMES, STATE_KEY, IntegrationConfig, RequestTracker
 from ._wsgi_common import header_keys, view_from_environ
 from .wsgi import ATrackWSGIMiddleware
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+
     from flask import Flask
+
+    from ._lifecycle import RequestTracker as _Tracker
 
 __all__ = ["ATrack", "ATrackState", "get_tracker"]
 
@@ -57,6 +64,45 @@ _DEFAULTS: dict[str, Any] = {
     for name, param in inspect.signature(IntegrationConfig.__init__).parameters.items()
     if name in SETTING_NAMES
 }
+
+
+def _iter_encoded_code() -> Any:
+    """The code of the generator werkzeug's ``Response.iter_encoded`` returns."""
+    encoded: Any = _Response([b""]).iter_encoded()
+    encoded.close()
+    return encoded.gi_code
+
+
+# What werkzeug's Response returns as the body of a response it holds in memory:
+# ClosingIterator(_iter_encoded(response.response), response.close) (werkzeug 2.3-3.1).
+_RESPONSE_CLOSE = _Response.close
+_ITER_ENCODED_CODE = _iter_encoded_code()
+
+
+def _active_body(
+    body: Iterable[bytes], tracker: _Tracker | None, environ: Mapping[str, Any]
+) -> Iterable[bytes]:
+    """The body as it is when iterating and closing it runs no app code: werkzeug's
+    ClosingIterator over a response held in memory (a list: no generator view) whose
+    ``close()`` calls nothing the app registered (no ``call_on_close``), from werkzeug's
+    own ``iter_encoded`` and ``close``; otherwise the body that keeps the tracker current
+    (a streamed body, a close callback, anything not recognised)."""
+    if body.__class__ is ClosingIterator:
+        try:
+            callbacks: list[Any] = body._callbacks
+            if len(callbacks) == 2:
+                encoded_close, close = callbacks
+                response = close.__self__
+                if (
+                    close.__func__ is _RESPONSE_CLOSE
+                    and response.response.__class__ is list
+                    and not response._on_close
+                    and encoded_close.__self__.gi_code is _ITER_ENCODED_CODE
+                ):
+                    return body
+        except (AttributeError, TypeError, ValueError):  # another werkzeug: keep it current
+            pass
+    return active_body(body, tracker, environ)
 
 
 class ATrackState:
@@ -122,7 +168,9 @@ class ATrack:
         # Flask request: it is bound in before_request, and the hook is asked only when
         # the uuid is needed (after that). One before_request hook exposes the tracker
         # as request.atrack and g.atrack.
-        middleware = ATrackWSGIMiddleware._over(app.wsgi_app, config, hook_gets_environ=False)
+        middleware = ATrackWSGIMiddleware._over(
+            app.wsgi_app, config, hook_gets_environ=False, active_body=_active_body
+        )
 
         def before_request() -> None:
             # The real request object once: every access through the proxy costs.

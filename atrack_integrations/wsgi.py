@@ -38,6 +38,9 @@ class StartResponse(Protocol):
 
 
 WSGIApp: TypeAlias = Callable[[WSGIEnviron, StartResponse], Iterable[bytes]]
+ActiveBodyFactory: TypeAlias = Callable[
+    [Iterable[bytes], RequestTracker | None, Mapping[str, Any]], Iterable[bytes]
+]
 
 
 class ATrackWSGIMiddleware:
@@ -64,20 +67,34 @@ class ATrackWSGIMiddleware:
 
     @classmethod
     def _over(
-        cls, app: WSGIApp, config: IntegrationConfig, *, hook_gets_environ: bool
+        cls,
+        app: WSGIApp,
+        config: IntegrationConfig,
+        *,
+        hook_gets_environ: bool,
+        active_body: ActiveBodyFactory = active_body,
     ) -> ATrackWSGIMiddleware:
         """The middleware over ``app`` with a validated configuration (the Flask
-        extension's; its identify hook gets the Flask request, bound later)."""
+        extension's: its identify hook gets the Flask request, bound later, and it knows
+        which of werkzeug's bodies run no app code while they are iterated and closed)."""
         self = cls.__new__(cls)
-        self._setup(app, config, hook_gets_environ=hook_gets_environ)
+        self._setup(app, config, hook_gets_environ=hook_gets_environ, active_body=active_body)
         return self
 
-    def _setup(self, app: WSGIApp, config: IntegrationConfig, *, hook_gets_environ: bool) -> None:
+    def _setup(
+        self,
+        app: WSGIApp,
+        config: IntegrationConfig,
+        *,
+        hook_gets_environ: bool,
+        active_body: ActiveBodyFactory = active_body,
+    ) -> None:
         self.app = app
         self.config = config
         self.sdk = config.sdk
         self._header_keys = header_keys(config)
         self._hook_gets_environ = hook_gets_environ
+        self._active_body = active_body
 
     def __repr__(self) -> str:
         return f"ATrackWSGIMiddleware({self.app!r}, config={self.config!r})"
@@ -108,7 +125,7 @@ class ATrackWSGIMiddleware:
             CURRENT.reset(token)
         if body.__class__ is list:
             return body  # the common body, and no app code runs while it is iterated
-        return active_body(body, tracker, environ)
+        return self._active_body(body, tracker, environ)
 
 
 def get_tracker(environ: Mapping[str, Any]) -> RequestTracker:

@@ -151,7 +151,7 @@ def bench_wsgi(n: int, repeats: int, *, generator: bool = True) -> tuple[float, 
     sdk = make_sdk()
     middleware = wsgi_module.ATrackWSGIMiddleware(app, sdk=sdk, init="off")
     environ = wsgi_environ(f"atrack_uuid={COOKIE_UUID}", "/about")
-    real_active_body = wsgi_module.active_body
+    real_active_body = middleware._active_body
 
     def start_response(status: str, headers: Any, exc_info: Any = None) -> None:
         return None
@@ -174,12 +174,12 @@ def bench_wsgi(n: int, repeats: int, *, generator: bool = True) -> tuple[float, 
 
     def stub(k: int) -> float:
         wsgi_module.CURRENT = _StubVar()  # type: ignore[assignment]
-        wsgi_module.active_body = lambda body, tracker, environ: body
+        middleware._active_body = lambda body, tracker, environ: body
         try:
             return run(k)
         finally:
             wsgi_module.CURRENT = CURRENT
-            wsgi_module.active_body = real_active_body
+            middleware._active_body = real_active_body
 
     try:
         return _best(real, stub, n, repeats)

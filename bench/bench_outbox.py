@@ -210,7 +210,7 @@ def middleware_figures(n: int, repeats: int = 3) -> None:
                             sdks.append(sdk)
                             return sdk
 
-                        module.make_sdk = make  # type: ignore[misc]
+                        module.make_sdk = make  # type: ignore[attr-defined]
                         gc.collect()
                         start, start_main = time.process_time(), time.thread_time()
                         rows = bench(n, 3)
@@ -225,7 +225,7 @@ def middleware_figures(n: int, repeats: int = 3) -> None:
             print(f"{name}: skipped ({exc})")
             continue
         finally:
-            module.make_sdk = plain  # type: ignore[misc]
+            module.make_sdk = plain  # type: ignore[attr-defined]
         cpu_off, cpu_on = statistics.median(cpu["off"]), statistics.median(cpu["on"])
         main_off, main_on = statistics.median(main_cpu["off"]), statistics.median(main_cpu["on"])
         print(

@@ -250,7 +250,14 @@ class Outbox:
         if stored > 0:
             self._parked.append(stored)
         elif stored == 0:
-            call.stored = _PARKED  # the writer writes it as waiting
+            # Not written yet: the writer will write it as waiting, unless it was
+            # pushed out of the full unwritten deque (its ``seq`` is below what the
+            # writer took or what the deque still holds), which nothing will write:
+            # then it is not kept, and the scheduler reports it failed.
+            new = self._new
+            if call.seq <= self._last_seq or (new and call.seq < new[0].seq):
+                return False
+            call.stored = _PARKED
         else:
             return False
         self.counts["parked"] += 1

@@ -232,6 +232,24 @@ def test_both_modes_go_through_the_proxy_from_the_environment(
         assert [b["event"] for b in fake_api.bodies()] == ["via-proxy", "direct"]
 
 
+@pytest.mark.parametrize("delivery", ["background", "sync"])
+def test_a_proxy_on_another_host_is_not_used_for_a_loopback_endpoint(
+    fake_api: FakeApi, make: Any, monkeypatch: pytest.MonkeyPatch, delivery: str
+) -> None:
+    # A proxy elsewhere would reach its own loopback, and a plain http:// call would
+    # carry the key to it in clear text: the local collector is reached directly.
+    # (198.51.100.1 is TEST-NET-2: were it used, the call would time out.)
+    for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, "http://198.51.100.1:3128")
+    sdk = make(fake_api.url, delivery=delivery, timeout=1.0, max_retries=0)
+    sdk.track("direct", uuid="u")
+    assert sdk.flush(5) is True
+    assert sdk.stats()["sent"] == 1
+    assert [b["event"] for b in fake_api.bodies()] == ["direct"]
+
+
 def test_all_proxy_is_used_when_no_scheme_proxy_is_set(
     fake_api: FakeApi, make: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -328,3 +328,92 @@ def test_flask_test_client_leaves_no_tracker_current(sdk: ATrackSdk, identify: b
     assert current_tracker() is None
     with pytest.raises(NoRequestError):
         track("outside")
+
+
+def test_flask_close_callbacks_and_streamed_bodies_see_the_tracker(sdk: ATrackSdk) -> None:
+    # Flask's body is always werkzeug's ClosingIterator; one over a response held in
+    # memory with no close callback runs no app code and is handed on as it is. Every
+    # other one keeps the tracker current while it is iterated and closed: a response
+    # with call_on_close, a streamed (generator) body, a response class whose close() is
+    # its own, also when the server closes the body without iterating it (PEP 3333).
+    from flask import Flask, Response, request
+
+    from atrack_integrations.flask import ATrack
+
+    seen: list[str] = []
+
+    class OwnClose(Response):
+        def close(self) -> None:
+            seen.append("own close as " + who())
+            super().close()
+
+    app = Flask(__name__)
+    ATrack(app, sdk=sdk)
+
+    @app.get("/plain")
+    def plain() -> Any:
+        return request.atrack.uuid
+
+    @app.get("/on-close")
+    def on_close() -> Any:
+        response = Response("body")
+        response.call_on_close(lambda: seen.append("callback as " + who()))
+        return response
+
+    @app.get("/stream")
+    def stream() -> Any:
+        def chunks() -> Iterator[str]:
+            try:
+                yield who()
+                yield who()
+            finally:
+                seen.append("generator closed as " + who())
+
+        return Response(chunks())
+
+    @app.get("/own-close")
+    def own_close() -> Any:
+        return OwnClose("body")
+
+    uuid = new_uuid()
+    environ = {
+        "REQUEST_METHOD": "GET", "SCRIPT_NAME": "", "SERVER_NAME": "t", "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http", "wsgi.input": None,
+        "HTTP_COOKIE": f"atrack_uuid={uuid}",
+    }  # fmt: skip
+
+    def call(path: str, *, iterate: bool) -> list[bytes]:
+        body = app.wsgi_app({**environ, "PATH_INFO": path}, lambda *a: None)
+        assert current_tracker() is None
+        chunks = []
+        if iterate:
+            for chunk in body:
+                assert current_tracker() is None  # not while the server holds a chunk
+                chunks.append(chunk)
+        body.close()  # type: ignore[attr-defined]
+        assert current_tracker() is None
+        return chunks
+
+    assert call("/plain", iterate=True) == [uuid.encode()]
+    # ... and handed on as werkzeug made it (no wrapper to pay for).
+    from werkzeug.wsgi import ClosingIterator
+
+    plain_body = app.wsgi_app({**environ, "PATH_INFO": "/plain"}, lambda *a: None)
+    assert plain_body.__class__ is ClosingIterator
+    plain_body.close()  # type: ignore[attr-defined]
+    for iterate in (True, False):
+        seen.clear()
+        call("/on-close", iterate=iterate)
+        assert seen == [f"callback as {uuid}"]
+        seen.clear()
+        call("/own-close", iterate=iterate)
+        assert seen == [f"own close as {uuid}"]
+    seen.clear()
+    assert call("/stream", iterate=True) == [uuid.encode(), uuid.encode()]
+    assert seen == [f"generator closed as {uuid}"]
+    seen.clear()
+    body = app.wsgi_app({**environ, "PATH_INFO": "/stream"}, lambda *a: None)
+    assert next(iter(body)) == uuid.encode()
+    body.close()  # type: ignore[attr-defined]  # cut after the first chunk
+    assert seen == [f"generator closed as {uuid}"]
+    assert current_tracker() is None

@@ -424,3 +424,62 @@ def test_wsgi_wrappers_added_after_the_extension_keep_it_working(
     resp = app.test_client().get("/")
     assert len(resp.headers.getlist("Set-Cookie")) == 1
     assert calls.events[0]["uuid"] == resp.json["uuid"]
+
+
+def test_the_apps_own_hooks_and_routing_errors_see_the_tracker(
+    sdk: ATrackSdk, calls: CapturedCalls
+) -> None:
+    # The extension's before_request function runs first: before the app's own
+    # (registered before or after init_app) and a blueprint's; a routing error (404, 405)
+    # still goes through before_request, and its error handler sees the tracker and the
+    # response gets the cookie.
+    from flask import Blueprint, jsonify, request
+
+    app = flask.Flask(__name__)
+    seen: list[str] = []
+
+    @app.before_request
+    def registered_before() -> None:
+        seen.append("before init_app: " + request.atrack.uuid)
+
+    ATrack(app, sdk=sdk)
+
+    @app.before_request
+    def registered_after() -> None:
+        seen.append("after init_app: " + request.atrack.uuid)
+
+    shop = Blueprint("shop", __name__)
+
+    @shop.before_request
+    def blueprint_hook() -> None:
+        seen.append("blueprint: " + request.atrack.uuid)
+
+    @shop.get("/items")
+    def items() -> Any:
+        return jsonify(uuid=request.atrack.uuid)
+
+    app.register_blueprint(shop, url_prefix="/shop")
+
+    @app.post("/only-post")
+    def only_post() -> Any:
+        return "ok"
+
+    @app.errorhandler(404)
+    @app.errorhandler(405)
+    def routing_error(error: Any) -> Any:
+        return jsonify(missing=request.atrack.uuid), error.code
+
+    client = app.test_client()
+    resp = client.get("/shop/items")
+    uuid = resp.json["uuid"]
+    assert seen == [f"before init_app: {uuid}", f"after init_app: {uuid}", f"blueprint: {uuid}"]
+    assert get_cookie(client).value == uuid
+    for path, status in (("/nowhere", 404), ("/only-post", 405)):
+        seen.clear()
+        resp = client.get(path)
+        assert resp.status_code == status
+        assert resp.json == {"missing": uuid}
+        assert seen == [f"before init_app: {uuid}", f"after init_app: {uuid}"]
+    fresh = app.test_client().get("/nowhere")
+    assert fresh.status_code == 404
+    assert fresh.json["missing"] in fresh.headers["Set-Cookie"]

@@ -236,6 +236,49 @@ def test_calls_made_while_the_writer_is_stalled_are_sent_and_counted_beyond_its_
     assert len(unique_calls(collector)) == 302
 
 
+def test_a_call_pushed_out_of_the_unwritten_deque_is_not_kept_when_its_retries_run_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer is stalled and 200 calls were pushed out of its bounded deque: nothing
+    will write them, so when their retries run out they are failures (counted, reported
+    to on_error), not "parked"; the calls the writer still holds are parked."""
+    monkeypatch.setattr(outbox_mod, "MAX_UNWRITTEN", 100)
+    outbox = tmp_path / "ob"
+    errors: list[Any] = []
+    with FakeApi() as api:
+        api.default_status = 503
+        sdk = ATrackSdk(
+            Options(
+                KEY,
+                endpoint=api.url,
+                outbox=outbox,
+                max_retries=0,
+                on_error=lambda call, exc: errors.append(call),
+            )
+        )
+        sdk.track("before", uuid="u0")
+        wait_until(lambda: sdk.stats()["outbox_parked"] == 1, 5, "the first call parked")
+        (path,) = files(outbox)
+        other = sqlite3.connect(path, isolation_level=None, timeout=10)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # the writer's next INSERT waits for it
+            sdk.track("stall", uuid="u1")
+            wait_until(lambda: sdk.stats()["outbox_unwritten"] == 0, 5, "the writer to take it")
+            for i in range(300):
+                sdk.track("while stalled", {"i": i}, uuid=f"user-{i % 10}")
+            api.wait_for(302, timeout=20)
+            wait_until(lambda: sdk.stats()["in_flight"] == 0, 5, "every attempt settled")
+            stats = sdk.stats()
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        sdk.shutdown()
+    assert stats["failed"] == 200
+    assert len(errors) == 200
+    assert all(call.json()["event"] == "while stalled" for call in errors)
+    assert stats["outbox_parked"] == 102  # "before", "stall" and the 100 still held
+
+
 def test_calls_older_than_max_age_are_dropped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
