@@ -65,6 +65,14 @@ _NAMES = {
 }
 
 
+_RESPONSE_CODE = pycurl.RESPONSE_CODE
+_REQUEST_SIZE = pycurl.REQUEST_SIZE
+_HTTPHEADER = pycurl.HTTPHEADER
+_POSTFIELDS = pycurl.POSTFIELDS
+# A transfer that ended in these errors may still have an answer (status) to report.
+_ANSWERED_ERRORS = (pycurl.E_WRITE_ERROR, pycurl.E_OPERATION_TIMEDOUT)
+
+
 class _State:
     """One handle's per-request results, filled by libcurl's callbacks."""
 
@@ -142,21 +150,21 @@ def _prepare(h: Any, state: _State, url: str, headers: Mapping[str, str], body: 
     # "Expect:" turns off libcurl's 100-continue round trip for larger bodies.
     lines = [f"{k}: {v}" for k, v in headers.items()]
     lines.append("Expect:")
-    h.setopt(pycurl.HTTPHEADER, lines)
+    h.setopt(_HTTPHEADER, lines)
     # POSTFIELDS sets the size too (binary-safe) and keeps the bytes object alive.
-    h.setopt(pycurl.POSTFIELDS, body)
+    h.setopt(_POSTFIELDS, body)
     return len(body) + sum(map(len, lines))
 
 
 def _result(h: Any, state: _State, code: int, message: str) -> Response | TransportError:
-    status = int(h.getinfo(pycurl.RESPONSE_CODE) or 0)
-    if status and (code == 0 or code in (pycurl.E_WRITE_ERROR, pycurl.E_OPERATION_TIMEDOUT)):
+    status: int = h.getinfo(_RESPONSE_CODE) or 0
+    if status and (code == 0 or code in _ANSWERED_ERRORS):
         # Answered: a body cut at 64 KiB or by the deadline is kept as far as it came.
         # libcurl sends a request again, on its own and once, when the reused keep-alive
         # connection it went out on turns out closed before any byte of an answer (the
         # server may have processed it). Its request size then counts both sendings:
         # reported, so the engine counts the resend as the retry it is.
-        resent = int(h.getinfo(pycurl.REQUEST_SIZE) or 0) >= 2 * state.floor > 0
+        resent = (h.getinfo(_REQUEST_SIZE) or 0) >= 2 * state.floor > 0
         # Retry-After means something only in an answer that is not a success.
         retry_after = None if 200 <= status < 300 else state.retry_after()
         return Response(status, retry_after, b"".join(state.body), resent)
@@ -178,6 +186,7 @@ def _cselect(events: int) -> int:
 
 
 _POLL_REMOVE = pycurl.POLL_REMOVE
+_SOCKET_TIMEOUT = pycurl.SOCKET_TIMEOUT
 # libcurl's POLL_IN (1) / POLL_OUT (2) / both -> a one-shot epoll mask.
 _EPOLL_MASKS = tuple(
     (select.EPOLLIN if what & pycurl.POLL_IN else 0)
@@ -342,6 +351,10 @@ class CurlMulti(Multi):
         multi = self._multi
         end = None if wait is None else time.monotonic() + wait
         while True:
+            # New requests (added since) start, and libcurl's due deadlines fire, here:
+            # libcurl asks for this with a deadline of 0 ms.
+            if multi.timeout() == 0:
+                multi.socket_action(_SOCKET_TIMEOUT, 0)
             done = self._collect()
             if done:
                 return done
@@ -376,9 +389,9 @@ class CurlMulti(Multi):
                         self._drain()
                         continue
                     multi.socket_action(fd, flags)
-            if multi.timeout() == 0:
-                multi.socket_action(pycurl.SOCKET_TIMEOUT, 0)
             if woken or (end is not None and time.monotonic() >= end):
+                if multi.timeout() == 0:
+                    multi.socket_action(_SOCKET_TIMEOUT, 0)
                 return self._collect()
 
     def _drain(self) -> None:
@@ -402,23 +415,23 @@ class CurlMulti(Multi):
 
     def _collect(self) -> list[tuple[object, Response | TransportError]]:
         done: list[tuple[object, Response | TransportError]] = []
+        multi, busy, free = self._multi, self._busy, self._free
         while True:
-            queued, ok, failed = self._multi.info_read()
+            queued, ok, failed = multi.info_read()
             for h in ok:
-                done.append(self._finish(h, 0, ""))
+                state = busy.pop(h)
+                multi.remove_handle(h)
+                done.append((state.token, _result(h, state, 0, "")))
+                state.reset(None)  # ready for the next request, and holds nothing meanwhile
+                free.append((h, state))
             for h, code, message in failed:
-                done.append(self._finish(h, code, str(message)))
+                state = busy.pop(h)
+                multi.remove_handle(h)
+                done.append((state.token, _result(h, state, code, str(message))))
+                state.reset(None)
+                free.append((h, state))
             if not queued:
                 return done
-
-    def _finish(self, h: Any, code: int, message: str) -> tuple[object, Response | TransportError]:
-        state = self._busy.pop(h)
-        self._multi.remove_handle(h)
-        result = _result(h, state, code, message)
-        token = state.token
-        state.reset(None)  # ready for the next request, and holds nothing meanwhile
-        self._free.append((h, state))
-        return token, result
 
     def wake(self) -> None:
         # BlockingIOError: the pipe is full, so a wake-up is pending anyway.

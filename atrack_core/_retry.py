@@ -16,7 +16,7 @@ from collections.abc import Callable
 from ._call import Call
 from ._errors import DeliveryError, KeyRejectedError
 from ._transport import Connection, Response, TransportError
-from ._wire import headers, new_request_id
+from ._wire import headers, new_request_ids
 
 # The SDK's own generator for jitter: drawing from the global one from background threads
 # would change the host's random sequence (and trips Hypothesis in users' test suites).
@@ -24,6 +24,31 @@ from ._wire import headers, new_request_id
 jitter = random.Random()
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=jitter.seed)
+
+# Request ids for first attempts, made 256 at a time (``new_request_ids``: one
+# ``os.urandom`` call and a few passes in C, a quarter of ``new_request_id``'s CPU per id).
+# Only the process that made them takes them: a forked child that took its parent's ids
+# would send the same ids as the parent, and the API drops a repeated id as a duplicate.
+# The pid check covers every fork (``os.fork``, a C extension's ``fork()``); the fork
+# hook also empties the child's copy.
+_ids: list[str] = []
+_ids_pid = [0]
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_ids.clear)
+
+
+def _request_id() -> str:
+    """A new request id (a uuid4 string) from this process's own supply."""
+    if _ids_pid[0] == os.getpid():
+        try:
+            return _ids.pop()
+        except IndexError:  # empty (or emptied by another thread meanwhile)
+            pass
+    fresh = new_request_ids(1)
+    _ids_pid[0] = os.getpid()
+    _ids[:] = fresh[1:]
+    return fresh[0]
+
 
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 BACKOFF_BASE = 0.5
@@ -121,7 +146,7 @@ def prepare(call: Call, public_key: str) -> dict[str, str]:
     attempt; assigned here, at the first one, unless the call came with one)."""
     call.attempts += 1
     if not call.request_id:
-        call.request_id = new_request_id()
+        call.request_id = _request_id()
     return headers(public_key, call.request_id)
 
 

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from typing import ClassVar
 from urllib.parse import urlsplit
 
+from ._options import is_loopback_host
+
 # At most this much of a response body is read; the rest is never received (the
 # connection is closed instead of drained).
 MAX_RESPONSE_BODY = 64 * 1024
@@ -124,7 +126,11 @@ class Transport(ABC):
 
 def proxy_for(url: str) -> str | None:
     """The proxy for ``url`` from ``HTTPS_PROXY``/``HTTP_PROXY``/``ALL_PROXY`` and
-    ``NO_PROXY`` (either case), the way the standard library reads them."""
+    ``NO_PROXY`` (either case), the way the standard library reads them. A loopback
+    ``url`` (the local collector) goes through a proxy only when that proxy is on
+    loopback too: a proxy on another host would reach its own loopback, not this
+    machine's, and a plain ``http://`` call would carry the public key to it in clear
+    text, which the endpoint check allows only to loopback."""
     parts = urlsplit(url)
     proxies = urllib.request.getproxies()
     proxy = proxies.get(parts.scheme) or proxies.get("all")
@@ -134,7 +140,16 @@ def proxy_for(url: str) -> str | None:
         return None
     if "://" not in proxy:
         proxy = "http://" + proxy
+    if is_loopback_host(parts.hostname or "") and not _on_loopback(proxy):
+        return None
     return proxy
+
+
+def _on_loopback(url: str) -> bool:
+    try:
+        return is_loopback_host(urlsplit(url).hostname or "")
+    except ValueError:  # a proxy URL urlsplit cannot read (a bad port): not loopback
+        return False
 
 
 def ca_file() -> str | None:

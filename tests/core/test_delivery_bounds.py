@@ -204,6 +204,33 @@ def test_background_mode_survives_a_broken_transport() -> None:
     assert isinstance(seen[0], DeliveryError)
 
 
+# -- an error text that echoes the key ------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [401, 400, 503])
+def test_a_key_echoed_in_an_error_body_never_reaches_the_caller_in_clear(
+    fake_api: FakeApi, make: Any, caplog: pytest.LogCaptureFixture, status: int
+) -> None:
+    echo = f'{{"error": "key {KEY} is not valid here"}}'
+    fake_api.default = Plan(status, text=echo)
+    seen: list[BaseException] = []
+    caplog.set_level(logging.DEBUG, logger="atrack")
+
+    sync = make(fake_api.url, delivery="sync", max_retries=0)
+    with pytest.raises(DeliveryError) as info:
+        sync.track("e", uuid="u")
+    assert info.value.status == status
+    assert info.value.body == '{"error": "key …5678 is not valid here"}'
+
+    background = make(fake_api.url, max_retries=0, on_error=lambda c, e: seen.append(e))
+    background.track("e", uuid="u")
+    assert background.flush(5) is True
+    [error] = seen
+    assert isinstance(error, DeliveryError)
+    assert error.body == '{"error": "key …5678 is not valid here"}'
+    assert KEY not in caplog.text
+
+
 # -- proxies from the environment -----------------------------------------------------
 
 
@@ -230,6 +257,24 @@ def test_both_modes_go_through_the_proxy_from_the_environment(
         assert direct.flush(5) is True
         assert len(proxy.forwarded) == 1
         assert [b["event"] for b in fake_api.bodies()] == ["via-proxy", "direct"]
+
+
+@pytest.mark.parametrize("delivery", ["background", "sync"])
+def test_a_proxy_on_another_host_is_not_used_for_a_loopback_endpoint(
+    fake_api: FakeApi, make: Any, monkeypatch: pytest.MonkeyPatch, delivery: str
+) -> None:
+    # A proxy elsewhere would reach its own loopback, and a plain http:// call would
+    # carry the key to it in clear text: the local collector is reached directly.
+    # (198.51.100.1 is TEST-NET-2: were it used, the call would time out.)
+    for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, "http://198.51.100.1:3128")
+    sdk = make(fake_api.url, delivery=delivery, timeout=1.0, max_retries=0)
+    sdk.track("direct", uuid="u")
+    assert sdk.flush(5) is True
+    assert sdk.stats()["sent"] == 1
+    assert [b["event"] for b in fake_api.bodies()] == ["direct"]
 
 
 def test_all_proxy_is_used_when_no_scheme_proxy_is_set(

@@ -224,3 +224,40 @@ def test_fork_while_other_threads_use_the_sdk(fake_api: FakeApi, transport: str)
     assert out.split() == ["0"] * 8, err
     children = sorted(b["attributes"]["n"] for b in fake_api.bodies() if b["event"] == "child")
     assert children == list(range(8))
+
+
+ID_FORK_SCRIPT = textwrap.dedent(
+    """
+    import ctypes, os, sys
+    from atrack_core import _retry
+    from atrack_core._call import Call
+
+    def ids(n):
+        out = []
+        for _ in range(n):
+            call = Call("/event", "u", b"{}")
+            _retry.prepare(call, "k")
+            out.append(call.request_id)
+        return out
+
+    ids(1)  # this process's supply of request ids is made
+    read, write = os.pipe()
+    # "raw": libc's fork() itself, as a C extension forks: Python's fork hooks do not run
+    pid = ctypes.PyDLL(None).fork() if sys.argv[1] == "raw" else os.fork()
+    if pid == 0:
+        os.write(write, " ".join(ids(5)).encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 65536).decode().split()
+    parent = ids(5)
+    print(len(set(child)), len(set(parent)), len(set(child) & set(parent)))
+    """
+)
+
+
+@pytest.mark.parametrize("fork", ["os", "raw"])
+def test_a_forked_child_never_takes_request_ids_of_its_parent(fork: str) -> None:
+    """Request ids come from a per-process supply: a child forked with that supply in
+    memory makes its own (the API drops a repeated id as a duplicate)."""
+    _, out, _ = run(sys.executable, ID_FORK_SCRIPT, fork)
+    assert out.split() == ["5", "5", "0"]
