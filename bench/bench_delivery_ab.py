@@ -36,13 +36,16 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROWS = {
-    # name: (scheme, latency s, events, max_concurrency)
-    "http-0": ("http", 0.0, 10_000, 128),
-    "https-0": ("https", 0.0, 10_000, 128),
-    "http-50": ("http", 0.05, 10_000, 128),
-    "https-50": ("https", 0.05, 10_000, 128),
-    "http-50-512": ("http", 0.05, 40_000, 512),
-    "https-50-512": ("https", 0.05, 40_000, 512),
+    # name: (scheme, latency s, events, max_concurrency, latency jitter)
+    "http-0": ("http", 0.0, 10_000, 128, 0.0),
+    "https-0": ("https", 0.0, 10_000, 128, 0.0),
+    "http-50": ("http", 0.05, 10_000, 128, 0.0),
+    "https-50": ("https", 0.05, 10_000, 128, 0.0),
+    "http-50-512": ("http", 0.05, 40_000, 512, 0.0),
+    "https-50-512": ("https", 0.05, 40_000, 512, 0.0),
+    # 40-60 ms (uniform): the answers trickle in one by one, as from a real API.
+    "http-50j": ("http", 0.05, 10_000, 128, 0.2),
+    "https-50j": ("https", 0.05, 10_000, 128, 0.2),
 }
 
 
@@ -57,7 +60,7 @@ def child(repo: str, row: str, warm: bool = False) -> None:
 
     if not atrack_core.__file__ or not atrack_core.__file__.startswith(repo):
         raise SystemExit(f"atrack_core came from {atrack_core.__file__}, not {repo}")
-    scheme, latency, events, concurrency = ROWS[row]
+    scheme, latency, events, concurrency, jitter = ROWS[row]
     sender_cpu = [0.0]
     running: dict[int, float] = {}  # a running sender loop's thread: its CPU at the start
     loop = _scheduler.BackgroundDelivery._multi_main
@@ -72,7 +75,7 @@ def child(repo: str, row: str, warm: bool = False) -> None:
             del running[threading.get_ident()]
 
     _scheduler.BackgroundDelivery._multi_main = timed_loop  # type: ignore[method-assign]
-    with BenchServer(latency=latency, tls=scheme == "https") as server:
+    with BenchServer(latency=latency, tls=scheme == "https", jitter=jitter) as server:
         if server.cert_file:
             os.environ["SSL_CERT_FILE"] = server.cert_file
         assert server.proc is not None
