@@ -105,6 +105,11 @@ class Reporter:
     def failed(self, call: Call, error: DeliveryError, *, count: bool = True) -> None:
         """Report a call given up on. ``count=False`` when the caller already counted
         it in ``stats().failed`` (the scheduler does, under its own lock)."""
+        key = self._options.public_key
+        if error.body and key in error.body:
+            # An API, a proxy or something posing as one may echo the key in its error
+            # text; the body reaches logs through on_error, the caller and the CLI.
+            error.body = error.body.replace(key, mask_key(key))
         if count:
             self._stats.add("failed")
         if isinstance(error, KeyRejectedError):

@@ -13,6 +13,12 @@ A process can end in three ways that matter here, and each gets the same flush:
 The bound is per process, not per SDK: every live SDK flushes from the same start and
 the whole flush ends within the largest ``shutdown_timeout`` (an SDK stops waiting at
 its own). Senders deliver concurrently; only the waiting is one SDK after another.
+
+A server that stops the app before the process ends (the ASGI lifespan's shutdown,
+aiohttp's cleanup) has the integrations flush then. When that flush runs out of time,
+the exit flush that follows keeps its deadline (:func:`server_stopping`) instead of
+waiting a whole ``shutdown_timeout`` again for the same calls: a process whose API
+never answers ends within ``shutdown_timeout`` of its server's stop, not twice it.
 """
 
 from __future__ import annotations
@@ -46,16 +52,24 @@ _live: set[weakref.ref[ATrackSdk]] = set()
 _hook_lock = threading.Lock()  # the one-time multiprocessing hook
 
 
-def _new_lock_in_child() -> None:
+_mp_hooked = False
+
+# When a server began stopping the app (server_stopping()); None before, and after a
+# flush at the stop that delivered everything (server_stop_flushed()).
+_server_stop: float | None = None
+
+
+def _after_fork_in_child() -> None:
+    global _hook_lock, _server_stop
     # A lock another thread held at fork time stays held forever in the child.
-    global _hook_lock
     _hook_lock = threading.Lock()
+    # A stop the parent's server began is not the child's: its exit flush gets a whole
+    # shutdown_timeout for its own calls.
+    _server_stop = None
 
 
 if hasattr(os, "register_at_fork"):  # not on Windows
-    os.register_at_fork(after_in_child=_new_lock_in_child)
-
-_mp_hooked = False
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _Token:
@@ -80,11 +94,15 @@ def unregister(sdk: ATrackSdk) -> None:
 
 def flush_all(reason: str = "exit") -> None:
     """Shut down every live SDK: all from one start, each within its own
-    ``shutdown_timeout``, so the whole takes at most the largest of them."""
+    ``shutdown_timeout``, so the whole takes at most the largest of them. After a
+    server's stop whose flush ran out of time, the start is that stop's."""
     sdks = _live_sdks()
     if not sdks:
         return
     start = time.monotonic()
+    stopped = _server_stop
+    if stopped is not None:
+        start = min(start, stopped)
     for sdk in sdks:
         budget = sdk.options.shutdown_timeout
         remaining = max(0.0, start + budget - time.monotonic())
@@ -92,6 +110,32 @@ def flush_all(reason: str = "exit") -> None:
             sdk._close(remaining, budget, join=True)
         except Exception:
             logger.exception("A-Track %s flush failed", reason)
+
+
+def server_stopping() -> float:
+    """A server is stopping the app (ASGI ``lifespan.shutdown``, aiohttp's cleanup):
+    the instant the integrations' flush deadline counts from, kept for the exit flush
+    until :func:`server_stop_flushed`. Several flushes of one stop (nested middlewares,
+    several apps) share the first one's instant; a stop later than the largest
+    ``shutdown_timeout`` after it (a test client's lifespan entered again) starts anew."""
+    global _server_stop
+    now = time.monotonic()
+    stopped = _server_stop
+    if stopped is None or now - stopped >= deadline():
+        _server_stop = stopped = now
+    return stopped
+
+
+def server_stop_flushed() -> None:
+    """The flush at the server's stop delivered everything in time: whatever is made
+    after it is new, and the exit flush gets a whole ``shutdown_timeout`` for it."""
+    global _server_stop
+    _server_stop = None
+
+
+def time_left(end: float) -> float:
+    """Seconds until the ``time.monotonic()`` instant ``end``, never negative."""
+    return max(0.0, end - time.monotonic())
 
 
 def deadline() -> float:

@@ -35,7 +35,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "atrack_integrations.aiohttp needs aiohttp: pip install 'a-track-sdk[aiohttp]'"
     ) from exc
 
-from atrack_core import ATrackSdk
+from atrack_core import ATrackSdk, _shutdown
 from atrack_core._request import RequestView
 from atrack_core._sdk import _in_thread
 
@@ -152,13 +152,17 @@ def _flush_hook(config: IntegrationConfig) -> Callable[[web.Application], Awaita
         sdk = config.sdk
         with _FLUSH_FAILED:
             timeout = sdk.options.shutdown_timeout
+            # From the server's stop; an exit flush after a timeout keeps this deadline.
+            end = _shutdown.server_stopping() + timeout
             # Work handed to the background threads (a storage round trip) first.
-            await _in_thread(lambda: config.drain(timeout))
-            if not await sdk.aflush(timeout):
+            await _in_thread(lambda: config.drain(_shutdown.time_left(end)))
+            if not await sdk.aflush(_shutdown.time_left(end)):
                 logger.warning(
                     "A-Track flush at cleanup timed out after %ss; undelivered calls are dropped",
                     timeout,
                 )
+            else:
+                _shutdown.server_stop_flushed()
 
     return flush
 

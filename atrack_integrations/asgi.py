@@ -21,7 +21,7 @@ import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, TypeAlias
 
-from atrack_core import ATrackSdk
+from atrack_core import ATrackSdk, _shutdown
 from atrack_core._request import RequestView
 from atrack_core._sdk import _in_thread
 
@@ -178,14 +178,18 @@ class ATrackMiddleware:
             flushed = True
             with _FLUSH_FAILED:
                 timeout = self.sdk.options.shutdown_timeout
+                # From the server's stop; an exit flush after a timeout keeps this deadline.
+                end = _shutdown.server_stopping() + timeout
                 # Work handed to the background worker (a storage round trip) first.
-                await _in_thread(lambda: self.config.drain(timeout))
-                if not await self.sdk.aflush(timeout):
+                await _in_thread(lambda: self.config.drain(_shutdown.time_left(end)))
+                if not await self.sdk.aflush(_shutdown.time_left(end)):
                     logger.warning(
                         "A-Track flush at shutdown timed out after %ss; undelivered calls "
                         "are dropped",
                         timeout,
                     )
+                else:
+                    _shutdown.server_stop_flushed()
 
         async def lifespan_receive() -> Message:
             nonlocal shutting_down

@@ -51,6 +51,8 @@ class Plan:
     body_size: int = 0
     # A chunked body that never ends: one chunk every ``endless`` seconds.
     endless: float = 0.0
+    # This text as the body instead of ``{"ok": ...}`` (an API's error message).
+    text: str | None = None
 
 
 class FakeApi:
@@ -103,7 +105,11 @@ class FakeApi:
                 if plan.trickle or plan.body_size or plan.endless:
                     api._answer_slowly(self, plan)
                     return
-                payload = json.dumps({"ok": plan.status < 300}).encode()
+                payload = (
+                    json.dumps({"ok": plan.status < 300}).encode()
+                    if plan.text is None
+                    else plan.text.encode()
+                )
                 try:
                     self.send_response(plan.status)
                     self.send_header("content-type", "application/json")

@@ -65,23 +65,34 @@ class ATrackMiddleware:
     def __call__(self, request: Any) -> Any:
         if self.async_mode:
             return self.__acall__(request)
-        if STATE_KEY in request.__dict__:
+        attrs = request.__dict__
+        if STATE_KEY in attrs:
             return self.get_response(request)  # installed twice: the outer one works
-        started = _begin(request, in_event_loop=False)
+        started = _begin(request, attrs, in_event_loop=False)
         if started is None:
             return self.get_response(request)
-        token = CURRENT.set(started[1])
+        config, tracker = started
+        token = CURRENT.set(tracker)
         try:
             response = self.get_response(request)
         finally:
             CURRENT.reset(token)
-        return _finish(*started, response, request)
+        # Nothing is due for most requests (a returning visitor): no call.
+        if (
+            tracker._init_pending
+            or tracker._identify_due
+            or tracker._cookie_out is not None
+            or getattr(response, "streaming", False)
+        ):
+            _finish(config, tracker, response, request)
+        return response
 
     async def __acall__(self, request: Any) -> Any:
         get_response: Callable[[Any], Awaitable[Any]] = self.get_response
-        if STATE_KEY in request.__dict__:
+        attrs = request.__dict__
+        if STATE_KEY in attrs:
             return await get_response(request)
-        started = _begin(request, in_event_loop=True)
+        started = _begin(request, attrs, in_event_loop=True)
         if started is None:
             return await get_response(request)
         config, tracker = started
@@ -96,19 +107,36 @@ class ATrackMiddleware:
             response = await get_response(request)
         finally:
             CURRENT.reset(token)
-        response = _finish(config, tracker, response, request)
+        if (
+            tracker._init_pending
+            or tracker._identify_due
+            or tracker._cookie_out is not None
+            or getattr(response, "streaming", False)
+        ):
+            _finish(config, tracker, response, request)
         if tracker._last is not None:
             await config.settle(tracker)  # the init dedupe in the background, done
         return response
 
 
-def _begin(request: Any, *, in_event_loop: bool) -> tuple[IntegrationConfig, RequestTracker] | None:
+def _begin(
+    request: Any, attrs: dict[str, Any], *, in_event_loop: bool
+) -> tuple[IntegrationConfig, RequestTracker] | None:
     """The start both modes share: the tracker attached as ``request.atrack``."""
     # try/except rather than a with block: free until something fails (every request
     # passes here).
     try:
         config = conf.get_config()
-        view = _view(request, _keys(config))
+        cached = _keys_cache
+        keys = cached[1] if cached[0] is config else _keys(config)
+        meta = request.META
+        scope = attrs.get("scope")
+        if scope is None:
+            # WSGI: the environ's path, query and scheme (the cookie's Secure flag
+            # follows request.scheme, read by _finish only when a cookie goes out).
+            view = view_from_environ(meta, keys, path=environ_path(meta))
+        else:
+            view = _asgi_view(meta, scope, keys)
         tracker = config.begin(view, request, path=request.path_info, in_event_loop=in_event_loop)
         request.atrack = tracker
         return config, tracker
@@ -117,10 +145,12 @@ def _begin(request: Any, *, in_event_loop: bool) -> tuple[IntegrationConfig, Req
     return None
 
 
-def _finish(config: IntegrationConfig, tracker: RequestTracker, response: Any, request: Any) -> Any:
-    """The end both modes share: the eager ``/init`` if due for the response's status,
-    the cookie, and a streaming body that keeps the tracker current."""
-    # Nothing is due for most requests (a returning visitor): no call, no with block.
+def _finish(
+    config: IntegrationConfig, tracker: RequestTracker, response: Any, request: Any
+) -> None:
+    """The end both modes share, when something is due: the eager ``/init`` if due for
+    the response's status, the cookie, and a streaming body that keeps the tracker
+    current."""
     if tracker._init_pending or tracker._identify_due or tracker._cookie_out is not None:
         with _COOKIE_FAILED:
             # request.scheme honours SECURE_PROXY_SSL_HEADER: the Secure flag follows
@@ -132,7 +162,6 @@ def _finish(config: IntegrationConfig, tracker: RequestTracker, response: Any, r
                 line = _CookieLine(cookie)
                 response.cookies[line.key] = line
     _stream_with_tracker(response, tracker)
-    return response
 
 
 def get_tracker(request: Any) -> RequestTracker:
@@ -150,37 +179,27 @@ def get_tracker(request: Any) -> RequestTracker:
     return tracker
 
 
-_keys_cache: tuple[IntegrationConfig, HeaderKeys] | None = None
+# The configuration changes only with settings (override_settings): _begin keeps the
+# header keys of the current one, checked by identity inline (a call costs ~0.5k
+# instructions per request).
+_keys_cache: tuple[IntegrationConfig | None, HeaderKeys] = (None, ())
 
 
 def _keys(config: IntegrationConfig) -> HeaderKeys:
-    # The configuration changes only with settings (override_settings): keep the
-    # header keys of the current one.
     global _keys_cache
-    cached = _keys_cache
-    if cached is None or cached[0] is not config:
-        cached = _keys_cache = (config, header_keys(config))
-    return cached[1]
+    _keys_cache = (config, header_keys(config))
+    return _keys_cache[1]
 
 
-def _view(request: Any, keys: HeaderKeys) -> RequestView:
-    meta = request.META
-    scope = request.__dict__.get("scope")
-    query = None
-    if scope is not None:
-        # ASGI: the raw path and query are in the scope (META's are decoded), read as
-        # every adapter reads them.
-        raw = scope.get("raw_path")
-        path = url_text(raw) if raw else environ_path(meta)
-        raw_query = scope.get("query_string", b"")
-        # Test clients may put text there.
-        query = url_text(raw_query) if raw_query.__class__ is bytes else str(raw_query)
-        scheme = scope.get("scheme") or "http"
-    else:
-        path = environ_path(meta)
-        scheme = None  # the environ's wsgi.url_scheme
-    # The scheme as the server saw it: the cookie's Secure flag follows request.scheme
-    # (SECURE_PROXY_SSL_HEADER), read by _finish only when a cookie goes out.
+def _asgi_view(meta: Any, scope: Any, keys: HeaderKeys) -> RequestView:
+    # ASGI: the raw path and query are in the scope (META's are decoded), read as every
+    # adapter reads them; the scheme as the server saw it.
+    raw = scope.get("raw_path")
+    path = url_text(raw) if raw else environ_path(meta)
+    raw_query = scope.get("query_string", b"")
+    # Test clients may put text there.
+    query = url_text(raw_query) if raw_query.__class__ is bytes else str(raw_query)
+    scheme = scope.get("scheme") or "http"
     return view_from_environ(meta, keys, scheme=scheme, path=path, query=query)
 
 

@@ -204,6 +204,33 @@ def test_background_mode_survives_a_broken_transport() -> None:
     assert isinstance(seen[0], DeliveryError)
 
 
+# -- an error text that echoes the key ------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [401, 400, 503])
+def test_a_key_echoed_in_an_error_body_never_reaches_the_caller_in_clear(
+    fake_api: FakeApi, make: Any, caplog: pytest.LogCaptureFixture, status: int
+) -> None:
+    echo = f'{{"error": "key {KEY} is not valid here"}}'
+    fake_api.default = Plan(status, text=echo)
+    seen: list[BaseException] = []
+    caplog.set_level(logging.DEBUG, logger="atrack")
+
+    sync = make(fake_api.url, delivery="sync", max_retries=0)
+    with pytest.raises(DeliveryError) as info:
+        sync.track("e", uuid="u")
+    assert info.value.status == status
+    assert info.value.body == '{"error": "key …5678 is not valid here"}'
+
+    background = make(fake_api.url, max_retries=0, on_error=lambda c, e: seen.append(e))
+    background.track("e", uuid="u")
+    assert background.flush(5) is True
+    [error] = seen
+    assert isinstance(error, DeliveryError)
+    assert error.body == '{"error": "key …5678 is not valid here"}'
+    assert KEY not in caplog.text
+
+
 # -- proxies from the environment -----------------------------------------------------
 
 

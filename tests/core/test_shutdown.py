@@ -88,6 +88,93 @@ def test_exit_waits_the_largest_shutdown_timeout_not_the_sum(transport: str) -> 
     assert KEY not in err
 
 
+LIFESPAN_THEN_CALLS = textwrap.dedent(
+    """
+    import asyncio, atexit, sys, time
+    atexit.register(lambda: print("flushed-at", time.monotonic(), flush=True))
+    from atrack_core import ATrackSdk, Options
+    from atrack_integrations.asgi import ATrackMiddleware
+
+    url, transport = sys.argv[1], sys.argv[2]
+    sdk = ATrackSdk(Options(@KEY@, endpoint=url, shutdown_timeout=1.5, transport=transport))
+
+    async def app(scope, receive, send):
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+
+    async def lifespan():
+        messages = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+        async def receive():
+            return messages.pop(0)
+        async def send(message):
+            pass
+        await ATrackMiddleware(app, sdk=sdk)({"type": "lifespan"}, receive, send)
+
+    if sys.argv[3].startswith("calls-before"):
+        for i in range(5):
+            sdk.track("e", {"i": i}, uuid=f"u{i}")
+    print("stopping-at", time.monotonic(), flush=True)
+    asyncio.run(lifespan())  # a test client's lifespan, or a server's stop
+    print("stopped-at", time.monotonic(), flush=True)
+    if sys.argv[3] == "calls-before-then-fork":
+        import os
+        pid = os.fork()
+        if pid:  # the parent leaves it to the child, which reports its own exit
+            os.waitpid(pid, 0)
+            os._exit(0)
+    for i in range(5):
+        sdk.track("after", {"i": i}, uuid=f"v{i}")
+    print("ended-at", time.monotonic(), flush=True)
+    """
+).replace("@KEY@", repr(KEY))
+
+
+def test_the_exit_flush_after_a_lifespan_flush_that_timed_out_keeps_its_deadline(
+    transport: str,
+) -> None:
+    # The lifespan's flush waited the whole 1.5 s for an API that never answers; the
+    # exit flush does not wait another 1.5 s (a server's stop took twice its bound).
+    with blackhole_url() as url:
+        _, out, err = run(LIFESPAN_THEN_CALLS, url, transport, "calls-before")
+    times = dict(line.split() for line in out.splitlines())
+    waited = float(times["stopped-at"]) - float(times["stopping-at"])
+    assert 0.9 * 1.5 < waited < 1.8 * 1.5, waited
+    took = float(times["flushed-at"]) - float(times["ended-at"])
+    assert took < 0.7, took
+    assert "flush at shutdown timed out" in err, err
+    assert "10 calls not delivered" in err, err
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork")
+def test_a_child_forked_after_a_timed_out_lifespan_flush_gets_a_whole_deadline(
+    transport: str,
+) -> None:
+    # The parent's server stop is not the child's: its own calls get its whole 1.5 s.
+    with blackhole_url() as url:
+        _, out, err = run(LIFESPAN_THEN_CALLS, url, transport, "calls-before-then-fork")
+    times = dict(line.split() for line in out.splitlines())
+    waited = float(times["stopped-at"]) - float(times["stopping-at"])
+    assert 0.9 * 1.5 < waited < 1.8 * 1.5, waited  # the lifespan's flush ran out
+    took = float(times["flushed-at"]) - float(times["ended-at"])
+    assert 0.9 * 1.5 < took < 1.8 * 1.5, took
+    assert "5 calls not delivered" in err, err
+
+
+def test_the_exit_flush_after_a_lifespan_flush_that_delivered_all_gets_a_whole_deadline(
+    transport: str,
+) -> None:
+    # Nothing was queued at the lifespan's stop (a test client's, say): calls made
+    # after it are new, and the exit flush waits its whole shutdown_timeout for them.
+    with blackhole_url() as url:
+        _, out, err = run(LIFESPAN_THEN_CALLS, url, transport, "none-before")
+    times = dict(line.split() for line in out.splitlines())
+    took = float(times["flushed-at"]) - float(times["ended-at"])
+    assert 0.9 * 1.5 < took < 1.8 * 1.5, took
+    assert "flush at shutdown timed out" not in err, err
+    assert "5 calls not delivered" in err, err
+
+
 SIGTERM_SCRIPT = textwrap.dedent(
     """
     import os, select, signal, sys, threading

@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from tests.deploy.conftest import ROOT, Server, StartServer
-from tests.fake_api import FakeApi
+from tests.fake_api import FakeApi, Plan
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
@@ -152,3 +152,35 @@ def test_waitress_without_the_sigterm_flush_loses_calls(
     assert result["at_sigterm"] < CALLS
     assert result["delivered"] < CALLS
     assert result["exit_code"] == -signal.SIGTERM
+
+
+# Servers that flush at the ASGI lifespan's shutdown and then again at exit (atexit).
+LIFESPAN_THEN_EXIT = ["uvicorn", "hypercorn-asyncio", "gunicorn-uvicorn-worker"]
+
+
+@pytest.mark.parametrize("name", LIFESPAN_THEN_EXIT)
+def test_an_api_that_never_answers_holds_the_exit_one_shutdown_timeout(
+    start_server: StartServer, fake_api: FakeApi, name: str
+) -> None:
+    """The lifespan's flush and the exit flush after it share one deadline: a server
+    whose API never answers ends within ``shutdown_timeout`` of its stop, not twice
+    that (each flush waiting its own; uvicorn took 11.7 s with the default 5 s)."""
+    kind, args, needs = SERVERS[name]
+    pytest.importorskip(needs)
+    budget = 3.0
+    fake_api.default = Plan(hang=True)
+    env = {"ATRACK_TEST_ENDPOINT": fake_api.url, "ATRACK_TEST_SHUTDOWN_TIMEOUT": str(budget)}
+    server = start_server(args, env, kind=kind)
+    server.wait_ready()
+    if READY[1] in args:
+        server.wait_log("Worker ready", WORKERS)
+    send_traffic(server, "/hit")
+    server.terminate()
+    took = server.exit_seconds or 0.0
+    print(f"\n{name}, API never answering, shutdown_timeout {budget} s: exit {took:.2f} s")
+    # Twice the budget is 6 s; the server's own stop and the interpreter's end take
+    # well under a second on a quiet machine.
+    if not budget * 0.8 < took < budget + 2.0:
+        server.fail(f"{name} ended {took:.2f} s after SIGTERM (shutdown_timeout {budget} s)")
+    # What could not be delivered is said, once per process.
+    assert "not delivered" in server.output(), server.output()

@@ -744,7 +744,8 @@ class SpySdk(ATrackSdk):
         self.events = events
 
     async def aflush(self, timeout: float | None = 5.0) -> bool:
-        self.events.append(f"flush({timeout})")
+        # What is left of shutdown_timeout from the server's stop (a hair under it).
+        self.events.append(f"flush({timeout if timeout is None else round(timeout, 1)})")
         return True
 
 
