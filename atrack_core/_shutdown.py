@@ -52,20 +52,24 @@ _live: set[weakref.ref[ATrackSdk]] = set()
 _hook_lock = threading.Lock()  # the one-time multiprocessing hook
 
 
-def _new_lock_in_child() -> None:
-    # A lock another thread held at fork time stays held forever in the child.
-    global _hook_lock
-    _hook_lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):  # not on Windows
-    os.register_at_fork(after_in_child=_new_lock_in_child)
-
 _mp_hooked = False
 
 # When a server began stopping the app (server_stopping()); None before, and after a
 # flush at the stop that delivered everything (server_stop_flushed()).
 _server_stop: float | None = None
+
+
+def _after_fork_in_child() -> None:
+    global _hook_lock, _server_stop
+    # A lock another thread held at fork time stays held forever in the child.
+    _hook_lock = threading.Lock()
+    # A stop the parent's server began is not the child's: its exit flush gets a whole
+    # shutdown_timeout for its own calls.
+    _server_stop = None
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _Token:

@@ -111,12 +111,18 @@ LIFESPAN_THEN_CALLS = textwrap.dedent(
             pass
         await ATrackMiddleware(app, sdk=sdk)({"type": "lifespan"}, receive, send)
 
-    if sys.argv[3] == "calls-before":
+    if sys.argv[3].startswith("calls-before"):
         for i in range(5):
             sdk.track("e", {"i": i}, uuid=f"u{i}")
     print("stopping-at", time.monotonic(), flush=True)
     asyncio.run(lifespan())  # a test client's lifespan, or a server's stop
     print("stopped-at", time.monotonic(), flush=True)
+    if sys.argv[3] == "calls-before-then-fork":
+        import os
+        pid = os.fork()
+        if pid:  # the parent leaves it to the child, which reports its own exit
+            os.waitpid(pid, 0)
+            os._exit(0)
     for i in range(5):
         sdk.track("after", {"i": i}, uuid=f"v{i}")
     print("ended-at", time.monotonic(), flush=True)
@@ -138,6 +144,21 @@ def test_the_exit_flush_after_a_lifespan_flush_that_timed_out_keeps_its_deadline
     assert took < 0.7, took
     assert "flush at shutdown timed out" in err, err
     assert "10 calls not delivered" in err, err
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork")
+def test_a_child_forked_after_a_timed_out_lifespan_flush_gets_a_whole_deadline(
+    transport: str,
+) -> None:
+    # The parent's server stop is not the child's: its own calls get its whole 1.5 s.
+    with blackhole_url() as url:
+        _, out, err = run(LIFESPAN_THEN_CALLS, url, transport, "calls-before-then-fork")
+    times = dict(line.split() for line in out.splitlines())
+    waited = float(times["stopped-at"]) - float(times["stopping-at"])
+    assert 0.9 * 1.5 < waited < 1.8 * 1.5, waited  # the lifespan's flush ran out
+    took = float(times["flushed-at"]) - float(times["ended-at"])
+    assert 0.9 * 1.5 < took < 1.8 * 1.5, took
+    assert "5 calls not delivered" in err, err
 
 
 def test_the_exit_flush_after_a_lifespan_flush_that_delivered_all_gets_a_whole_deadline(
