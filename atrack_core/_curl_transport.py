@@ -18,6 +18,7 @@ A handle is never used in a process other than the one that made it.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import select
 import selectors
@@ -76,7 +77,7 @@ _ANSWERED_ERRORS = (pycurl.E_WRITE_ERROR, pycurl.E_OPERATION_TIMEDOUT)
 class _State:
     """One handle's per-request results, filled by libcurl's callbacks."""
 
-    __slots__ = ("body", "floor", "lines", "size", "token", "url")
+    __slots__ = ("began", "body", "floor", "lines", "size", "token", "url")
 
     def __init__(self) -> None:
         self.token: object = None
@@ -89,6 +90,7 @@ class _State:
         # A lower bound of the bytes one sending of the request takes (see _result).
         self.floor = 0
         self.url = ""  # the URL set on the handle (set again only when it changes)
+        self.began = 0.0  # the multi loop's wake-up after which the request was added
 
     def reset(self, token: object) -> None:
         self.token = token
@@ -187,6 +189,14 @@ def _cselect(events: int) -> int:
 
 _POLL_REMOVE = pycurl.POLL_REMOVE
 _SOCKET_TIMEOUT = pycurl.SOCKET_TIMEOUT
+# Paced waiting (see CurlMulti.run): while answers trickle in (the loop woken more often
+# than every HOLD / 2 with an event or two each) and at least HOLD_BUSY requests fly,
+# the loop waits out HOLD after each wake-up, then takes everything ready at once. Only
+# when the shortest recent round trip is at least HOLD_RTT times HOLD: each answer then
+# waits HOLD / 2 on average, a few % of its round trip.
+HOLD = 0.002
+HOLD_BUSY = 32
+HOLD_RTT = 20
 # libcurl's POLL_IN (1) / POLL_OUT (2) / both -> a one-shot epoll mask.
 _EPOLL_MASKS = tuple(
     (select.EPOLLIN if what & pycurl.POLL_IN else 0)
@@ -280,6 +290,14 @@ class CurlMulti(Multi):
             self._selector.register(self._wake_r, selectors.EVENT_READ)
         self._free: list[tuple[Any, _State]] = []
         self._busy: dict[Any, _State] = {}  # handle -> its state, while added
+        # Paced waiting (HOLD): the last wake-up, the average time between wake-ups that
+        # brought socket events, the shortest round trips of this and the last window
+        # of 512 answers, and the pause now in force (0: none).
+        self._woke = 0.0
+        self._gap = 1.0
+        self._rtt = self._rtt_last = math.inf
+        self._answers = 0
+        self._hold = 0.0
 
     # libcurl's callbacks (run inside socket_action, in the loop thread)
 
@@ -344,6 +362,7 @@ class CurlMulti(Multi):
             state.token = token
             h = _handle(self._endpoint, state)
         state.floor = _prepare(h, state, self._base + path, headers, body)
+        state.began = self._woke
         self._busy[h] = state
         self._multi.add_handle(h)
 
@@ -368,8 +387,17 @@ class CurlMulti(Multi):
             woken = False
             epoll = self._epoll
             if epoll is not None:
+                hold = self._hold
+                if hold and (timeout is None or timeout > 0):
+                    pause = self._woke + hold - time.monotonic()
+                    if pause > 0:
+                        # Answers trickle in: one wake-up for all that come meanwhile.
+                        time.sleep(pause if timeout is None else min(pause, timeout))
+                        timeout = 0.0
                 fds, armed = self._fds, self._armed
-                for fd, events in epoll.poll(-1 if timeout is None else timeout):
+                ready = epoll.poll(-1 if timeout is None else timeout)
+                self._paced(ready, hold)
+                for fd, events in ready:
                     if fd == self._wake_r:
                         woken = True
                         self._drain()
@@ -393,6 +421,23 @@ class CurlMulti(Multi):
                 if multi.timeout() == 0:
                     multi.socket_action(_SOCKET_TIMEOUT, 0)
                 return self._collect()
+
+    def _paced(self, ready: list[tuple[int, int]], held: float) -> None:
+        """After a wait: keep or change the pause before the next one (see HOLD)."""
+        now = time.monotonic()
+        if held:
+            # Paced: carry on while each pause brings answers and enough requests fly.
+            if not ready or len(self._busy) < HOLD_BUSY:
+                self._hold = 0.0
+        elif ready:
+            self._gap += (now - self._woke - self._gap) / 8
+            if (
+                self._gap < HOLD / 2
+                and len(self._busy) >= HOLD_BUSY
+                and min(self._rtt, self._rtt_last) >= HOLD_RTT * HOLD
+            ):
+                self._hold = HOLD
+        self._woke = now
 
     def _drain(self) -> None:
         try:
@@ -420,6 +465,12 @@ class CurlMulti(Multi):
             queued, ok, failed = multi.info_read()
             for h in ok:
                 state = busy.pop(h)
+                # The shortest round trip over the last 512-1024 answers (HOLD).
+                rtt = self._woke - state.began
+                self._rtt = min(self._rtt, rtt)
+                self._answers += 1
+                if not self._answers & 511:
+                    self._rtt_last, self._rtt = self._rtt, math.inf
                 multi.remove_handle(h)
                 done.append((state.token, _result(h, state, 0, "")))
                 state.reset(None)  # ready for the next request, and holds nothing meanwhile

@@ -7,6 +7,7 @@ request, so even on a 2-core machine the client, not the server, is what is meas
 
     python bench/_server.py --latency 0.05      # prints the port, then serves
     python bench/_server.py --cert c.pem --key k.pem   # the same over TLS
+    python bench/_server.py --latency 0.05 --jitter 0.2   # each answer after 40-60 ms
 
 From Python: ``with BenchServer(latency=0.05) as server: server.url, server.count()``;
 ``BenchServer(tls=True)`` makes a self-signed certificate for 127.0.0.1 (with the
@@ -22,6 +23,10 @@ in the ``dev`` dependency group). ``stand_in="auto"`` takes C for http when a C 
 exists, uvloop otherwise (and for https) when it is installed, else asyncio; the
 default, ``"python"``, keeps every benchmark's figures comparable with earlier ones.
 ``server.stand_in`` says which ran, ``server.cpu()`` is the stand-in's CPU seconds so far.
+``BenchServer(jitter=0.2)`` spreads each answer's latency uniformly over +-20 % (the
+asyncio stand-in only): the answers then come back one by one, as from a real API, not
+in the waves of a constant latency (every request of a wave answered within the same
+millisecond, a few milliseconds after the previous wave).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import asyncio
 import hashlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -52,8 +58,9 @@ class _Counter:
 
 
 class _Http(asyncio.Protocol):
-    def __init__(self, latency: float) -> None:
+    def __init__(self, latency: float, jitter: float = 0.0) -> None:
         self.latency = latency
+        self.jitter = jitter
         self.buffer = b""
         self.transport: asyncio.Transport | None = None
 
@@ -91,6 +98,8 @@ class _Http(asyncio.Protocol):
         if transport is None:
             return
         if delay:
+            if self.jitter:
+                delay *= 1.0 + self.jitter * (2.0 * random.random() - 1.0)
             asyncio.get_running_loop().call_later(delay, _write, transport, data)
         else:
             transport.write(data)
@@ -101,14 +110,21 @@ def _write(transport: asyncio.Transport, data: bytes) -> None:
         transport.write(data)
 
 
-async def _serve(port: int, latency: float, cert: str | None, key: str | None) -> None:
+async def _serve(
+    port: int, latency: float, cert: str | None, key: str | None, jitter: float = 0.0
+) -> None:
     loop = asyncio.get_running_loop()
     context = None
     if cert and key:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(cert, key)
     server = await loop.create_server(
-        lambda: _Http(latency), "127.0.0.1", port, backlog=4096, reuse_address=True, ssl=context
+        lambda: _Http(latency, jitter),
+        "127.0.0.1",
+        port,
+        backlog=4096,
+        reuse_address=True,
+        ssl=context,
     )
     sock = server.sockets[0]
     print(sock.getsockname()[1], flush=True)
@@ -122,11 +138,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added per request")
+    parser.add_argument(
+        "--jitter", type=float, default=0.0, help="latency spread: +- this fraction, uniform"
+    )
     parser.add_argument("--cert", help="serve https with this certificate (PEM)")
     parser.add_argument("--key", help="and this private key (PEM)")
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop's event loop")
     args = parser.parse_args()
-    serve = _serve(args.port, args.latency, args.cert, args.key)
+    serve = _serve(args.port, args.latency, args.cert, args.key, args.jitter)
     if args.uvloop:
         import uvloop
 
@@ -198,13 +217,19 @@ class BenchServer:
     http when it can be built, else uvloop when installed, else asyncio)."""
 
     def __init__(
-        self, latency: float = 0.0, tls: bool = False, port: int = 0, stand_in: str = "python"
+        self,
+        latency: float = 0.0,
+        tls: bool = False,
+        port: int = 0,
+        stand_in: str = "python",
+        jitter: float = 0.0,
     ) -> None:
         if stand_in not in ("auto", "c", "uvloop", "python"):
             raise ValueError(f"stand_in must be auto, c, uvloop or python, not {stand_in!r}")
-        if stand_in == "c" and tls:
-            raise ValueError("the C stand-in serves plain http only")
+        if stand_in == "c" and (tls or jitter):
+            raise ValueError("the C stand-in serves plain http with a constant latency only")
         self.latency = latency
+        self.jitter = jitter
         self.tls = tls
         self.port = port
         self.requested = stand_in
@@ -216,7 +241,7 @@ class BenchServer:
 
     def __enter__(self) -> BenchServer:
         args = [sys.executable, os.path.abspath(__file__), "--latency", str(self.latency)]
-        if self.requested in ("auto", "c") and not self.tls:
+        if self.requested in ("auto", "c") and not self.tls and not self.jitter:
             binary = fast_server_binary()
             if binary is not None:
                 args = [binary, "--latency", str(self.latency)]
@@ -231,6 +256,8 @@ class BenchServer:
                 raise RuntimeError("stand_in='uvloop' needs uvloop (pip install uvloop)")
         if self.port:
             args += ["--port", str(self.port)]
+        if self.jitter:
+            args += ["--jitter", str(self.jitter)]
         if self.tls:
             self._dir = tempfile.TemporaryDirectory()
             self.cert_file, key = self_signed(self._dir.name)

@@ -36,13 +36,16 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROWS = {
-    # name: (scheme, latency s, events, max_concurrency)
-    "http-0": ("http", 0.0, 10_000, 128),
-    "https-0": ("https", 0.0, 10_000, 128),
-    "http-50": ("http", 0.05, 10_000, 128),
-    "https-50": ("https", 0.05, 10_000, 128),
-    "http-50-512": ("http", 0.05, 40_000, 512),
-    "https-50-512": ("https", 0.05, 40_000, 512),
+    # name: (scheme, latency s, events, max_concurrency, latency jitter)
+    "http-0": ("http", 0.0, 10_000, 128, 0.0),
+    "https-0": ("https", 0.0, 10_000, 128, 0.0),
+    "http-50": ("http", 0.05, 10_000, 128, 0.0),
+    "https-50": ("https", 0.05, 10_000, 128, 0.0),
+    "http-50-512": ("http", 0.05, 40_000, 512, 0.0),
+    "https-50-512": ("https", 0.05, 40_000, 512, 0.0),
+    # 40-60 ms (uniform): the answers trickle in one by one, as from a real API.
+    "http-50j": ("http", 0.05, 10_000, 128, 0.2),
+    "https-50j": ("https", 0.05, 10_000, 128, 0.2),
 }
 
 
@@ -57,19 +60,22 @@ def child(repo: str, row: str, warm: bool = False) -> None:
 
     if not atrack_core.__file__ or not atrack_core.__file__.startswith(repo):
         raise SystemExit(f"atrack_core came from {atrack_core.__file__}, not {repo}")
-    scheme, latency, events, concurrency = ROWS[row]
+    scheme, latency, events, concurrency, jitter = ROWS[row]
     sender_cpu = [0.0]
+    running: dict[int, float] = {}  # a running sender loop's thread: its CPU at the start
     loop = _scheduler.BackgroundDelivery._multi_main
 
     def timed_loop(self: _scheduler.BackgroundDelivery) -> None:
         start = time.thread_time()
+        running[threading.get_ident()] = start
         try:
             loop(self)
         finally:
             sender_cpu[0] += time.thread_time() - start
+            del running[threading.get_ident()]
 
     _scheduler.BackgroundDelivery._multi_main = timed_loop  # type: ignore[method-assign]
-    with BenchServer(latency=latency, tls=scheme == "https") as server:
+    with BenchServer(latency=latency, tls=scheme == "https", jitter=jitter) as server:
         if server.cert_file:
             os.environ["SSL_CERT_FILE"] = server.cert_file
         assert server.proc is not None
@@ -94,6 +100,11 @@ def child(repo: str, row: str, warm: bool = False) -> None:
             if not sdk.flush(120):
                 raise SystemExit(f"warm-up flush timed out: {sdk.stats()}")
         sent0 = int(sdk.stats()["sent"])
+        # The warm-up's share of the sender CPU, left out below.
+        warm_cpu = sender_cpu[0] + sum(
+            time.clock_gettime(time.pthread_getcpuclockid(ident)) - start
+            for ident, start in list(running.items())
+        )
         server0 = server_cpu()
         wall0, cpu0, main0 = time.perf_counter(), time.process_time(), time.thread_time()
         for i in range(events):
@@ -112,9 +123,9 @@ def child(repo: str, row: str, warm: bool = False) -> None:
                 "rate": sent / wall,
                 "cpu": cpu / sent * 1e6,
                 "track": main / sent * 1e6,
-                "sender": sender_cpu[0] / sent * 1e6,
+                "sender": (sender_cpu[0] - warm_cpu) / sent * 1e6,
                 "server": served / sent * 1e6,
-                "busy": sender_cpu[0] / wall,
+                "busy": (sender_cpu[0] - warm_cpu) / wall,
             }
         )
     )
@@ -131,7 +142,7 @@ def main() -> None:
     parser.add_argument("--child", nargs=2, metavar=("REPO", "ROW"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(*args.child, warm=args.warm)
+        child(args.child[0], args.child[1], warm=args.warm)
         return
     if not args.base:
         parser.error("--base is required")

@@ -508,6 +508,25 @@ def test_many_threads_tracking_at_once_lose_nothing(fake_api: FakeApi, sdk_facto
     assert len(set(fake_api.request_ids())) == 1600
 
 
+def test_a_slow_api_with_many_requests_in_flight_gets_every_call_in_time(
+    fake_api: FakeApi, sdk_factory: Any
+) -> None:
+    """50 ms per answer, 64 requests in flight: the answers trickle in (a server thread
+    each), which is when the curl loop paces its waits (a pause after each wake-up, so
+    that one wake-up takes several answers). Every call still arrives, once, at about
+    the pace 64 requests per round trip allow."""
+    fake_api.latency = 0.05
+    sdk = sdk_factory(fake_api.url, max_concurrency=64)
+    start = time.monotonic()
+    for i in range(640):
+        sdk.track("e", {"i": i}, uuid=f"u{i % 100}")
+    assert sdk.flush(30) is True
+    elapsed = time.monotonic() - start
+    assert sorted(r.body["attributes"]["i"] for r in fake_api.received) == list(range(640))
+    assert len(set(fake_api.request_ids())) == 640
+    assert elapsed < 5.0, elapsed  # 10 round trips: 0.5 s; a shared, loaded machine
+
+
 # -- logging -------------------------------------------------------------------------
 
 
