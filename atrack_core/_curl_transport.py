@@ -190,12 +190,13 @@ def _cselect(events: int) -> int:
 _POLL_REMOVE = pycurl.POLL_REMOVE
 _SOCKET_TIMEOUT = pycurl.SOCKET_TIMEOUT
 # Paced waiting (see CurlMulti.run): while answers trickle in (the loop woken more often
-# than every HOLD / 2 with an event or two each) and at least HOLD_BUSY requests fly,
-# the loop waits out HOLD after each wake-up, then takes everything ready at once. Only
-# when the shortest recent round trip is at least HOLD_RTT times HOLD: each answer then
-# waits HOLD / 2 on average, a few % of its round trip.
+# than every HOLD / 2, with fewer than HOLD_EVENTS events each, on average) and at least
+# HOLD_BUSY requests fly, the loop waits out HOLD after each wake-up, then takes
+# everything ready at once. Only when the shortest recent round trip is at least HOLD_RTT
+# times HOLD: each answer then waits HOLD / 2 on average, a few % of its round trip.
 HOLD = 0.002
 HOLD_BUSY = 32
+HOLD_EVENTS = 4
 HOLD_RTT = 20
 # libcurl's POLL_IN (1) / POLL_OUT (2) / both -> a one-shot epoll mask.
 _EPOLL_MASKS = tuple(
@@ -290,11 +291,12 @@ class CurlMulti(Multi):
             self._selector.register(self._wake_r, selectors.EVENT_READ)
         self._free: list[tuple[Any, _State]] = []
         self._busy: dict[Any, _State] = {}  # handle -> its state, while added
-        # Paced waiting (HOLD): the last wake-up, the average time between wake-ups that
-        # brought socket events, the shortest round trips of this and the last window
-        # of 512 answers, and the pause now in force (0: none).
+        # Paced waiting (HOLD): the last wake-up; the average time between wake-ups that
+        # brought socket events, and their average number of events; the shortest round
+        # trips of this and the last window of 512 answers; the pause in force (0: none).
         self._woke = 0.0
         self._gap = 1.0
+        self._per_wake = float(HOLD_EVENTS)
         self._rtt = self._rtt_last = math.inf
         self._answers = 0
         self._hold = 0.0
@@ -431,8 +433,10 @@ class CurlMulti(Multi):
                 self._hold = 0.0
         elif ready:
             self._gap += (now - self._woke - self._gap) / 8
+            self._per_wake += (len(ready) - self._per_wake) / 8
             if (
                 self._gap < HOLD / 2
+                and self._per_wake < HOLD_EVENTS
                 and len(self._busy) >= HOLD_BUSY
                 and min(self._rtt, self._rtt_last) >= HOLD_RTT * HOLD
             ):

@@ -177,6 +177,16 @@ class Reporter:
             error = QueueFullError(f"queue full ({limit}); dropped")
         self.hook(call, error)
 
+    def abandoned(self, calls: list[Call]) -> None:
+        """Report the calls a shutdown that ran out of time leaves undelivered (the
+        shutdown's own warning says how many): counted in ``stats().dropped``, each
+        passed to ``on_error``."""
+        self._stats.add("dropped", len(calls))
+        for call in calls:
+            self.hook(
+                call, ATrackError("the SDK shut down (timeout) before this call was delivered")
+            )
+
     def hook(self, call: Call, error: BaseException) -> None:
         on_error = self._options.on_error
         if on_error is None:

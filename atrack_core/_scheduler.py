@@ -346,6 +346,11 @@ class BackgroundDelivery:
                 self._multi.wake()
             left = self._outstanding
             threads = list(self._threads)
+            # Without an outbox (which keeps them on disk) the calls no sender will
+            # take now are lost: they leave the queue, counted and reported as dropped.
+            abandoned = self._abandon_locked() if not flushed and self.hooks is None else []
+        if abandoned:
+            self._reporter.abandoned(abandoned)
         if logger.isEnabledFor(logging.DEBUG):
             self._log_record("shutdown")
         if not flushed:
@@ -614,6 +619,34 @@ class BackgroundDelivery:
             self._release_locked(lane)
         if lane.barrier is None and not lane.events and not lane.waiting:
             del self._lanes[call.uuid]
+        self._forget_locked(call, delivered)
+
+    def _abandon_locked(self) -> list[Call]:
+        """After a shutdown that ran out of time (senders stopping): take out every call
+        no sender will take any more (ready, backing off, or waiting in its lane behind
+        another) and return them, oldest first."""
+        left: list[Call] = []
+        ready = self._ready
+        ready.extend(call for _, _, call in sorted(self._delayed))
+        self._delayed.clear()
+        while ready:
+            call = ready.popleft()
+            left.append(call)
+            self._finish_locked(call, False)  # releases the calls that waited for it
+        # Calls still waiting behind one in flight: its sender, if it ever ends, would
+        # release them to nobody.
+        for lane in self._lanes.values():
+            waiting = lane.waiting
+            if waiting:
+                lane.waiting = None
+                for call in waiting:
+                    left.append(call)
+                    self._forget_locked(call, False)
+        left.sort(key=lambda call: call.seq)
+        return left
+
+    def _forget_locked(self, call: Call, delivered: bool | None) -> None:
+        """The call leaves the queue's counts (and flush()'s waits)."""
         self._outstanding -= 1
         self._bytes -= len(call.body)
         if self.hooks is not None and delivered is not None:

@@ -383,7 +383,9 @@ class IntegrationConfig:
         """The response starts with ``status``: send the eager ``/init`` if it is due
         (statuses below 400 only, unless the view tracked something: pages that do not
         exist create no user), and return the ``Set-Cookie`` value for the response, or
-        ``None`` when the uuid cookie need not change (SPEC step 6). Never raises.
+        ``None`` when the uuid cookie need not change (SPEC step 6), or when a
+        uuid made for this request goes with no user (an error page the view
+        tracked nothing on, under eager init). Never raises.
 
         ``https``: whether the request came over https, for the cookie's ``Secure``
         flag (default: the view's scheme). Django passes its ``request.scheme``, which
@@ -391,7 +393,12 @@ class IntegrationConfig:
 
         Cheap when nothing is due: a returning user's tracker has no pending ``/init``.
         """
-        if tracker._init_pending and self._eager and status < 400:
+        if tracker._init_pending and self._eager:
+            if status >= 400:
+                # A page that does not exist, and the view tracked nothing: no user is
+                # made, so a uuid generated for this request is not handed out either
+                # (the visitor's next real page makes one, with isNewUser true).
+                return None if tracker.is_new_user else self._cookie_value(tracker, https)
             with _FINISH_FAILED:
                 if tracker._identify_due:
                     tracker._resolve()
@@ -402,6 +409,9 @@ class IntegrationConfig:
             # this is (a user it names gets none, as before the hook was deferred).
             with _FINISH_FAILED:
                 tracker._resolve()
+        return self._cookie_value(tracker, https)
+
+    def _cookie_value(self, tracker: RequestTracker, https: bool | None) -> str | None:
         value = tracker._cookie_out
         if value is None:
             return None

@@ -450,6 +450,35 @@ def test_shutdown_against_unreachable_api_is_bounded(sdk_factory: Any) -> None:
         assert sdk.stats()["sent"] == 0
 
 
+def test_calls_a_timed_out_shutdown_leaves_behind_are_counted_and_reported(
+    sdk_factory: Any,
+) -> None:
+    """The API refuses connections and shutdown() runs out of time: every call is
+    accounted for (dropped, or failed for an attempt that was under way), each passed
+    to on_error, none left "queued"; calls waiting in a user's lane too."""
+    errors = Errors()
+    sdk = sdk_factory(closed_port_url(), on_error=errors, max_retries=50)
+    sdk.set_attributes({"plan": "pro"}, uuid="u0")  # the lane's barrier
+    for i in range(4):
+        sdk.track("behind the attributes", {"i": i}, uuid="u0")
+    for i in range(1, 6):
+        sdk.track("e", uuid=f"u{i}")
+    sdk.shutdown(timeout=0.3)
+    deadline = time.monotonic() + 5
+    while sdk.stats()["in_flight"] and time.monotonic() < deadline:
+        time.sleep(0.01)  # an attempt under way at the shutdown ends on its own
+    stats = sdk.stats()
+    assert stats["queued"] == 0
+    assert stats["in_flight"] == 0
+    assert stats["dropped"] + stats["failed"] == 10
+    assert stats["dropped"] >= 8
+    assert len(errors.items) == 10
+    dropped = [call for call, error in errors.items if "shut down (timeout)" in str(error)]
+    assert len(dropped) == stats["dropped"]
+    assert {call.uuid for call in dropped} >= {"u0"}
+    assert all(isinstance(error, ATrackError) for _, error in errors.items)
+
+
 def test_shutdown_stops_the_threads(fake_api: FakeApi, sdk_factory: Any) -> None:
     sdk = sdk_factory(fake_api.url)
     for i in range(50):

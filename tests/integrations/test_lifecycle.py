@@ -203,7 +203,8 @@ def test_no_user_for_error_pages_unless_the_view_tracked(
     # Scanners and bots hitting pages that do not exist create no user.
     config = IntegrationConfig(sdk=sdk)
     quiet = config.begin(view("/wp-login.php"))
-    assert config.finish(quiet, status) is not None  # the cookie is still set
+    # No /init, and no cookie: the uuid made for this request goes with no user.
+    assert config.finish(quiet, status) is None
     assert calls.calls == []
     tracked = config.begin(view("/checkout"))
     tracked.track("payment_failed")
@@ -212,6 +213,31 @@ def test_no_user_for_error_pages_unless_the_view_tracked(
     ok = config.begin(view("/"))
     config.finish(ok, 302)
     assert [c.path for c in calls.calls] == ["/init", "/event", "/init"]
+
+
+def test_a_first_visit_to_an_error_page_leaves_the_next_page_a_new_user(
+    sdk: ATrackSdk, calls: CapturedCalls
+) -> None:
+    """A visitor whose first request is a 404 gets no cookie, so the first real page
+    makes the user with isNewUser true (a cookie from the 404 would make it false)."""
+    config = IntegrationConfig(sdk=sdk)
+    missing = config.begin(view("/old-link"))
+    assert config.finish(missing, 404) is None
+    page = config.begin(view("/"))
+    assert config.finish(page, 200) is not None
+    assert page.uuid != missing.uuid
+    [init] = calls.calls
+    assert (init.path, init.body["uuid"], init.body["isNewUser"]) == ("/init", page.uuid, True)
+    # A returning visitor on an error page: nothing changes (no /init, no cookie).
+    back = config.begin(view("/gone", cookie=f"atrack_uuid={KNOWN}"))
+    assert config.finish(back, 404) is None
+    # A user the view switched to on an error page keeps the cookie it was given.
+    switched = config.begin(view("/login"))
+    switched.identify(KNOWN)
+    assert config.finish(switched, 401) == (
+        f"atrack_uuid={KNOWN}; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax"
+    )
+    assert len(calls.calls) == 1
 
 
 def test_sync_begin_with_an_async_hook_falls_back(
