@@ -488,3 +488,18 @@ def test_public_api() -> None:
     ]
     for name in module.__all__:
         assert getattr(module, name) is not None
+
+
+@pytest.mark.parametrize("where", ["HTTP_COOKIE", "HTTP_ACCEPT_LANGUAGE"])
+def test_non_ascii_header_values_are_read_by_the_shared_rule(where: str) -> None:
+    # PEP 3333 hands header bytes over as latin-1 characters: UTF-8 bytes in any one of
+    # the headers read (first or last) are decoded, the others are kept as they are.
+    config = IntegrationConfig(sdk=_FUZZ_SDK)
+    env = environ_for("/", cookie="atrack_uuid=x")
+    env["HTTP_ACCEPT_LANGUAGE"] = "de-DE"
+    env[where] += "; ü".encode().decode("latin-1")
+    view = view_from_environ(env, header_keys(config))
+    name = "cookie" if where == "HTTP_COOKIE" else "accept-language"
+    other = "accept-language" if where == "HTTP_COOKIE" else "cookie"
+    assert view.headers[name].endswith("; ü")
+    assert view.headers[other] == ("de-DE" if other == "accept-language" else "atrack_uuid=x")
