@@ -92,6 +92,8 @@ def test_event_json_is_byte_for_byte_the_general_serialisation(
     context = request_context_dict(BROWSER, ContextConfig())
     fast = event_json(uuid, event, attributes, TS, WireContext(context))
     assert fast == serialize(PATH_EVENT, event_body(uuid, event, attributes, TS, context))
+    # Again, with the uuid's and event's JSON literals taken from the cache.
+    assert event_json(uuid, event, attributes, TS, WireContext(context)) == fast
     assert list(json.loads(fast)) == [
         "sdkVersion",
         "uuid",
@@ -100,6 +102,25 @@ def test_event_json_is_byte_for_byte_the_general_serialisation(
         "timestamp",
         "context",
     ]
+
+
+def test_now_timestamp_follows_the_clock_across_seconds_and_backwards(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import atrack_core._wire as wire
+
+    expected = {
+        1796424421.0: "2026-12-04T22:47:01.000Z",
+        1796424421.4476: "2026-12-04T22:47:01.447Z",
+        1796424421.9999: "2026-12-04T22:47:01.999Z",
+        1796424422.0005: "2026-12-04T22:47:02.000Z",
+        1796424420.5: "2026-12-04T22:47:00.500Z",  # the clock stepped back
+        1796424479.999999: "2026-12-04T22:47:59.999Z",
+        1796424480.25: "2026-12-04T22:48:00.250Z",
+    }
+    for now, text in expected.items():
+        monkeypatch.setattr(wire, "_time", lambda now=now: now)
+        assert wire.now_timestamp() == text
 
 
 def test_event_json_refuses_bodies_over_the_limit() -> None:
@@ -130,6 +151,8 @@ def test_property_event_json_matches_serialize(
 ) -> None:
     fast = event_json(uuid, event, attributes, TS, WireContext(context))
     assert fast == serialize(PATH_EVENT, event_body(uuid, event, attributes, TS, context))
+    # Again, with the uuid's and event's JSON literals taken from the cache.
+    assert event_json(uuid, event, attributes, TS, WireContext(context)) == fast
 
 
 # ------------------------------------------------------------------ request_context_dict
