@@ -4,12 +4,14 @@ parking after the retry budget, the size and age bounds, corrupt files."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import signal
 import sqlite3
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,23 @@ from tests.outbox.conftest import KEY, duplicates, spawn, unique_calls, wait_unt
 
 def files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.name.endswith(".db"))
+
+
+@contextlib.contextmanager
+def writer_stalled(sdk: ATrackSdk, outbox: Path) -> Iterator[None]:
+    """A stalled disk: another connection holds the file's write lock, so the writer,
+    once it has taken a call ("stall", uuid u1), waits inside SQLite until the block
+    ends (under SQLite's 5 s busy timeout)."""
+    (path,) = files(outbox)
+    other = sqlite3.connect(path, isolation_level=None, timeout=10)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # the writer's next INSERT waits for it
+        sdk.track("stall", uuid="u1")
+        wait_until(lambda: sdk.stats()["outbox_unwritten"] == 0, 5, "the writer to take it")
+        yield
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
 
 
 def test_calls_are_written_then_removed_once_delivered(tmp_path: Path, slow_collector: Any) -> None:
@@ -218,19 +237,11 @@ def test_calls_made_while_the_writer_is_stalled_are_sent_and_counted_beyond_its_
     sdk = ATrackSdk(Options(KEY, endpoint=collector.url, outbox=outbox))
     sdk.track("before", uuid="u0")
     wait_until(lambda: sdk.stats()["outbox_unwritten"] == 0, 5, "the first commit")
-    (path,) = files(outbox)
-    other = sqlite3.connect(path, isolation_level=None, timeout=10)
-    try:
-        other.execute("BEGIN IMMEDIATE")  # the writer's next INSERT waits for it
-        sdk.track("stall", uuid="u1")
-        wait_until(lambda: sdk.stats()["outbox_unwritten"] == 0, 5, "the writer to take it")
+    with writer_stalled(sdk, outbox):
         for i in range(300):  # the writer is blocked in SQLite meanwhile
             sdk.track("while stalled", {"i": i}, uuid=f"user-{i % 10}")
         assert sdk.stats()["outbox_unwritten"] == 100
         assert sdk.flush(20)  # delivered from memory all the same
-    finally:
-        other.execute("ROLLBACK")
-        other.close()
     wait_until(lambda: sdk.stats()["outbox_dropped"] == 200, 5, "the writer to count them")
     sdk.shutdown()
     assert len(unique_calls(collector)) == 302
@@ -258,20 +269,12 @@ def test_a_call_pushed_out_of_the_unwritten_deque_is_not_kept_when_its_retries_r
         )
         sdk.track("before", uuid="u0")
         wait_until(lambda: sdk.stats()["outbox_parked"] == 1, 5, "the first call parked")
-        (path,) = files(outbox)
-        other = sqlite3.connect(path, isolation_level=None, timeout=10)
-        try:
-            other.execute("BEGIN IMMEDIATE")  # the writer's next INSERT waits for it
-            sdk.track("stall", uuid="u1")
-            wait_until(lambda: sdk.stats()["outbox_unwritten"] == 0, 5, "the writer to take it")
+        with writer_stalled(sdk, outbox):
             for i in range(300):
                 sdk.track("while stalled", {"i": i}, uuid=f"user-{i % 10}")
             api.wait_for(302, timeout=20)
             wait_until(lambda: sdk.stats()["in_flight"] == 0, 5, "every attempt settled")
             stats = sdk.stats()
-        finally:
-            other.execute("ROLLBACK")
-            other.close()
         sdk.shutdown()
     assert stats["failed"] == 200
     assert len(errors) == 200
