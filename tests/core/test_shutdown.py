@@ -398,7 +398,7 @@ def test_two_sigterms_before_the_handler_runs_end_the_process_at_once() -> None:
 
 STUCK_FLUSH_SCRIPT = textwrap.dedent(
     """
-    import logging, signal, sys, threading
+    import logging, signal, sys, threading, time
     from atrack_core import ATrackSdk, Options
 
     handler = logging.StreamHandler(sys.stderr)
@@ -416,16 +416,23 @@ STUCK_FLUSH_SCRIPT = textwrap.dedent(
     # call of its own): the flush's log line then waits for ever.
     handler.acquire()
     print("parked", flush=True)
+    if sys.argv[2] == "busy":  # the main thread sees the SIGTERM: its handler waits too
+        while True:
+            time.sleep(0.01)
     threading.Event().wait()
     """
 ).replace("@KEY@", repr(KEY))
 
 
-def test_a_stuck_sigterm_flush_is_given_up_and_said_so() -> None:
+@pytest.mark.parametrize("main", ["parked", "busy"])
+def test_a_stuck_sigterm_flush_is_given_up_and_said_so(main: str) -> None:
     """A flush stuck behind a lock the interrupted main thread holds is given up after
     its deadline, with a line on stderr (logging would wait on that lock too): the
-    process still ends by SIGTERM (it used to end without a word)."""
-    with blackhole_url() as url, parked(STUCK_FLUSH_SCRIPT, url) as proc:
+    process still ends by SIGTERM (it used to end without a word). "busy": the handler
+    and the watcher both wait for the flush, to the same deadline; the one that gives
+    up second waits for the other's line (it ended the process before the line was
+    out: 20 runs in 20)."""
+    with blackhole_url() as url, parked(STUCK_FLUSH_SCRIPT, url, main) as proc:
         start = time.monotonic()
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGTERM, err
