@@ -95,6 +95,11 @@ _terminate_after_exit_flush = False  # a SIGTERM came meanwhile
 _claim = _thread.allocate_lock()
 _done = _thread.allocate_lock()
 _done.acquire()
+# Held by whoever says that the flush was given up, while it says so (up to _LOG_WAIT):
+# the other waiter (the handler, the watcher) ends the process when it finds the flush
+# given up, and must not end it before the line is out.
+_saying = _thread.allocate_lock()
+_LOG_WAIT = 0.5  # for logging to take the line, before it goes to stderr directly
 
 
 def enabled() -> bool:
@@ -356,9 +361,10 @@ def _flush_or_wait() -> None:
     """
     if not _start_flush():
         return
-    if _gave_up:
-        return  # the watcher waited out the deadline already
     waited = _deadline() + 1.0
+    if _gave_up:  # the watcher waited out the deadline already: its line first
+        _give_up(waited)
+        return
     if _done.acquire(timeout=waited):
         _done.release()  # open for whoever else waits
     else:
@@ -380,17 +386,32 @@ def _start_flush() -> bool:
 def _give_up(waited: float) -> None:
     """The flush outlived its deadline: the flush itself gives up at the deadline and
     logs what it left, so it is stuck (behind a lock the interrupted main thread holds,
-    say). Say so once; the process then ends without it."""
+    say). Say so once; the process then ends without it.
+
+    The handler and the watcher may both wait for the flush (the main thread was not
+    parked when the SIGTERM came), to the same deadline: whichever gives up second
+    waits until the first has said so, as its caller then ends the process. Bounded:
+    in the main thread's handler, this may have interrupted this very call there (a
+    host handler that calls ours, run again).
+    """
     global _gave_up
-    if _gave_up:
-        return
-    _gave_up = True
-    message = (
-        f"A-Track SIGTERM flush did not end within {waited:.1f} s; the process ends"
-        " without it (calls not delivered are lost, unless an outbox keeps them)"
-    )
-    # logging takes locks the interrupted main thread may hold: log from a thread of
-    # its own, waited for briefly, and write to stderr if that does not end.
+    saying = _saying.acquire(timeout=_LOG_WAIT + 0.5)
+    try:
+        if _gave_up:
+            return
+        _gave_up = True
+        _say(
+            f"A-Track SIGTERM flush did not end within {waited:.1f} s; the process ends"
+            " without it (calls not delivered are lost, unless an outbox keeps them)"
+        )
+    finally:
+        if saying:
+            _saying.release()
+
+
+def _say(message: str) -> None:
+    """logging takes locks the interrupted main thread may hold: log from a thread of
+    its own, waited for briefly, and write to stderr if that does not end."""
     logged = _thread.allocate_lock()
     logged.acquire()
 
@@ -402,7 +423,7 @@ def _give_up(waited: float) -> None:
 
     try:
         _thread.start_new_thread(log, ())
-        if logged.acquire(timeout=0.5):
+        if logged.acquire(timeout=_LOG_WAIT):
             return
     except RuntimeError:  # no new threads (interpreter finalizing)
         pass
@@ -447,7 +468,7 @@ def _after_fork_in_parent() -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _claim, _done, _pipe, _handler_started, _rearm_wanted, _second, _gave_up
+    global _claim, _done, _saying, _pipe, _handler_started, _rearm_wanted, _second, _gave_up
     global _exit_flush_running, _terminate_after_exit_flush
     global _watching, _watch_lock
     _watching = False
@@ -457,6 +478,7 @@ def _after_fork_in_child() -> None:
     _claim = _thread.allocate_lock()
     _done = _thread.allocate_lock()
     _done.acquire()
+    _saying = _thread.allocate_lock()
     _handler_started = False
     _second = False
     _gave_up = False

@@ -321,7 +321,7 @@ def test_sigterm_the_parked_main_thread_never_saw_still_flushes_and_ends(
 
 SECOND_SIGTERM_SCRIPT = textwrap.dedent(
     """
-    import signal, sys, threading
+    import os, signal, sys, threading, time
     from atrack_core import ATrackSdk, Options
 
     # The API never answers: the flush would take the whole shutdown timeout.
@@ -336,24 +336,26 @@ SECOND_SIGTERM_SCRIPT = textwrap.dedent(
         signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
 
     threading.Thread(target=host_thread, daemon=True).start()
-    print("parked", flush=True)
+    # Not print(): with a buffered stdout (no PYTHONUNBUFFERED, as under tox), a SIGTERM
+    # that comes before the main thread is back from the write runs the handler inside
+    # print, which holds stdout's lock all through the flush: "first" waited for it.
+    os.write(1, b"parked\\n")
+    if sys.argv[2] == "busy":  # the main thread sees the SIGTERM: its handler flushes
+        while True:
+            time.sleep(0.01)
     threading.Event().wait()
     """
 ).replace("@KEY@", repr(KEY))
 
 
-@pytest.mark.xfail(
-    sys.version_info >= (3, 13),
-    reason="failed twice in CI's tox 'newest' (3.13) full run, never alone or in its file: "
-    "the script's host thread did not print after pthread_kill-ing itself (under "
-    "investigation, see the stop 19 note)",
-    strict=False,
-)
-def test_second_sigterm_while_the_watcher_flushes_ends_the_process_at_once() -> None:
+@pytest.mark.parametrize("main", ["parked", "busy"])
+def test_second_sigterm_while_the_watcher_flushes_ends_the_process_at_once(main: str) -> None:
     """The watcher flushes for a main thread parked in an untimed wait; a second
     SIGTERM meanwhile (an impatient supervisor) ends the process at once, as it does
-    when the handler runs the flush (it used to wait out the whole flush)."""
-    with blackhole_url() as url, parked(SECOND_SIGTERM_SCRIPT, url) as proc:
+    when the handler runs the flush (it used to wait out the whole flush). "busy": a
+    main thread that runs its handler itself (the watcher may have started the flush).
+    """
+    with blackhole_url() as url, parked(SECOND_SIGTERM_SCRIPT, url, main) as proc:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "first", stderr_if_ended(proc)
         start = time.monotonic()
@@ -398,7 +400,7 @@ def test_two_sigterms_before_the_handler_runs_end_the_process_at_once() -> None:
 
 STUCK_FLUSH_SCRIPT = textwrap.dedent(
     """
-    import logging, signal, sys, threading
+    import logging, signal, sys, threading, time
     from atrack_core import ATrackSdk, Options
 
     handler = logging.StreamHandler(sys.stderr)
@@ -416,16 +418,23 @@ STUCK_FLUSH_SCRIPT = textwrap.dedent(
     # call of its own): the flush's log line then waits for ever.
     handler.acquire()
     print("parked", flush=True)
+    if sys.argv[2] == "busy":  # the main thread sees the SIGTERM: its handler waits too
+        while True:
+            time.sleep(0.01)
     threading.Event().wait()
     """
 ).replace("@KEY@", repr(KEY))
 
 
-def test_a_stuck_sigterm_flush_is_given_up_and_said_so() -> None:
+@pytest.mark.parametrize("main", ["parked", "busy"])
+def test_a_stuck_sigterm_flush_is_given_up_and_said_so(main: str) -> None:
     """A flush stuck behind a lock the interrupted main thread holds is given up after
     its deadline, with a line on stderr (logging would wait on that lock too): the
-    process still ends by SIGTERM (it used to end without a word)."""
-    with blackhole_url() as url, parked(STUCK_FLUSH_SCRIPT, url) as proc:
+    process still ends by SIGTERM (it used to end without a word). "busy": the handler
+    and the watcher both wait for the flush, to the same deadline; the one that gives
+    up second waits for the other's line (it ended the process before the line was
+    out: 20 runs in 20)."""
+    with blackhole_url() as url, parked(STUCK_FLUSH_SCRIPT, url, main) as proc:
         start = time.monotonic()
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGTERM, err
