@@ -82,7 +82,9 @@ def make_app(sdk: ATrackSdk, **settings: Any) -> web.Application:
 async def running(app: web.Application) -> AsyncIterator[str]:
     runner = web.AppRunner(app)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    # A backlog for the 300 connections one test opens at once (aiohttp's default, 128,
+    # left SYNs to be retried after 1 s and 3 s on a loaded machine).
+    site = web.TCPSite(runner, "127.0.0.1", 0, backlog=512)
     await site.start()
     port = runner.addresses[0][1]
     try:
@@ -173,7 +175,11 @@ def test_concurrent_requests_each_see_their_own_tracker(sdk: ATrackSdk) -> None:
     async def test() -> None:
         async with (
             running(make_app(sdk, init="off")) as url,
-            httpx.AsyncClient(base_url=url, limits=httpx.Limits(max_connections=300)) as client,
+            # Client and server share this event loop: on a loaded machine 300 connects
+            # can take longer than httpx's default 5 s (a ConnectTimeout once in CI).
+            httpx.AsyncClient(
+                base_url=url, limits=httpx.Limits(max_connections=300), timeout=60.0
+            ) as client,
         ):
             await asyncio.gather(*(one(client, i) for i in range(300)))
         assert current_tracker() is None
