@@ -35,6 +35,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "atrack_integrations.flask needs Flask: pip install 'a-track-sdk[flask]'"
     ) from exc
 
+from flask import globals as _flask_globals
+
 from atrack_core import ATrackSdk
 
 from ._contain import Contain
@@ -42,6 +44,12 @@ from ._current import active_body
 from ._lifecycle import ENVIRON_KEY, SETTING_NAMES, STATE_KEY, IntegrationConfig, RequestTracker
 from ._wsgi_common import header_keys, view_from_environ
 from .wsgi import ATrackWSGIMiddleware
+
+# The context variables behind Flask's ``request`` and ``g`` proxies (Flask 2.2+): read
+# directly, the hook below makes no call through werkzeug's proxies (two Python calls
+# per request). A Flask without them: the proxies.
+_cv_request: Any = getattr(_flask_globals, "_cv_request", None)
+_cv_app: Any = getattr(_flask_globals, "_cv_app", None)
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -89,17 +97,17 @@ def _active_body(
     (a streamed body, a close callback, anything not recognised)."""
     if body.__class__ is ClosingIterator:
         try:
+            # Not two callbacks: ValueError, below.
             callbacks: list[Any] = body._callbacks
-            if len(callbacks) == 2:
-                encoded_close, close = callbacks
-                response = close.__self__
-                if (
-                    close.__func__ is _RESPONSE_CLOSE
-                    and response.response.__class__ is list
-                    and not response._on_close
-                    and encoded_close.__self__.gi_code is _ITER_ENCODED_CODE
-                ):
-                    return body
+            encoded_close, close = callbacks
+            response = close.__self__
+            if (
+                close.__func__ is _RESPONSE_CLOSE
+                and response.response.__class__ is list
+                and not response._on_close
+                and encoded_close.__self__.gi_code is _ITER_ENCODED_CODE
+            ):
+                return body
         except (AttributeError, TypeError, ValueError):  # another werkzeug: keep it current
             pass
     return active_body(body, tracker, environ)
@@ -173,8 +181,14 @@ class ATrack:
         )
 
         def before_request() -> None:
-            # The real request object once: every access through the proxy costs.
-            req = request._get_current_object()  # type: ignore[attr-defined]
+            # The real objects once: every access through a proxy costs a Python call.
+            req: Any
+            if _cv_request is not None and _cv_app is not None:
+                req = _cv_request.get().request
+                flask_g = _cv_app.get().g
+            else:  # pragma: no cover - depends on the Flask version
+                req = request._get_current_object()  # type: ignore[attr-defined]
+                flask_g = g._get_current_object()
             environ = req.environ
             tracker = environ.get(ENVIRON_KEY)
             if tracker is None:
@@ -190,8 +204,8 @@ class ATrack:
             elif tracker._identify_due:
                 tracker._hook_request = req  # config.bind_request, inline
             req.atrack = tracker
-            # On the real object too: setting through the proxy costs a lookup and a call.
-            g._get_current_object().atrack = tracker
+            # Into g's namespace: what its __setattr__ does, without that Python call.
+            vars(flask_g)[STATE_KEY] = tracker
 
         # First in line, so that the app's own before_request hooks can use the tracker.
         app.before_request_funcs.setdefault(None, []).insert(0, before_request)
