@@ -222,7 +222,7 @@ def _watch(r: int) -> None:
             # have ended the process, would be lost: end it here.
             seen += data.count(_SIGTERM)
             if seen > 1:
-                os.kill(os.getpid(), _SIGTERM)  # the default disposition by now
+                _end_now()
             continue
         if signal.getsignal(_SIGTERM) is not _on_sigterm:
             continue  # the host's handler replaced ours: its signal
@@ -233,9 +233,26 @@ def _watch(r: int) -> None:
     # this one keeps reading: a second SIGTERM meanwhile (an impatient supervisor) ends
     # the process at once, as it does when the handler runs the flush.
     global _second
-    if data.count(_SIGTERM) > 1 or _wait_flush_or_sigterm(r):
+    second = data.count(_SIGTERM) > 1 or _wait_flush_or_sigterm(r)
+    if second:
         _second = True
     _interrupt_main_until_handled()
+    if second:
+        # The handler may have started before _second was set, and then waits for the
+        # flush: the process ends from here all the same.
+        _end_now()
+
+
+def _end_now() -> None:
+    """End the process by SIGTERM, as a second one would have without the SDK, once the
+    handler has put the default disposition back (just after it set _handler_started).
+    Not if the host has set a handler of its own meanwhile: its shutdown, then."""
+    assert _SIGTERM is not None
+    end = time.monotonic() + 1.0
+    while signal.getsignal(_SIGTERM) is _on_sigterm and time.monotonic() < end:
+        time.sleep(0.001)
+    if signal.getsignal(_SIGTERM) is signal.SIG_DFL:
+        os.kill(os.getpid(), _SIGTERM)
 
 
 def _interrupt_main_until_handled() -> None:
