@@ -45,6 +45,9 @@ class Plan:
     delay: float = 0.0
     # Hold the request unanswered until the server closes (a blackholed API).
     hang: bool = False
+    # Answer only once this event is set (or the server closes): a call kept in flight
+    # for exactly as long as a test needs it.
+    hold: threading.Event | None = None
     # Send the answer one byte every ``trickle`` seconds (a slow-loris API).
     trickle: float = 0.0
     # An error body of this many bytes (written until the client goes away).
@@ -94,6 +97,9 @@ class FakeApi:
                     api._closing.wait()
                     self.close_connection = True
                     return
+                if plan.hold is not None:
+                    while not plan.hold.wait(0.02) and not api._closing.is_set():
+                        pass
                 if plan.delay or api.latency:
                     # Interruptible, so closing the server does not wait for sleepers.
                     api._closing.wait(plan.delay or api.latency)

@@ -144,6 +144,9 @@ class Outbox:
         self._spill: deque[Call] = deque()  # to be written as waiting (or put back)
         self._removed: list[tuple[int, int]] = []  # (row id, size) settled
         self._parked: list[int] = []  # row ids parked
+        # Calls parked before the writer looked at them: written as waiting even if
+        # later pushed out of the bounded ``_new`` (they are in nobody else's hands).
+        self._parked_new: list[Call] = []
         self._spill_lock = threading.Lock()
         self._io = threading.Lock()  # held around SQLite work; see _before_fork
         self._spill_bytes = 0
@@ -257,7 +260,10 @@ class Outbox:
             new = self._new
             if call.seq <= self._last_seq or (new and call.seq < new[0].seq):
                 return False
+            if len(self._parked_new) >= MAX_UNWRITTEN:  # the writer far behind
+                return False
             call.stored = _PARKED
+            self._parked_new.append(call)
         else:
             return False
         self.counts["parked"] += 1
@@ -424,6 +430,7 @@ class Outbox:
             # Appended under this lock: a consistent cut, taken whole.
             calls = list(new)
             new.clear()
+            parked_new, self._parked_new = self._parked_new, []
             next_id = self._next_id
             if calls:
                 # Calls pushed out of the bounded deque left a gap in the numbering.
@@ -449,6 +456,31 @@ class Outbox:
                     held, due = 0, park_due
                     waiting = True
                 values += (next_id, call.path, call.uuid, call.body, rid, call.created, held, due)
+                next_id += 1
+                added += size
+                written += 1
+            # Parked, then pushed out of the deque before this cut: written all the same.
+            for call in parked_new:
+                if call.stored != _PARKED:
+                    continue  # taken above (written, or counted as not written)
+                evicted -= 1
+                size = len(call.body) + len(call.uuid) + overhead
+                if added + size > room:
+                    full += 1
+                    call.stored = _SETTLED
+                    continue
+                call.stored = next_id
+                values += (
+                    next_id,
+                    call.path,
+                    call.uuid,
+                    call.body,
+                    call.request_id,
+                    call.created,
+                    0,
+                    park_due,
+                )
+                waiting = True
                 next_id += 1
                 added += size
                 written += 1

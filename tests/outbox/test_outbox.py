@@ -11,6 +11,7 @@ import os
 import signal
 import sqlite3
 import stat
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,18 +29,24 @@ def files(directory: Path) -> list[Path]:
 
 
 @contextlib.contextmanager
-def writer_stalled(sdk: ATrackSdk, outbox: Path) -> Iterator[None]:
+def writer_stalled(sdk: ATrackSdk, outbox: Path, api: FakeApi) -> Iterator[None]:
     """A stalled disk: another connection holds the file's write lock, so the writer,
     once it has taken a call ("stall", uuid u1), waits inside SQLite until the block
-    ends (under SQLite's 5 s busy timeout)."""
+    ends (under SQLite's 5 s busy timeout). The API holds that call's answer until the
+    writer has taken it: a call already answered has nothing to write and would leave
+    the writer free."""
     (path,) = files(outbox)
     other = sqlite3.connect(path, isolation_level=None, timeout=10)
+    answer = threading.Event()
+    api.plan_uuid("u1", Plan(api.default_status, hold=answer))
     try:
         other.execute("BEGIN IMMEDIATE")  # the writer's next INSERT waits for it
         sdk.track("stall", uuid="u1")
         wait_until(lambda: sdk.stats()["outbox_unwritten"] == 0, 5, "the writer to take it")
+        answer.set()
         yield
     finally:
+        answer.set()
         other.execute("ROLLBACK")
         other.close()
 
@@ -226,7 +233,7 @@ def test_calls_beyond_max_bytes_that_fit_in_memory_are_sent_not_written(
 
 
 def test_calls_made_while_the_writer_is_stalled_are_sent_and_counted_beyond_its_bound(
-    tmp_path: Path, collector: Any, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A stalled disk (here: another connection holding the file's write lock, so the
     writer waits inside SQLite): calls wait for the writer in memory up to
@@ -234,44 +241,60 @@ def test_calls_made_while_the_writer_is_stalled_are_sent_and_counted_beyond_its_
     every call is still delivered from memory."""
     monkeypatch.setattr(outbox_mod, "MAX_UNWRITTEN", 100)
     outbox = tmp_path / "ob"
-    sdk = ATrackSdk(Options(KEY, endpoint=collector.url, outbox=outbox))
-    sdk.track("before", uuid="u0")
-    wait_until(lambda: sdk.stats()["outbox_unwritten"] == 0, 5, "the first commit")
-    with writer_stalled(sdk, outbox):
-        for i in range(300):  # the writer is blocked in SQLite meanwhile
-            sdk.track("while stalled", {"i": i}, uuid=f"user-{i % 10}")
-        assert sdk.stats()["outbox_unwritten"] == 100
-        assert sdk.flush(20)  # delivered from memory all the same
-    wait_until(lambda: sdk.stats()["outbox_dropped"] == 200, 5, "the writer to count them")
-    sdk.shutdown()
-    assert len(unique_calls(collector)) == 302
+    with FakeApi() as api:
+        sdk = ATrackSdk(Options(KEY, endpoint=api.url, outbox=outbox))
+        sdk.track("before", uuid="u0")
+        wait_until(lambda: sdk.stats()["outbox_unwritten"] == 0, 5, "the first commit")
+        with writer_stalled(sdk, outbox, api):
+            for i in range(300):  # the writer is blocked in SQLite meanwhile
+                sdk.track("while stalled", {"i": i}, uuid=f"user-{i % 10}")
+            assert sdk.stats()["outbox_unwritten"] == 100
+            assert sdk.flush(20)  # delivered from memory all the same
+        wait_until(
+            lambda: sdk.stats()["outbox_dropped"] == 200,
+            5,
+            f"the writer to count them {sdk.stats()}",
+        )
+        sdk.shutdown()
+    assert len(set(api.request_ids())) == 302
+    assert {r.status for r in api.received} == {200}
+
+
+def stalled_sdk(api: FakeApi, outbox: Path, errors: list[Any]) -> ATrackSdk:
+    """An SDK whose every attempt is answered 503, with no retries: each call is parked
+    (or, if nothing will write it, reported failed) on its first answer."""
+    api.default_status = 503
+    return ATrackSdk(
+        Options(
+            KEY,
+            endpoint=api.url,
+            outbox=outbox,
+            max_retries=0,
+            on_error=lambda call, exc: errors.append(call),
+        )
+    )
 
 
 def test_a_call_pushed_out_of_the_unwritten_deque_is_not_kept_when_its_retries_run_out(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The writer is stalled and 200 calls were pushed out of its bounded deque: nothing
-    will write them, so when their retries run out they are failures (counted, reported
-    to on_error), not "parked"; the calls the writer still holds are parked."""
+    """The writer is stalled and 200 calls were pushed out of its bounded deque before
+    their answers came: nothing will write them, so when their retries run out they are
+    failures (counted, reported to on_error), not "parked"; the calls the writer still
+    holds are parked."""
     monkeypatch.setattr(outbox_mod, "MAX_UNWRITTEN", 100)
     outbox = tmp_path / "ob"
     errors: list[Any] = []
+    answers = threading.Event()
     with FakeApi() as api:
-        api.default_status = 503
-        sdk = ATrackSdk(
-            Options(
-                KEY,
-                endpoint=api.url,
-                outbox=outbox,
-                max_retries=0,
-                on_error=lambda call, exc: errors.append(call),
-            )
-        )
+        sdk = stalled_sdk(api, outbox, errors)
         sdk.track("before", uuid="u0")
         wait_until(lambda: sdk.stats()["outbox_parked"] == 1, 5, "the first call parked")
-        with writer_stalled(sdk, outbox):
+        with writer_stalled(sdk, outbox, api):
+            api.default = Plan(503, hold=answers)  # answered once all 300 are made
             for i in range(300):
                 sdk.track("while stalled", {"i": i}, uuid=f"user-{i % 10}")
+            answers.set()
             api.wait_for(302, timeout=20)
             wait_until(lambda: sdk.stats()["in_flight"] == 0, 5, "every attempt settled")
             stats = sdk.stats()
@@ -280,6 +303,42 @@ def test_a_call_pushed_out_of_the_unwritten_deque_is_not_kept_when_its_retries_r
     assert len(errors) == 200
     assert all(call.json()["event"] == "while stalled" for call in errors)
     assert stats["outbox_parked"] == 102  # "before", "stall" and the 100 still held
+
+
+def test_a_call_parked_before_the_writer_took_it_is_written_after_being_pushed_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call whose retries ran out while it waited for a stalled writer is parked; if
+    later calls then push it out of the writer's bounded deque, the writer still writes
+    it as waiting (not counted as not written): a parked call is in nobody else's
+    hands."""
+    monkeypatch.setattr(outbox_mod, "MAX_UNWRITTEN", 100)
+    outbox = tmp_path / "ob"
+    errors: list[Any] = []
+    answers = threading.Event()
+    with FakeApi() as api:
+        sdk = stalled_sdk(api, outbox, errors)
+        sdk.track("before", uuid="u0")
+        wait_until(lambda: sdk.stats()["outbox_parked"] == 1, 5, "the first call parked")
+        with writer_stalled(sdk, outbox, api):
+            sdk.track("parked early", uuid="early")
+            wait_until(lambda: sdk.stats()["outbox_parked"] == 3, 5, "it and 'stall' parked")
+            api.default = Plan(503, hold=answers)  # the rest stay in flight meanwhile
+            for i in range(150):  # push it out, with 50 more
+                sdk.track("after", {"i": i}, uuid=f"user-{i % 10}")
+            assert sdk.stats()["outbox_unwritten"] == 100
+        # The writer wrote "stall"; its next commit takes the last 100 and the parked one.
+        wait_until(lambda: sdk.stats()["outbox_pending"] == 103, 5, "the parked call written")
+        assert sdk.stats()["outbox_dropped"] == 50
+        con = sqlite3.connect(f"file:{files(outbox)[0]}?mode=ro", uri=True)
+        try:
+            (held,) = con.execute("SELECT held FROM calls WHERE uuid = 'early'").fetchone()
+        finally:
+            con.close()
+        assert held == 0  # waiting to be tried again, not taken by a sender
+        answers.set()
+        sdk.shutdown()
+    assert "early" not in [call.uuid for call in errors]
 
 
 def test_calls_older_than_max_age_are_dropped(
