@@ -24,6 +24,7 @@ arguments of :class:`ATrack` are defaults for them; the app's config wins.
 from __future__ import annotations
 
 import inspect
+import threading
 from typing import TYPE_CHECKING, Any
 
 try:
@@ -42,17 +43,16 @@ from atrack_core import ATrackSdk
 from ._contain import Contain
 from ._current import active_body
 from ._lifecycle import ENVIRON_KEY, SETTING_NAMES, STATE_KEY, IntegrationConfig, RequestTracker
+from ._tracker import DeferredRequest
 from ._wsgi_common import header_keys, view_from_environ
 from .wsgi import ATrackWSGIMiddleware
 
-# The context variables behind Flask's ``request`` and ``g`` proxies (Flask 2.2+): read
-# directly, the hook below makes no call through werkzeug's proxies (two Python calls
-# per request). A Flask without them: the proxies.
+# The context variable behind Flask's ``request`` proxy (Flask 2.2+): read directly, no
+# call goes through werkzeug's proxy (two Python calls). A Flask without it: the proxy.
 _cv_request: Any = getattr(_flask_globals, "_cv_request", None)
-_cv_app: Any = getattr(_flask_globals, "_cv_app", None)
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Callable, Iterable, Mapping
 
     from flask import Flask
 
@@ -61,6 +61,10 @@ if TYPE_CHECKING:
 __all__ = ["ATrack", "ATrackState", "get_tracker"]
 
 _EXTENSION_FAILED = Contain("A-Track extension failed; the request goes on untracked")
+_CLASSES_FAILED = Contain(
+    "A-Track could not subclass the app's request and g classes; a before_request "
+    "function attaches request.atrack and g.atrack instead"
+)
 
 EXTENSION_KEY = "atrack"
 CONFIG_PREFIX = "ATRACK_"
@@ -113,6 +117,154 @@ def _active_body(
     return active_body(body, tracker, environ)
 
 
+def _current_request() -> Any:
+    """The Flask request of the current context, or ``None`` outside one."""
+    if _cv_request is not None:
+        ctx = _cv_request.get(None)
+        return None if ctx is None else ctx.request
+    try:  # pragma: no cover - depends on the Flask version
+        return request._get_current_object()  # type: ignore[attr-defined]
+    except RuntimeError:  # pragma: no cover
+        return None
+
+
+# What the identify hook gets: the Flask request, found when the hook is asked (a call
+# on the tracker in the view, the response start), which is inside Flask's request
+# context. The tracker begins before Flask has made its request.
+_FLASK_REQUEST = DeferredRequest(_current_request)
+
+
+class _RequestTracker:
+    """``request.atrack`` on the app's request class: the tracker the WSGI middleware
+    put in the environ. A request dispatched without ``app.wsgi_app``
+    (``test_request_context()`` plus ``full_dispatch_request()``) gets one made here."""
+
+    __slots__ = ("_begin",)
+
+    def __init__(self, begin: Callable[[Any], RequestTracker | None]) -> None:
+        self._begin = begin
+
+    def __get__(self, req: Any, owner: Any = None) -> Any:
+        if req is None:
+            return self
+        tracker = req.environ.get(ENVIRON_KEY)
+        if tracker is None:
+            tracker = self._begin(req)
+            if tracker is None:
+                raise AttributeError(STATE_KEY)
+        return tracker
+
+
+class _GlobalsTracker:
+    """``g.atrack`` on the app's ``g`` class: the current request's ``request.atrack``
+    (outside a request: no such attribute, as for any name not set on ``g``)."""
+
+    __slots__ = ()
+
+    def __get__(self, obj: Any, owner: Any = None) -> Any:
+        if obj is None:
+            return self
+        req = _current_request()
+        tracker = None if req is None else getattr(req, STATE_KEY, None)
+        if tracker is None:
+            raise AttributeError(STATE_KEY)
+        return tracker
+
+
+def _request_class(base: type[Any], begin: Callable[[Any], RequestTracker | None]) -> type[Any]:
+    """``base`` (the app's ``request_class``) with ``request.atrack``; ``base`` itself if
+    it has it already."""
+    if isinstance(base.__dict__.get(STATE_KEY), _RequestTracker):
+        return base
+    namespace = {"__module__": __name__, STATE_KEY: _RequestTracker(begin)}
+    return type(base.__name__, (base,), namespace)
+
+
+def _globals_class(base: type[Any]) -> type[Any]:
+    """``base`` (the app's ``app_ctx_globals_class``) with ``g.atrack``, which
+    ``g.get`` and ``in g`` see too; ``base`` itself if it has it already."""
+    if isinstance(base.__dict__.get(STATE_KEY), _GlobalsTracker):
+        return base
+
+    def get(self: Any, name: str, default: Any = None) -> Any:
+        if name == STATE_KEY and name not in self.__dict__:
+            return getattr(self, name, default)
+        return base.get(self, name, default)
+
+    def __contains__(self: Any, item: str) -> bool:
+        if item == STATE_KEY and item not in self.__dict__:
+            return getattr(self, item, None) is not None
+        return bool(base.__contains__(self, item))
+
+    namespace = {"__module__": __name__, STATE_KEY: _GlobalsTracker()}
+    return type(base.__name__, (base,), {**namespace, "get": get, "__contains__": __contains__})
+
+
+def _adopt(obj: Any, cls: type[Any]) -> bool:
+    """Make ``obj``, made from ``cls``'s base before ``cls`` existed, an instance of
+    ``cls``; ``False`` if it is of another class."""
+    if isinstance(obj, cls):
+        return True
+    if cls.__bases__ == (type(obj),):
+        object.__setattr__(obj, "__class__", cls)  # past g's own __setattr__
+        return True
+    return False
+
+
+class _Attach:
+    """How ``request.atrack`` and ``g.atrack`` come to be: attributes of subclasses of
+    the app's request and ``g`` classes (:class:`_RequestTracker`,
+    :class:`_GlobalsTracker`), so that no function runs per request for them (Flask's
+    dispatch of one ``before_request`` function costs more than the rest of the
+    extension). Installed by ``init_app``, and again by a ``before_request`` function
+    at the first request (classes the app set after ``init_app`` become the bases),
+    which then takes itself out. If the classes cannot be subclassed, that function
+    stays and attaches the tracker to each request and ``g`` as plain attributes."""
+
+    def __init__(self, app: Flask, begin: Callable[[Any], RequestTracker | None]) -> None:
+        self._app = app
+        self._begin = begin
+        self._lock = threading.Lock()
+        self._tried = False  # by the first request (init_app tried before)
+        self._done = False  # installed, and the before_request function taken out
+        self.hook = self._first_request  # one bound method, to find it in Flask's list
+
+    def install(self) -> bool:
+        app = self._app
+        with _CLASSES_FAILED:
+            app.request_class = _request_class(app.request_class, self._begin)
+            app.app_ctx_globals_class = _globals_class(app.app_ctx_globals_class)
+            return True
+        return False
+
+    def _first_request(self) -> None:
+        app = self._app
+        if not self._tried:
+            with self._lock:
+                if not self._tried:
+                    self._tried = True
+                    if self.install():
+                        # A new list: Flask may be iterating over the old one now.
+                        funcs = app.before_request_funcs.get(None, [])
+                        app.before_request_funcs[None] = [f for f in funcs if f != self.hook]
+                        self._done = True
+        # This request and its g were made before: they become instances of the new
+        # classes (a g made earlier, in an app context the app pushed around its
+        # requests, would otherwise never have g.atrack).
+        req = _current_request()
+        flask_g = g._get_current_object()
+        if (
+            self._done
+            and _adopt(req, app.request_class)
+            and _adopt(flask_g, app.app_ctx_globals_class)
+        ):
+            return
+        tracker = req.environ.get(ENVIRON_KEY) or self._begin(req)
+        if tracker is not None:
+            req.atrack = tracker
+            vars(flask_g)[STATE_KEY] = tracker
+
+
 class ATrackState:
     """What :class:`ATrack` keeps per app, in ``app.extensions["atrack"]``.
 
@@ -153,7 +305,9 @@ class ATrack:
 
     def init_app(self, app: Flask) -> None:
         """Register on ``app``: read (and default) its ``ATRACK_*`` config, build the
-        SDK, wrap ``app.wsgi_app`` and add a ``before_request`` hook. Raises
+        SDK, wrap ``app.wsgi_app``, subclass ``app.request_class`` and
+        ``app.app_ctx_globals_class`` (``request.atrack``, ``g.atrack``) and add a
+        ``before_request`` function for the first request (see :class:`_Attach`). Raises
         ``RuntimeError`` if A-Track is already registered on ``app``,
         ``ValueError``/``TypeError`` for a bad setting."""
         if EXTENSION_KEY in app.extensions:
@@ -172,43 +326,27 @@ class ATrack:
         keys = header_keys(config)
         # The tracker starts at the WSGI level, in ATrackWSGIMiddleware (one lifecycle,
         # not a copy of it): before Flask builds its request, with the cookie added and
-        # the eager /init sent through start_response. The identify hook must get the
-        # Flask request: it is bound in before_request, and the hook is asked only when
-        # the uuid is needed (after that). One before_request hook exposes the tracker
-        # as request.atrack and g.atrack.
+        # the eager /init sent through start_response. The identify hook gets the Flask
+        # request, found when the uuid is needed (after that).
         middleware = ATrackWSGIMiddleware._over(
-            app.wsgi_app, config, hook_gets_environ=False, active_body=_active_body
+            app.wsgi_app, config, hook_request=_FLASK_REQUEST, active_body=_active_body
         )
 
-        def before_request() -> None:
-            # The real objects once: every access through a proxy costs a Python call.
-            req: Any
-            if _cv_request is not None and _cv_app is not None:
-                req = _cv_request.get().request
-                flask_g = _cv_app.get().g
-            else:  # pragma: no cover - depends on the Flask version
-                req = request._get_current_object()  # type: ignore[attr-defined]
-                flask_g = g._get_current_object()
+        def begin_here(req: Any) -> RequestTracker | None:
+            """Dispatched without app.wsgi_app: a tracker, but no cookie (no response
+            start to add it to) and no eager /init (only one a tracked call sends)."""
             environ = req.environ
-            tracker = environ.get(ENVIRON_KEY)
-            if tracker is None:
-                # Dispatched without app.wsgi_app (test_request_context +
-                # full_dispatch_request): a tracker, but no cookie (no response start
-                # to add it to) and no eager /init (only one a tracked call sends).
-                with _EXTENSION_FAILED:
-                    view = view_from_environ(environ, keys)
-                    tracker = config.begin(view, req, path=environ.get("PATH_INFO") or "/")
-                    environ[ENVIRON_KEY] = tracker
-                if tracker is None:
-                    return
-            elif tracker._identify_due:
-                tracker._hook_request = req  # config.bind_request, inline
-            req.atrack = tracker
-            # Into g's namespace: what its __setattr__ does, without that Python call.
-            vars(flask_g)[STATE_KEY] = tracker
+            with _EXTENSION_FAILED:
+                view = view_from_environ(environ, keys)
+                tracker = config.begin(view, req, path=environ.get("PATH_INFO") or "/")
+                environ[ENVIRON_KEY] = tracker
+                return tracker
+            return None
 
+        attach = _Attach(app, begin_here)
+        attach.install()
         # First in line, so that the app's own before_request hooks can use the tracker.
-        app.before_request_funcs.setdefault(None, []).insert(0, before_request)
+        app.before_request_funcs.setdefault(None, []).insert(0, attach.hook)
         app.wsgi_app = middleware  # type: ignore[method-assign]
 
 

@@ -488,3 +488,140 @@ def test_the_apps_own_hooks_and_routing_errors_see_the_tracker(
     assert fresh.status_code == 404
     assert fresh.json["missing"] not in (None, uuid)
     assert fresh.headers.getlist("Set-Cookie") == []
+
+
+def add_g_view(app: Any) -> None:
+    from flask import g, jsonify, request
+
+    @app.get("/g")
+    def g_report() -> Any:
+        return jsonify(
+            uuid=request.atrack.uuid,
+            same=g.atrack is request.atrack,
+            get=g.get("atrack") is request.atrack,
+            contains="atrack" in g,
+            other=g.get("other", 5),
+            other_in="other" in g,
+        )
+
+
+G_REPORT = {"same": True, "get": True, "contains": True, "other": 5, "other_in": False}
+KNOWN = ("9b2f8c1e-4d3a-4f5b-8c6d-7e8f9a0b1c2d", "0c5e8a1f-2b3d-4e6f-9a7b-8c1d2e3f4a5b")
+
+
+def test_after_the_first_request_no_function_of_ours_runs_per_request(
+    app: Any, calls: CapturedCalls
+) -> None:
+    # request.atrack and g.atrack are attributes of subclasses of the app's classes;
+    # the before_request function that installs them for the first request goes.
+    from flask import g
+
+    add_g_view(app)
+    assert len(app.before_request_funcs[None]) == 1
+    client = app.test_client()
+    first = client.get("/g").json
+    assert app.before_request_funcs[None] == []
+    second = client.get("/g").json
+    assert first == second == {**G_REPORT, "uuid": first["uuid"]}
+    assert issubclass(app.request_class, flask.Request)
+    assert issubclass(app.app_ctx_globals_class, flask.ctx._AppCtxGlobals)
+    with app.app_context():  # outside a request: g has no atrack, as before
+        assert "atrack" not in g
+        assert g.get("atrack") is None
+        assert not hasattr(g, "atrack")
+        g.atrack = "the app's own"
+        assert g.atrack == g.get("atrack") == "the app's own"
+    assert [i["uuid"] for i in calls.inits] == [first["uuid"]]  # one user, one /init
+
+
+def test_request_and_g_classes_the_app_sets_after_the_extension_are_kept(
+    sdk: ATrackSdk, calls: CapturedCalls
+) -> None:
+    from flask import g, jsonify, request
+
+    class MyRequest(flask.Request):
+        mine = "request"
+
+    class MyGlobals(flask.ctx._AppCtxGlobals):
+        mine = "g"
+
+    app = flask.Flask(__name__)
+    ATrack(app, sdk=sdk)
+    app.request_class = MyRequest
+    app.app_ctx_globals_class = MyGlobals
+
+    @app.get("/mine")
+    def mine() -> Any:
+        return jsonify(
+            uuid=request.atrack.uuid,
+            same=g.atrack is request.atrack,
+            classes=[request.mine, g.mine],
+            instance=isinstance(request._get_current_object(), MyRequest),
+        )
+
+    client = app.test_client()
+    first, second = client.get("/mine").json, client.get("/mine").json
+    assert (
+        first
+        == second
+        == {
+            "uuid": first["uuid"],
+            "same": True,
+            "classes": ["request", "g"],
+            "instance": True,
+        }
+    )
+    assert app.request_class.__bases__ == (MyRequest,)
+    assert app.app_ctx_globals_class.__bases__ == (MyGlobals,)
+
+
+def test_an_app_context_pushed_around_requests_gives_each_its_own_tracker(
+    app: Any, calls: CapturedCalls
+) -> None:
+    # Flask reuses an app context the caller pushed (and its g, made before the first
+    # request) for the requests made inside it.
+    add_g_view(app)
+    client = app.test_client(use_cookies=False)  # the Cookie header as given
+    with app.app_context():
+        reports = [
+            client.get("/g", headers={"Cookie": f"atrack_uuid={uuid}"}).json
+            for uuid in KNOWN
+        ]
+    assert reports == [{**G_REPORT, "uuid": uuid} for uuid in KNOWN]
+
+
+def test_classes_that_cannot_be_subclassed_keep_a_function_per_request(
+    sdk: ATrackSdk,
+    calls: CapturedCalls,
+    caplog: pytest.LogCaptureFixture,
+    request: pytest.FixtureRequest,
+) -> None:
+    request.getfixturevalue("atrack_log_guard").expect_errors()
+
+    class FinalRequest(flask.Request):
+        def __init_subclass__(cls, **kwargs: Any) -> None:
+            raise TypeError("FinalRequest cannot be subclassed")
+
+    app = flask.Flask(__name__)
+    app.request_class = FinalRequest
+    ATrack(app, sdk=sdk)
+    add_g_view(app)
+    client = app.test_client(use_cookies=False)  # the Cookie header as given
+    reports = [client.get("/g", headers={"Cookie": f"atrack_uuid={uuid}"}).json for uuid in KNOWN]
+    assert reports == [{**G_REPORT, "uuid": uuid} for uuid in KNOWN]
+    assert len(app.before_request_funcs[None]) == 1
+    assert app.request_class is FinalRequest
+    failures = [r for r in caplog.records if "could not subclass" in r.getMessage()]
+    assert len(failures) == 2  # init_app and the first request; not every request
+
+
+def test_request_dispatched_without_wsgi_app_after_the_first_request_gets_a_tracker(
+    app: Any, calls: CapturedCalls
+) -> None:
+    from flask import g, request
+
+    add_g_view(app)
+    assert app.test_client().get("/g").json["same"]
+    with app.test_request_context("/", headers={"Cookie": f"atrack_uuid={KNOWN[0]}"}):
+        assert request.atrack.uuid == KNOWN[0]
+        assert g.atrack is request.atrack
