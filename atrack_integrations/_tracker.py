@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from ._init_dedupe import OrderedOffload
     from ._lifecycle import IntegrationConfig
 
-__all__ = ["DeferredRequest", "RequestTracker"]
+__all__ = ["RequestTracker"]
 
 _TRACK_FAILED = Contain("A-Track track() failed", passes=CALLER_ERRORS)
 _ATTRIBUTES_FAILED = Contain("A-Track set_attributes() failed", passes=CALLER_ERRORS)
@@ -28,17 +28,6 @@ _CONTEXT_FAILED = Contain("A-Track could not build the request context")
 # many characters of input.
 _MAX_CACHED_CONTEXTS = 2048
 _MAX_CACHED_INPUT = 2048
-
-
-class DeferredRequest:
-    """What the ``identify`` hook gets when the framework's request does not exist yet
-    as the tracker begins (Flask's is made inside the WSGI call): ``get()`` finds it
-    when the hook is asked, or returns ``None`` (then the hook is not asked)."""
-
-    __slots__ = ("get",)
-
-    def __init__(self, get: Callable[[], Any]) -> None:
-        self.get = get
 
 
 class RequestTracker:
@@ -230,10 +219,8 @@ class RequestTracker:
         request = self._hook_request
         self._identify_due = False
         self._hook_request = None
-        if request.__class__ is DeferredRequest:
-            request = request.get()
         if request is None:
-            return  # no request (outside the framework's request context)
+            return  # no request was bound (Flask dispatched without its WSGI wrapper)
         identified = self._config._identify_sync(request)
         if identified is not None and identified != self._uuid:
             if self.is_new_user:

@@ -41,15 +41,16 @@ from flask import globals as _flask_globals
 from atrack_core import ATrackSdk
 
 from ._contain import Contain
-from ._current import active_body
+from ._current import CURRENT, active_body
 from ._lifecycle import ENVIRON_KEY, SETTING_NAMES, STATE_KEY, IntegrationConfig, RequestTracker
-from ._tracker import DeferredRequest
 from ._wsgi_common import header_keys, view_from_environ
 from .wsgi import ATrackWSGIMiddleware
 
-# The context variable behind Flask's ``request`` proxy (Flask 2.2+): read directly, no
-# call goes through werkzeug's proxy (two Python calls). A Flask without it: the proxy.
+# The context variables behind Flask's ``request`` and ``g`` proxies (Flask 2.2+): read
+# directly, the hook below makes no call through werkzeug's proxies (two Python calls
+# per request). A Flask without them: the proxies.
 _cv_request: Any = getattr(_flask_globals, "_cv_request", None)
+_cv_app: Any = getattr(_flask_globals, "_cv_app", None)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
@@ -57,13 +58,14 @@ if TYPE_CHECKING:
     from flask import Flask
 
     from ._lifecycle import RequestTracker as _Tracker
+    from .wsgi import StartResponse, WSGIEnviron
 
 __all__ = ["ATrack", "ATrackState", "get_tracker"]
 
 _EXTENSION_FAILED = Contain("A-Track extension failed; the request goes on untracked")
 _CLASSES_FAILED = Contain(
     "A-Track could not subclass the app's request and g classes; a before_request "
-    "function attaches request.atrack and g.atrack instead"
+    "function attaches request.atrack and g.atrack on every request instead"
 )
 
 EXTENSION_KEY = "atrack"
@@ -117,64 +119,50 @@ def _active_body(
     return active_body(body, tracker, environ)
 
 
-def _current_request() -> Any:
-    """The Flask request of the current context, or ``None`` outside one."""
-    if _cv_request is not None:
-        ctx = _cv_request.get(None)
-        return None if ctx is None else ctx.request
-    try:  # pragma: no cover - depends on the Flask version
-        return request._get_current_object()  # type: ignore[attr-defined]
-    except RuntimeError:  # pragma: no cover
-        return None
-
-
-# What the identify hook gets: the Flask request, found when the hook is asked (a call
-# on the tracker in the view, the response start), which is inside Flask's request
-# context. The tracker begins before Flask has made its request.
-_FLASK_REQUEST = DeferredRequest(_current_request)
-
-
 class _RequestTracker:
     """``request.atrack`` on the app's request class: the tracker the WSGI middleware
     put in the environ. A request dispatched without ``app.wsgi_app``
     (``test_request_context()`` plus ``full_dispatch_request()``) gets one made here."""
 
-    __slots__ = ("_begin",)
+    __slots__ = ("begin",)
 
     def __init__(self, begin: Callable[[Any], RequestTracker | None]) -> None:
-        self._begin = begin
+        self.begin = begin
 
     def __get__(self, req: Any, owner: Any = None) -> Any:
         if req is None:
             return self
         tracker = req.environ.get(ENVIRON_KEY)
         if tracker is None:
-            tracker = self._begin(req)
+            tracker = self.begin(req)
             if tracker is None:
                 raise AttributeError(STATE_KEY)
         return tracker
 
 
 class _GlobalsTracker:
-    """``g.atrack`` on the app's ``g`` class: the current request's ``request.atrack``
-    (outside a request: no such attribute, as for any name not set on ``g``)."""
+    """``g.atrack`` on the app's ``g`` class: the current request's ``request.atrack``;
+    without a request (``teardown_appcontext`` runs after the request context is
+    popped), ``current_tracker()``; else no such attribute."""
 
     __slots__ = ()
 
     def __get__(self, obj: Any, owner: Any = None) -> Any:
         if obj is None:
             return self
-        req = _current_request()
-        tracker = None if req is None else getattr(req, STATE_KEY, None)
+        ctx = _cv_request.get(None) if _cv_request is not None else None
+        tracker = None if ctx is None else getattr(ctx.request, STATE_KEY, None)
         if tracker is None:
-            raise AttributeError(STATE_KEY)
+            tracker = CURRENT.get()
+            if tracker is None:
+                raise AttributeError(STATE_KEY)
         return tracker
 
 
 def _request_class(base: type[Any], begin: Callable[[Any], RequestTracker | None]) -> type[Any]:
-    """``base`` (the app's ``request_class``) with ``request.atrack``; ``base`` itself if
-    it has it already."""
-    if isinstance(base.__dict__.get(STATE_KEY), _RequestTracker):
+    """``base`` (the app's ``request_class``) with this app's ``request.atrack``."""
+    own = base.__dict__.get(STATE_KEY)
+    if isinstance(own, _RequestTracker) and own.begin is begin:
         return base
     namespace = {"__module__": __name__, STATE_KEY: _RequestTracker(begin)}
     return type(base.__name__, (base,), namespace)
@@ -212,57 +200,100 @@ def _adopt(obj: Any, cls: type[Any]) -> bool:
 
 
 class _Attach:
-    """How ``request.atrack`` and ``g.atrack`` come to be: attributes of subclasses of
-    the app's request and ``g`` classes (:class:`_RequestTracker`,
-    :class:`_GlobalsTracker`), so that no function runs per request for them (Flask's
-    dispatch of one ``before_request`` function costs more than the rest of the
-    extension). Installed by ``init_app``, and again by a ``before_request`` function
-    at the first request (classes the app set after ``init_app`` become the bases),
-    which then takes itself out. If the classes cannot be subclassed, that function
-    stays and attaches the tracker to each request and ``g`` as plain attributes."""
+    """How ``request.atrack`` and ``g.atrack`` come to be (see docs/flask.md).
 
-    def __init__(self, app: Flask, begin: Callable[[Any], RequestTracker | None]) -> None:
+    Without an ``identify`` hook they are attributes of subclasses of the app's request
+    and ``g`` classes (:class:`_RequestTracker`, :class:`_GlobalsTracker`): nothing of
+    the extension runs per request for them (Flask's dispatch of one ``before_request``
+    function costs more than the rest of the extension). The subclasses are made when
+    the app is first used, over the classes the app has by then: at its first WSGI call
+    (before Flask makes any request from them; concurrent first calls wait for it), or
+    at the first ``before_request`` of a request dispatched without ``app.wsgi_app``.
+
+    With an ``identify`` hook (which must get this request's Flask request, also from a
+    thread or a streamed body), or if the classes cannot be subclassed, or an app
+    context pushed before the first request holds a ``g`` of another class, a
+    ``before_request`` function attaches them on every request instead.
+    """
+
+    def __init__(
+        self,
+        app: Flask,
+        middleware: ATrackWSGIMiddleware,
+        begin: Callable[[Any], RequestTracker | None],
+    ) -> None:
         self._app = app
+        self._middleware = middleware
         self._begin = begin
         self._lock = threading.Lock()
-        self._tried = False  # by the first request (init_app tried before)
-        self._done = False  # installed, and the before_request function taken out
-        self.hook = self._first_request  # one bound method, to find it in Flask's list
+        self._settled = False  # classes installed, or every request attaches
+        # One bound method each, to find them again in Flask's lists.
+        self.first_call = self._first_call
+        self.first_request = self._first_request
+        self.each_request = self._each_request
 
-    def install(self) -> bool:
-        app = self._app
-        with _CLASSES_FAILED:
-            app.request_class = _request_class(app.request_class, self._begin)
-            app.app_ctx_globals_class = _globals_class(app.app_ctx_globals_class)
-            return True
-        return False
+    def _first_call(self, environ: WSGIEnviron, start_response: StartResponse) -> Any:
+        if not self._settled:
+            pushed = _cv_app.get(None) if _cv_app is not None else None
+            self._settle(None, pushed.g if pushed is not None and pushed.app is self._app else None)
+        return self._middleware(environ, start_response)
 
     def _first_request(self) -> None:
-        app = self._app
-        if not self._tried:
-            with self._lock:
-                if not self._tried:
-                    self._tried = True
-                    if self.install():
-                        # A new list: Flask may be iterating over the old one now.
-                        funcs = app.before_request_funcs.get(None, [])
-                        app.before_request_funcs[None] = [f for f in funcs if f != self.hook]
-                        self._done = True
-        # This request and its g were made before: they become instances of the new
-        # classes (a g made earlier, in an app context the app pushed around its
-        # requests, would otherwise never have g.atrack).
         req = _current_request()
         flask_g = g._get_current_object()
-        if (
-            self._done
-            and _adopt(req, app.request_class)
-            and _adopt(flask_g, app.app_ctx_globals_class)
-        ):
-            return
-        tracker = req.environ.get(ENVIRON_KEY) or self._begin(req)
-        if tracker is not None:
-            req.atrack = tracker
-            vars(flask_g)[STATE_KEY] = tracker
+        if not self._settle(req, flask_g):
+            self._each_request()
+
+    def _settle(self, req: Any, flask_g: Any) -> bool:
+        """Install the classes (once) and make ``req`` and ``flask_g``, made before
+        them, their instances; ``False`` if every request attaches instead."""
+        app = self._app
+        with self._lock:
+            if not self._settled:
+                self._settled = True
+                every = True
+                with _CLASSES_FAILED:
+                    request_class = _request_class(app.request_class, self._begin)
+                    globals_class = _globals_class(app.app_ctx_globals_class)
+                    app.request_class = request_class
+                    app.app_ctx_globals_class = globals_class
+                    every = flask_g is not None and not _adopt(flask_g, globals_class)
+                # The first-request function goes (or gives way to the one that runs
+                # every request), in a new list: Flask may be iterating over the old.
+                funcs: list[Any] = []
+                for func in app.before_request_funcs.get(None, []):
+                    if func != self.first_request:
+                        funcs.append(func)
+                    elif every:
+                        funcs.append(self.each_request)
+                app.before_request_funcs[None] = funcs
+                if app.wsgi_app == self.first_call:
+                    app.wsgi_app = self._middleware  # type: ignore[method-assign]
+            if req is None:
+                return True
+            return _adopt(req, app.request_class) and (
+                flask_g is None or _adopt(flask_g, app.app_ctx_globals_class)
+            )
+
+    def _each_request(self) -> None:
+        req = _current_request()
+        environ = req.environ
+        tracker = environ.get(ENVIRON_KEY)
+        if tracker is None:
+            tracker = self._begin(req)
+            if tracker is None:
+                return
+        elif tracker._identify_due:
+            tracker._hook_request = req  # config.bind_request, inline
+        vars(req)[STATE_KEY] = tracker
+        vars(g._get_current_object())[STATE_KEY] = tracker
+
+
+def _current_request() -> Any:
+    """The Flask request of the current context."""
+    if _cv_request is not None:
+        return _cv_request.get().request
+    return request._get_current_object()  # type: ignore[attr-defined]  # pragma: no cover
 
 
 class ATrackState:
@@ -305,9 +336,7 @@ class ATrack:
 
     def init_app(self, app: Flask) -> None:
         """Register on ``app``: read (and default) its ``ATRACK_*`` config, build the
-        SDK, wrap ``app.wsgi_app``, subclass ``app.request_class`` and
-        ``app.app_ctx_globals_class`` (``request.atrack``, ``g.atrack``) and add a
-        ``before_request`` function for the first request (see :class:`_Attach`). Raises
+        SDK, wrap ``app.wsgi_app`` and add a ``before_request`` hook. Raises
         ``RuntimeError`` if A-Track is already registered on ``app``,
         ``ValueError``/``TypeError`` for a bad setting."""
         if EXTENSION_KEY in app.extensions:
@@ -326,10 +355,11 @@ class ATrack:
         keys = header_keys(config)
         # The tracker starts at the WSGI level, in ATrackWSGIMiddleware (one lifecycle,
         # not a copy of it): before Flask builds its request, with the cookie added and
-        # the eager /init sent through start_response. The identify hook gets the Flask
-        # request, found when the uuid is needed (after that).
+        # the eager /init sent through start_response. The identify hook must get the
+        # Flask request: bound by a before_request function (see _Attach); the hook is
+        # asked only when the uuid is needed (after that).
         middleware = ATrackWSGIMiddleware._over(
-            app.wsgi_app, config, hook_request=_FLASK_REQUEST, active_body=_active_body
+            app.wsgi_app, config, hook_gets_environ=False, active_body=_active_body
         )
 
         def begin_here(req: Any) -> RequestTracker | None:
@@ -343,11 +373,15 @@ class ATrack:
                 return tracker
             return None
 
-        attach = _Attach(app, begin_here)
-        attach.install()
+        attach = _Attach(app, middleware, begin_here)
         # First in line, so that the app's own before_request hooks can use the tracker.
-        app.before_request_funcs.setdefault(None, []).insert(0, attach.hook)
-        app.wsgi_app = middleware  # type: ignore[method-assign]
+        funcs = app.before_request_funcs.setdefault(None, [])
+        if config.identify is not None:
+            funcs.insert(0, attach.each_request)
+            app.wsgi_app = middleware  # type: ignore[method-assign]
+        else:
+            funcs.insert(0, attach.first_request)
+            app.wsgi_app = attach.first_call  # type: ignore[method-assign]
 
 
 def get_tracker() -> RequestTracker:

@@ -71,17 +71,14 @@ class ATrackWSGIMiddleware:
         app: WSGIApp,
         config: IntegrationConfig,
         *,
-        hook_request: Any,
+        hook_gets_environ: bool,
         active_body: ActiveBodyFactory = active_body,
     ) -> ATrackWSGIMiddleware:
         """The middleware over ``app`` with a validated configuration (the Flask
-        extension's: its identify hook gets ``hook_request``, a
-        :class:`~atrack_integrations._tracker.DeferredRequest` for the Flask request, and
-        it knows which of werkzeug's bodies run no app code while they are iterated and
-        closed)."""
+        extension's: its identify hook gets the Flask request, bound later, and it knows
+        which of werkzeug's bodies run no app code while they are iterated and closed)."""
         self = cls.__new__(cls)
-        self._setup(app, config, hook_gets_environ=False, active_body=active_body)
-        self._hook_request = hook_request
+        self._setup(app, config, hook_gets_environ=hook_gets_environ, active_body=active_body)
         return self
 
     def _setup(
@@ -97,7 +94,6 @@ class ATrackWSGIMiddleware:
         self.sdk = config.sdk
         self._header_keys = header_keys(config)
         self._hook_gets_environ = hook_gets_environ
-        self._hook_request: Any = None  # what the identify hook gets, if not the environ
         self._active_body = active_body
 
     def __repr__(self) -> str:
@@ -113,7 +109,7 @@ class ATrackWSGIMiddleware:
             # Excluded paths are matched against the app's own (decoded) path.
             tracker = config.begin(
                 view,
-                environ if self._hook_gets_environ else self._hook_request,
+                environ if self._hook_gets_environ else None,
                 path=environ.get("PATH_INFO") or "/",
             )
             environ[ENVIRON_KEY] = tracker

@@ -512,8 +512,9 @@ KNOWN = ("9b2f8c1e-4d3a-4f5b-8c6d-7e8f9a0b1c2d", "0c5e8a1f-2b3d-4e6f-9a7b-8c1d2e
 def test_after_the_first_request_no_function_of_ours_runs_per_request(
     app: Any, calls: CapturedCalls
 ) -> None:
-    # request.atrack and g.atrack are attributes of subclasses of the app's classes;
-    # the before_request function that installs them for the first request goes.
+    # request.atrack and g.atrack are attributes of subclasses of the app's classes,
+    # made at the first WSGI call; the first-request function (for requests dispatched
+    # without app.wsgi_app) and the first-call wrapper go.
     from flask import g
 
     add_g_view(app)
@@ -521,6 +522,7 @@ def test_after_the_first_request_no_function_of_ours_runs_per_request(
     client = app.test_client()
     first = client.get("/g").json
     assert app.before_request_funcs[None] == []
+    assert isinstance(app.wsgi_app, ATrackWSGIMiddleware)
     second = client.get("/g").json
     assert first == second == {**G_REPORT, "uuid": first["uuid"]}
     assert issubclass(app.request_class, flask.Request)
@@ -584,8 +586,7 @@ def test_an_app_context_pushed_around_requests_gives_each_its_own_tracker(
     client = app.test_client(use_cookies=False)  # the Cookie header as given
     with app.app_context():
         reports = [
-            client.get("/g", headers={"Cookie": f"atrack_uuid={uuid}"}).json
-            for uuid in KNOWN
+            client.get("/g", headers={"Cookie": f"atrack_uuid={uuid}"}).json for uuid in KNOWN
         ]
     assert reports == [{**G_REPORT, "uuid": uuid} for uuid in KNOWN]
 
@@ -612,7 +613,7 @@ def test_classes_that_cannot_be_subclassed_keep_a_function_per_request(
     assert len(app.before_request_funcs[None]) == 1
     assert app.request_class is FinalRequest
     failures = [r for r in caplog.records if "could not subclass" in r.getMessage()]
-    assert len(failures) == 2  # init_app and the first request; not every request
+    assert len(failures) == 1  # at the first request; not every request
 
 
 def test_request_dispatched_without_wsgi_app_after_the_first_request_gets_a_tracker(
@@ -625,3 +626,141 @@ def test_request_dispatched_without_wsgi_app_after_the_first_request_gets_a_trac
     with app.test_request_context("/", headers={"Cookie": f"atrack_uuid={KNOWN[0]}"}):
         assert request.atrack.uuid == KNOWN[0]
         assert g.atrack is request.atrack
+
+
+def test_concurrent_first_requests_all_see_the_tracker_with_classes_set_after_init_app(
+    sdk: ATrackSdk, calls: CapturedCalls
+) -> None:
+    # The classes are made at the first WSGI call, before Flask makes any request from
+    # the app's classes: a second request, built while the first is still on its way
+    # to its view, gets them too.
+    import threading
+
+    from flask import request
+
+    class MyRequest(flask.Request):
+        pass
+
+    app = flask.Flask(__name__)
+    ATrack(app, sdk=sdk)
+    app.request_class = MyRequest
+    first_in_view, second_built = threading.Event(), threading.Event()
+
+    @app.url_value_preprocessor
+    def hold(endpoint: Any, values: Any) -> None:
+        if request.path == "/second":
+            second_built.set()
+            assert first_in_view.wait(10)
+        elif request.path == "/first":
+            assert second_built.wait(10)
+
+    @app.get("/<name>")
+    def view(name: str) -> Any:
+        if name == "first":
+            first_in_view.set()
+        return {
+            "uuid": request.atrack.uuid,
+            "mine": isinstance(request._get_current_object(), MyRequest),
+        }
+
+    results: dict[str, Any] = {}
+
+    def get(path: str) -> None:
+        results[path] = app.test_client().get(path)
+
+    threads = [threading.Thread(target=get, args=(path,)) for path in ("/first", "/second")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert [results[p].status_code for p in ("/first", "/second")] == [200, 200]
+    assert all(results[p].json["mine"] for p in ("/first", "/second"))
+
+
+def test_identify_hook_gets_its_own_request_from_a_thread(
+    sdk: ATrackSdk, calls: CapturedCalls
+) -> None:
+    # With an identify hook the request is bound to the tracker per request: a tracker
+    # handed to a thread (no Flask context there) still asks the hook with it.
+    import threading
+
+    from flask import request
+
+    user = "5d9c2a7e-1b3f-4c8d-9e0a-6f4b2c1d3e5a"
+    app = flask.Flask(__name__)
+    ATrack(app, sdk=sdk, identify=lambda req: req.headers.get("X-User"))
+
+    @app.post("/order")
+    def order() -> Any:
+        tracker = request.atrack
+        thread = threading.Thread(target=tracker.track, args=("order_created",))
+        thread.start()
+        thread.join()
+        return {"uuid": tracker.uuid}
+
+    client = app.test_client(use_cookies=False)
+    resp = client.post("/order", headers={"X-User": user, "Cookie": f"atrack_uuid={KNOWN[0]}"})
+    assert resp.json["uuid"] == user
+    assert [e["uuid"] for e in calls.events] == [user]
+
+
+def test_g_atrack_in_teardown_appcontext(app: Any, calls: CapturedCalls) -> None:
+    # Flask pops the request context before it tears the app context down.
+    from flask import g
+
+    seen: list[Any] = []
+
+    @app.teardown_appcontext
+    def teardown(exc: Any) -> None:
+        seen.append((g.get("atrack"), getattr(g, "atrack", None)))
+
+    client = app.test_client(use_cookies=False)
+    for uuid in KNOWN:
+        client.get("/health", headers={"Cookie": f"atrack_uuid={uuid}"})
+    assert [(a.uuid, b.uuid) for a, b in seen] == [(uuid, uuid) for uuid in KNOWN]
+
+
+def test_a_g_of_another_class_pushed_before_the_first_request_is_attached_per_request(
+    sdk: ATrackSdk, calls: CapturedCalls
+) -> None:
+    # An app context pushed before the app changed its g class holds a g the subclass
+    # cannot adopt: the tracker is then attached on every request, never stale.
+    class MyGlobals(flask.ctx._AppCtxGlobals):
+        pass
+
+    app = flask.Flask(__name__)
+    ATrack(app, sdk=sdk)
+    add_g_view(app)
+    client = app.test_client(use_cookies=False)
+    with app.app_context():
+        app.app_ctx_globals_class = MyGlobals
+        reports = [
+            client.get("/g", headers={"Cookie": f"atrack_uuid={uuid}"}).json for uuid in KNOWN
+        ]
+    assert reports == [{**G_REPORT, "uuid": uuid} for uuid in KNOWN]
+    assert len(app.before_request_funcs[None]) == 1
+
+
+def test_two_apps_with_one_request_class_keep_their_own_sdks(calls: CapturedCalls) -> None:
+    from flask import request
+
+    sdks = [
+        ATrackSdk(Options(f"pub_test_key_{n}{n}{n}{n}", endpoint=closed_port_url())) for n in (1, 2)
+    ]
+    apps = [flask.Flask(__name__) for _ in sdks]
+    for app, one_sdk in zip(apps, sdks, strict=True):
+        ATrack(app, sdk=one_sdk)
+
+        @app.get("/t")
+        def tracked() -> Any:
+            request.atrack.track("hit")
+            return "ok"
+
+    apps[0].test_client().get("/t")
+    apps[1].request_class = apps[0].request_class  # made by A-Track for the first app
+    with apps[1].test_request_context("/t"):
+        apps[1].full_dispatch_request()
+    keys = [call.headers["x-a-track-key"] for call in calls.calls if call.path == "/event"]
+    for one_sdk in sdks:
+        one_sdk.shutdown(timeout=0.5)
+    assert keys == ["pub_test_key_1111", "pub_test_key_2222"]
