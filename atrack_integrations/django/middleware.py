@@ -126,7 +126,9 @@ def _begin(
     # try/except rather than a with block: free until something fails (every request
     # passes here).
     try:
-        config = conf.get_config()
+        config = conf._config  # what get_config() returns once built, without the call
+        if config is None:
+            config = conf.get_config()
         cached = _keys_cache
         keys = cached[1] if cached[0] is config else _keys(config)
         meta = request.META
@@ -138,7 +140,7 @@ def _begin(
         else:
             view = _asgi_view(meta, scope, keys)
         tracker = config.begin(view, request, path=request.path_info, in_event_loop=in_event_loop)
-        request.atrack = tracker
+        attrs[STATE_KEY] = tracker  # request.atrack, without setattr's lookups
         return config, tracker
     except Exception:  # noqa: BLE001 - logged by _MIDDLEWARE_FAILED.log()
         _MIDDLEWARE_FAILED.log()
