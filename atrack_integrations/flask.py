@@ -227,6 +227,7 @@ class _Attach:
         self._begin = begin
         self._lock = threading.Lock()
         self._settled = False  # classes installed, or every request attaches
+        self._every = False  # a before_request function attaches on every request
         # One bound method each, to find them again in Flask's lists.
         self.first_call = self._first_call
         self.first_request = self._first_request
@@ -239,9 +240,7 @@ class _Attach:
         return self._middleware(environ, start_response)
 
     def _first_request(self) -> None:
-        req = _current_request()
-        flask_g = g._get_current_object()
-        if not self._settle(req, flask_g):
+        if not self._settle(_current_request(), _current_g()):
             self._each_request()
 
     def _settle(self, req: Any, flask_g: Any) -> bool:
@@ -258,6 +257,7 @@ class _Attach:
                     app.request_class = request_class
                     app.app_ctx_globals_class = globals_class
                     every = flask_g is not None and not _adopt(flask_g, globals_class)
+                self._every = every
                 # The first-request function goes (or gives way to the one that runs
                 # every request), in a new list: Flask may be iterating over the old.
                 funcs: list[Any] = []
@@ -269,10 +269,10 @@ class _Attach:
                 app.before_request_funcs[None] = funcs
                 if app.wsgi_app == self.first_call:
                     app.wsgi_app = self._middleware  # type: ignore[method-assign]
-            if req is None:
-                return True
-            return _adopt(req, app.request_class) and (
-                flask_g is None or _adopt(flask_g, app.app_ctx_globals_class)
+            if self._every:
+                return False
+            return req is None or (
+                _adopt(req, app.request_class) and _adopt(flask_g, app.app_ctx_globals_class)
             )
 
     def _each_request(self) -> None:
@@ -286,14 +286,23 @@ class _Attach:
         elif tracker._identify_due:
             tracker._hook_request = req  # config.bind_request, inline
         vars(req)[STATE_KEY] = tracker
-        vars(g._get_current_object())[STATE_KEY] = tracker
+        vars(_current_g())[STATE_KEY] = tracker
 
 
+# The real objects through Flask's context variables: every access through one of its
+# proxies costs a Python call.
 def _current_request() -> Any:
     """The Flask request of the current context."""
     if _cv_request is not None:
         return _cv_request.get().request
     return request._get_current_object()  # type: ignore[attr-defined]  # pragma: no cover
+
+
+def _current_g() -> Any:
+    """The Flask ``g`` of the current app context."""
+    if _cv_app is not None:
+        return _cv_app.get().g
+    return g._get_current_object()  # pragma: no cover
 
 
 class ATrackState:

@@ -764,3 +764,27 @@ def test_two_apps_with_one_request_class_keep_their_own_sdks(calls: CapturedCall
     for one_sdk in sdks:
         one_sdk.shutdown(timeout=0.5)
     assert keys == ["pub_test_key_1111", "pub_test_key_2222"]
+
+
+def test_classes_that_cannot_be_subclassed_first_dispatched_without_wsgi_app(
+    sdk: ATrackSdk, calls: CapturedCalls, request: pytest.FixtureRequest
+) -> None:
+    # The first request, dispatched without app.wsgi_app, finds the classes cannot be
+    # subclassed: that request is attached too, not only the later ones.
+    from flask import g
+    from flask import request as flask_request
+
+    request.getfixturevalue("atrack_log_guard").expect_errors()
+
+    class FinalRequest(flask.Request):
+        def __init_subclass__(cls, **kwargs: Any) -> None:
+            raise TypeError("FinalRequest cannot be subclassed")
+
+    app = flask.Flask(__name__)
+    app.request_class = FinalRequest
+    ATrack(app, sdk=sdk)
+    for uuid in KNOWN:
+        with app.test_request_context("/", headers={"Cookie": f"atrack_uuid={uuid}"}):
+            app.preprocess_request()
+            assert flask_request.atrack.uuid == uuid
+            assert g.atrack is flask_request.atrack
