@@ -437,6 +437,13 @@ class Outbox:
                 last_seq = calls[-1].seq
                 evicted = last_seq - self._last_seq - len(calls)
                 self._last_seq = last_seq
+                if evicted:
+                    # Parked, then pushed out before this cut: written all the same
+                    # (as waiting, below), so not counted as not written.
+                    first_seq = calls[0].seq
+                    pushed_out = [c for c in parked_new if c.seq < first_seq]
+                    evicted -= len(pushed_out)
+                    calls[:0] = pushed_out
             for call in calls:
                 stored = call.stored
                 if stored and stored != _PARKED:
@@ -456,31 +463,6 @@ class Outbox:
                     held, due = 0, park_due
                     waiting = True
                 values += (next_id, call.path, call.uuid, call.body, rid, call.created, held, due)
-                next_id += 1
-                added += size
-                written += 1
-            # Parked, then pushed out of the deque before this cut: written all the same.
-            for call in parked_new:
-                if call.stored != _PARKED:
-                    continue  # taken above (written, or counted as not written)
-                evicted -= 1
-                size = len(call.body) + len(call.uuid) + overhead
-                if added + size > room:
-                    full += 1
-                    call.stored = _SETTLED
-                    continue
-                call.stored = next_id
-                values += (
-                    next_id,
-                    call.path,
-                    call.uuid,
-                    call.body,
-                    call.request_id,
-                    call.created,
-                    0,
-                    park_due,
-                )
-                waiting = True
                 next_id += 1
                 added += size
                 written += 1
