@@ -260,19 +260,25 @@ def test_calls_made_while_the_writer_is_stalled_are_sent_and_counted_beyond_its_
     assert {r.status for r in api.received} == {200}
 
 
-def stalled_sdk(api: FakeApi, outbox: Path, errors: list[Any]) -> ATrackSdk:
-    """An SDK whose every attempt is answered 503, with no retries: each call is parked
-    (or, if nothing will write it, reported failed) on its first answer."""
-    api.default_status = 503
-    return ATrackSdk(
-        Options(
-            KEY,
-            endpoint=api.url,
-            outbox=outbox,
-            max_retries=0,
-            on_error=lambda call, exc: errors.append(call),
+@contextlib.contextmanager
+def parking_sdk(outbox: Path, errors: list[Any]) -> Iterator[tuple[FakeApi, ATrackSdk]]:
+    """An API answering every attempt 503 and an SDK without retries: each call is
+    parked (or, if nothing will write it, reported failed to ``errors``) on its first
+    answer; a first call ("before") is parked already."""
+    with FakeApi() as api:
+        api.default_status = 503
+        sdk = ATrackSdk(
+            Options(
+                KEY,
+                endpoint=api.url,
+                outbox=outbox,
+                max_retries=0,
+                on_error=lambda call, exc: errors.append(call),
+            )
         )
-    )
+        sdk.track("before", uuid="u0")
+        wait_until(lambda: sdk.stats()["outbox_parked"] == 1, 5, "the first call parked")
+        yield api, sdk
 
 
 def test_a_call_pushed_out_of_the_unwritten_deque_is_not_kept_when_its_retries_run_out(
@@ -286,10 +292,7 @@ def test_a_call_pushed_out_of_the_unwritten_deque_is_not_kept_when_its_retries_r
     outbox = tmp_path / "ob"
     errors: list[Any] = []
     answers = threading.Event()
-    with FakeApi() as api:
-        sdk = stalled_sdk(api, outbox, errors)
-        sdk.track("before", uuid="u0")
-        wait_until(lambda: sdk.stats()["outbox_parked"] == 1, 5, "the first call parked")
+    with parking_sdk(outbox, errors) as (api, sdk):
         with writer_stalled(sdk, outbox, api):
             api.default = Plan(503, hold=answers)  # answered once all 300 are made
             for i in range(300):
@@ -316,10 +319,7 @@ def test_a_call_parked_before_the_writer_took_it_is_written_after_being_pushed_o
     outbox = tmp_path / "ob"
     errors: list[Any] = []
     answers = threading.Event()
-    with FakeApi() as api:
-        sdk = stalled_sdk(api, outbox, errors)
-        sdk.track("before", uuid="u0")
-        wait_until(lambda: sdk.stats()["outbox_parked"] == 1, 5, "the first call parked")
+    with parking_sdk(outbox, errors) as (api, sdk):
         with writer_stalled(sdk, outbox, api):
             sdk.track("parked early", uuid="early")
             wait_until(lambda: sdk.stats()["outbox_parked"] == 3, 5, "it and 'stall' parked")
