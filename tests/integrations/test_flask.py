@@ -490,6 +490,13 @@ def test_the_apps_own_hooks_and_routing_errors_see_the_tracker(
     assert fresh.headers.getlist("Set-Cookie") == []
 
 
+class FinalRequest(flask.Request):
+    """A request class that refuses subclasses."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        raise TypeError("FinalRequest cannot be subclassed")
+
+
 def add_g_view(app: Any) -> None:
     from flask import g, jsonify, request
 
@@ -598,10 +605,6 @@ def test_classes_that_cannot_be_subclassed_keep_a_function_per_request(
     request: pytest.FixtureRequest,
 ) -> None:
     request.getfixturevalue("atrack_log_guard").expect_errors()
-
-    class FinalRequest(flask.Request):
-        def __init_subclass__(cls, **kwargs: Any) -> None:
-            raise TypeError("FinalRequest cannot be subclassed")
 
     app = flask.Flask(__name__)
     app.request_class = FinalRequest
@@ -775,10 +778,6 @@ def test_classes_that_cannot_be_subclassed_first_dispatched_without_wsgi_app(
     from flask import request as flask_request
 
     request.getfixturevalue("atrack_log_guard").expect_errors()
-
-    class FinalRequest(flask.Request):
-        def __init_subclass__(cls, **kwargs: Any) -> None:
-            raise TypeError("FinalRequest cannot be subclassed")
 
     app = flask.Flask(__name__)
     app.request_class = FinalRequest
