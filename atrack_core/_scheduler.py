@@ -592,9 +592,11 @@ class BackgroundDelivery:
             self._outage = True
             self._probes_failed = 0
             logger.warning(
-                "A-Track API unreachable (%d attempts in a row without a response); "
-                "probing with one call at a time until it answers",
+                "A-Track API at %s unreachable (%d attempts in a row without a response, "
+                "the last: %s); probing with one call at a time until it answers",
+                self._endpoint.base_url,
                 self._no_response,
+                outcome.error,
             )
         elif was_probe:
             self._probes_failed += 1
