@@ -503,6 +503,11 @@ def _outbox_flush(args: argparse.Namespace) -> int:
     from ._options import Options
     from ._sdk import ATrackSdk
 
+    # As inspect: an SDK would create a missing directory, so a mistyped path would be
+    # made (with its parents) and reported as an empty outbox.
+    if not os.path.isdir(args.directory):
+        _error(f"{args.directory} is not a directory")
+        return 2
     key = args.key or os.environ.get("ATRACK_PUBLIC_KEY", "")
     if not key:
         _error("no public key: pass --key or set ATRACK_PUBLIC_KEY")
