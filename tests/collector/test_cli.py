@@ -255,6 +255,7 @@ def test_collector_on_a_port_in_use_exits_1(capsys: pytest.CaptureFixture[str]) 
         code, out, err = run(capsys, "collector", "--port", str(port))
     assert code == 1
     assert f"cannot serve on 127.0.0.1 port {port}" in err
+    assert "pick another port with --port" in err
     assert out == ""
 
 
