@@ -583,7 +583,11 @@ class BackgroundDelivery:
             if self._outage:
                 self._outage = False
                 self._work.notify_all()
-                logger.info("A-Track API reachable again; resuming normal sending")
+                # At the unreachable line's level: a log that shows the outage shows its end.
+                logger.warning(
+                    "A-Track API at %s reachable again; resuming normal sending",
+                    self._endpoint.base_url,
+                )
             return
         self._no_response += 1
         if self._no_response < OUTAGE_AFTER:

@@ -635,7 +635,10 @@ def test_an_unreachable_api_is_probed_one_call_at_a_time_then_resumed(
     # Where and why: the endpoint and the last attempt's error.
     assert f"A-Track API at {fake_api.url} unreachable" in unreachable
     assert "/event failed" in unreachable
-    assert sum("reachable again" in m for m in messages) == 1
+    # The end of the outage at the same level as its start.
+    [back] = [r for r in caplog.records if "reachable again" in r.getMessage()]
+    assert back.levelno == logging.WARNING
+    assert f"A-Track API at {fake_api.url} reachable again" in back.getMessage()
     delivered = {r.body["attributes"]["i"] for r in fake_api.received if r.status == 200}
     assert len(delivered) == stats["sent"]
 
