@@ -200,4 +200,4 @@ def sync_delivery(
 ) -> SyncDelivery:
     """A sync delivery through ``transport`` (``atrack_core.testing``'s override)."""
     endpoint = endpoint_for(base_url, options.timeout, options.http2)
-    return SyncDelivery(options, transport, endpoint, stats, Reporter(options, stats))
+    return SyncDelivery(options, transport, endpoint, stats, Reporter(options, stats, base_url))

@@ -88,8 +88,10 @@ class Stats:
 class Reporter:
     """Logs and forwards failures: the 401/403 line once per SDK, ``on_error`` always."""
 
-    def __init__(self, options: Options, stats: Stats) -> None:
+    def __init__(self, options: Options, stats: Stats, base_url: str) -> None:
         self._options = options
+        # Named in every line, so a wrong or unreachable ATRACK_ENDPOINT shows in the log.
+        self._base_url = base_url
         self._stats = stats
         self._key_logged = False
         self._last_drop_log = -DROP_LOG_INTERVAL
@@ -118,8 +120,9 @@ class Reporter:
                 self._key_logged = True
             if first:
                 logger.error(
-                    "A-Track rejected the public key %s (HTTP %s); nothing will be accepted "
-                    "until the key is fixed",
+                    "A-Track at %s rejected the public key %s (HTTP %s); nothing will be "
+                    "accepted until the key is fixed",
+                    self._base_url,
                     mask_key(self._options.public_key),
                     error.status,
                 )
@@ -136,7 +139,8 @@ class Reporter:
                     self._fails_not_logged += 1
             if log:
                 logger.warning(
-                    "A-Track call %s for uuid %r dropped: %s%s",
+                    "A-Track call %s%s for uuid %r dropped: %s%s",
+                    self._base_url,
                     call.path,
                     call.uuid,
                     error,
@@ -145,7 +149,13 @@ class Reporter:
                     else "",
                 )
             else:
-                logger.debug("A-Track call %s for uuid %r dropped: %s", call.path, call.uuid, error)
+                logger.debug(
+                    "A-Track call %s%s for uuid %r dropped: %s",
+                    self._base_url,
+                    call.path,
+                    call.uuid,
+                    error,
+                )
         self.hook(call, error)
 
     def dropped(self, call: Call, *, closed: bool = False, limit: str = "") -> None:

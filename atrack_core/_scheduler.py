@@ -583,7 +583,11 @@ class BackgroundDelivery:
             if self._outage:
                 self._outage = False
                 self._work.notify_all()
-                logger.info("A-Track API reachable again; resuming normal sending")
+                # At the unreachable line's level: a log that shows the outage shows its end.
+                logger.warning(
+                    "A-Track API at %s reachable again; resuming normal sending",
+                    self._endpoint.base_url,
+                )
             return
         self._no_response += 1
         if self._no_response < OUTAGE_AFTER:
@@ -592,9 +596,11 @@ class BackgroundDelivery:
             self._outage = True
             self._probes_failed = 0
             logger.warning(
-                "A-Track API unreachable (%d attempts in a row without a response); "
-                "probing with one call at a time until it answers",
+                "A-Track API at %s unreachable (%d attempts in a row without a response, "
+                "the last: %s); probing with one call at a time until it answers",
+                self._endpoint.base_url,
                 self._no_response,
+                outcome.error,
             )
         elif was_probe:
             self._probes_failed += 1

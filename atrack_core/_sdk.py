@@ -65,7 +65,7 @@ class ATrackSdk:
         self._public_key = options.public_key
         self.storage: Storage = options.storage if options.storage is not None else MemoryStorage()
         self._stats = Stats()
-        self._reporter = Reporter(options, self._stats)
+        self._reporter = Reporter(options, self._stats, self.base_url)
         self._closed = False
         directory = None if options.disabled or options.outbox is None else options.outbox
         if directory is not None and options.delivery == "sync":

@@ -19,6 +19,7 @@ not (network error, HTTP error status), 2 for bad input or usage.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import math
@@ -297,7 +298,14 @@ def _run_collector(args: argparse.Namespace) -> int:
             allowed_hosts=args.allowed_hosts,
         )
     except OSError as exc:
-        _error(f"cannot serve on {host} port {args.port}: {exc}")
+        hint = ""
+        if exc.errno == errno.EADDRINUSE:
+            # Most often a collector started earlier, or `make demo` still serving.
+            hint = (
+                " (another program listens there, an earlier 'atrack collector' or "
+                "'make demo'?): stop it, or pick another port with --port"
+            )
+        _error(f"cannot serve on {host} port {args.port}: {exc}{hint}")
         return EXIT_FAILED
     except sqlite3.Error as exc:
         _error(f"cannot use the database {args.db!r}: {exc}")
@@ -503,6 +511,11 @@ def _outbox_flush(args: argparse.Namespace) -> int:
     from ._options import Options
     from ._sdk import ATrackSdk
 
+    # As inspect: an SDK would create a missing directory, so a mistyped path would be
+    # made (with its parents) and reported as an empty outbox.
+    if not os.path.isdir(args.directory):
+        _error(f"{args.directory} is not a directory")
+        return 2
     key = args.key or os.environ.get("ATRACK_PUBLIC_KEY", "")
     if not key:
         _error("no public key: pass --key or set ATRACK_PUBLIC_KEY")

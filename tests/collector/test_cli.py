@@ -127,6 +127,19 @@ def test_unreachable_endpoint_exits_1(capsys: pytest.CaptureFixture[str]) -> Non
     assert time.monotonic() - started < 5
 
 
+@pytest.mark.parametrize("command", ["inspect", "flush"])
+def test_outbox_commands_refuse_a_missing_directory(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "var" / "atrack-outbox"  # a mistyped path, say
+    key = ["--key", KEY] if command == "flush" else []
+    code, out, err = run(capsys, "outbox", command, str(missing), *key)
+    assert code == 2
+    assert f"{missing} is not a directory" in err
+    assert not (tmp_path / "var").exists()  # not created on the way
+    assert out == ""
+
+
 @pytest.mark.parametrize(
     ("argv", "fragment"),
     [
@@ -242,6 +255,7 @@ def test_collector_on_a_port_in_use_exits_1(capsys: pytest.CaptureFixture[str]) 
         code, out, err = run(capsys, "collector", "--port", str(port))
     assert code == 1
     assert f"cannot serve on 127.0.0.1 port {port}" in err
+    assert "pick another port with --port" in err
     assert out == ""
 
 

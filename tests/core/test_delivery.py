@@ -574,7 +574,8 @@ def test_key_never_appears_in_a_log_line(
     for i in range(50):
         sdk.track("e", uuid=f"flood-{i}")
     sdk.flush(5)
-    down = sdk_factory(closed_port_url(), max_retries=1)
+    down_url = closed_port_url()
+    down = sdk_factory(down_url, max_retries=1)
     down.track("e", uuid="down")
     down.flush(5)
     down.shutdown()
@@ -587,6 +588,11 @@ def test_key_never_appears_in_a_log_line(
     rejected = [r for r in caplog.records if r.levelno == logging.ERROR and "key" in r.getMessage()]
     assert len(rejected) == 1  # once per SDK, however many 401/403s
     assert KEY[-4:] in rejected[0].getMessage()
+    # Each line names the endpoint, so a wrong ATRACK_ENDPOINT shows in the log.
+    assert f"A-Track at {fake_api.url} rejected" in rejected[0].getMessage()
+    [down_line] = [r.getMessage() for r in caplog.records if "'down' dropped" in r.getMessage()]
+    assert f"call {down_url}/event for uuid" in down_line
+    assert "Connect" in down_line  # the reason: the connection was refused
     assert "sdk" not in repr(sdk).lower() or KEY not in repr(sdk)
 
 
@@ -625,8 +631,14 @@ def test_an_unreachable_api_is_probed_one_call_at_a_time_then_resumed(
     assert stats["sent"] + stats["failed"] == 300
     assert stats["failed"] <= 3
     messages = [r.getMessage() for r in caplog.records]
-    assert sum("unreachable" in m for m in messages) == 1
-    assert sum("reachable again" in m for m in messages) == 1
+    [unreachable] = [m for m in messages if "unreachable" in m]
+    # Where and why: the endpoint and the last attempt's error.
+    assert f"A-Track API at {fake_api.url} unreachable" in unreachable
+    assert "/event failed" in unreachable
+    # The end of the outage at the same level as its start.
+    [back] = [r for r in caplog.records if "reachable again" in r.getMessage()]
+    assert back.levelno == logging.WARNING
+    assert f"A-Track API at {fake_api.url} reachable again" in back.getMessage()
     delivered = {r.body["attributes"]["i"] for r in fake_api.received if r.status == 200}
     assert len(delivered) == stats["sent"]
 

@@ -51,6 +51,9 @@ def test_demo_once_finishes_and_counts_users_and_events() -> None:
     assert re.search(r"events received:\s+11 \(tracked 11\)", out), out
     assert re.search(r"order_created\s+4\b", out), out
     assert re.search(r"calls: /init 5, /attributes 2, /event 11; rejected 0", out), out
+    [stats] = [line for line in out.splitlines() if line.startswith("SDK stats:")]
+    assert "'sent': 18, 'failed': 0" in stats, stats
+    assert "outbox_" not in stats, stats  # counts that trail the deliveries
     assert re.search(r"Inspector: http://127\.0\.0\.1:\d+/", out), out
 
 
