@@ -220,14 +220,20 @@ def start_and_terminate(
     assert proc.stdout is not None
     lines = [proc.stdout.readline().strip(), proc.stdout.readline().strip()]
     assert lines[1].startswith("queued"), [*lines, proc.stderr.read() if proc.stderr else ""]
+    out, _err = sigterm_and_wait(proc)
+    return proc.returncode, lines + out.split("\n")
+
+
+def sigterm_and_wait(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    """SIGTERM ``proc`` and read its output until it ends (30 s at most: a hang is
+    killed, so no process is left behind for the next tests)."""
     proc.send_signal(signal.SIGTERM)
     try:
-        out, _err = proc.communicate(timeout=30)
+        return proc.communicate(timeout=30)
     finally:
-        if proc.poll() is None:  # a hang: leave no process behind for the next tests
+        if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    return proc.returncode, lines + out.split("\n")
 
 
 def test_sigterm_without_a_host_handler_flushes_then_dies_by_sigterm(
@@ -821,13 +827,7 @@ def terminate_script(script: str, *args: str) -> tuple[int, str, str]:
     assert proc.stdout is not None
     first = proc.stdout.readline()
     assert first.startswith("queued"), first + (proc.stderr.read() if proc.stderr else "")
-    proc.send_signal(signal.SIGTERM)
-    try:
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:  # a hang: leave no process behind for the next tests
-            proc.kill()
-            proc.communicate()
+    out, err = sigterm_and_wait(proc)
     return proc.returncode, out, err
 
 
