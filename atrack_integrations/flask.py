@@ -367,9 +367,7 @@ class ATrack:
         # the eager /init sent through start_response. The identify hook must get the
         # Flask request: bound by a before_request function (see _Attach); the hook is
         # asked only when the uuid is needed (after that).
-        middleware = ATrackWSGIMiddleware._over(
-            app.wsgi_app, config, hook_gets_environ=False, active_body=_active_body
-        )
+        middleware = ATrackWSGIMiddleware._over(app.wsgi_app, config, active_body=_active_body)
 
         def begin_here(req: Any) -> RequestTracker | None:
             """Dispatched without app.wsgi_app: a tracker, but no cookie (no response

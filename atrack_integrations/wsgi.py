@@ -71,14 +71,13 @@ class ATrackWSGIMiddleware:
         app: WSGIApp,
         config: IntegrationConfig,
         *,
-        hook_gets_environ: bool,
         active_body: ActiveBodyFactory = active_body,
     ) -> ATrackWSGIMiddleware:
         """The middleware over ``app`` with a validated configuration (the Flask
         extension's: its identify hook gets the Flask request, bound later, and it knows
         which of werkzeug's bodies run no app code while they are iterated and closed)."""
         self = cls.__new__(cls)
-        self._setup(app, config, hook_gets_environ=hook_gets_environ, active_body=active_body)
+        self._setup(app, config, hook_gets_environ=False, active_body=active_body)
         return self
 
     def _setup(
