@@ -473,15 +473,22 @@ def _failure(exc: Exception, base_url: str) -> str:
     return message
 
 
+def _is_directory(path: str) -> bool:
+    """Whether the outbox directory ``path`` exists; if not, says so."""
+    if os.path.isdir(path):
+        return True
+    _error(f"{path} is not a directory")
+    return False
+
+
 def _outbox_inspect(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ._outbox import describe
 
-    directory = Path(args.directory)
-    if not directory.is_dir():
-        _error(f"{args.directory} is not a directory")
+    if not _is_directory(args.directory):
         return 2
+    directory = Path(args.directory)
     files = describe(directory)
     if args.json:
         print(json.dumps(files, indent=2))
@@ -511,10 +518,9 @@ def _outbox_flush(args: argparse.Namespace) -> int:
     from ._options import Options
     from ._sdk import ATrackSdk
 
-    # As inspect: an SDK would create a missing directory, so a mistyped path would be
-    # made (with its parents) and reported as an empty outbox.
-    if not os.path.isdir(args.directory):
-        _error(f"{args.directory} is not a directory")
+    # An SDK would create a missing directory, so a mistyped path would be made (with
+    # its parents) and reported as an empty outbox.
+    if not _is_directory(args.directory):
         return 2
     key = args.key or os.environ.get("ATRACK_PUBLIC_KEY", "")
     if not key:
