@@ -345,7 +345,10 @@ class ATrack:
 
     def init_app(self, app: Flask) -> None:
         """Register on ``app``: read (and default) its ``ATRACK_*`` config, build the
-        SDK, wrap ``app.wsgi_app`` and add a ``before_request`` hook. Raises
+        SDK, wrap ``app.wsgi_app`` and add a ``before_request`` function (at the first
+        request, ``request.atrack`` and ``g.atrack`` become attributes of subclasses of
+        the app's classes and that function goes, unless it must stay: see
+        :class:`_Attach`). Raises
         ``RuntimeError`` if A-Track is already registered on ``app``,
         ``ValueError``/``TypeError`` for a bad setting."""
         if EXTENSION_KEY in app.extensions:
