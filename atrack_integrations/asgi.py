@@ -148,7 +148,7 @@ class ATrackMiddleware:
                 # the call: ~0.8k instructions per header read.
                 text = value.decode()
             except UnicodeDecodeError:
-                text = header_text(value)
+                text = header_text(value, key)
             if key in picked:
                 picked[key] += ("; " if key == "cookie" else ", ") + text
             elif key is _HOST:
