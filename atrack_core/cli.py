@@ -1,15 +1,19 @@
-"""The ``atrack`` command.
+"""The ``atrack`` command (``atrack COMMAND --help`` has every option).
 
 ::
 
     atrack collector [--host 127.0.0.1] [--port 8787] [--db PATH] [--latency SECONDS]
-                     [--allow-host NAME ...]
-
-``--host 0.0.0.0`` listens on every interface; the banner then prints the loopback
-endpoint for this machine and, per ``--allow-host`` name, the endpoint other hosts (a
-docker-compose network) use with ``ATRACK_ALLOW_INSECURE_HTTP=1``.
+                     [--accept-key KEY ...] [--allow-host NAME ...] [--access-log]
     atrack send-event NAME --uuid U [--attr k=v ...] [--key K] [--endpoint URL]
+                      [--geo G] [--timeout S] [--retries N] [--allow-insecure-http] [-v]
+    atrack outbox inspect DIR [--json]
+    atrack outbox flush DIR [--key K] [--endpoint URL] [--geo G] [--timeout S]
+                            [--allow-insecure-http] [-v]
     atrack --version
+
+``collector --host 0.0.0.0`` listens on every interface; the banner then prints the
+loopback endpoint for this machine and, per ``--allow-host`` name, the endpoint other
+hosts (a docker-compose network) use with ``ATRACK_ALLOW_INSECURE_HTTP=1``.
 
 ``send-event`` makes one synchronous call through the SDK, to check a key and a
 network path from the shell. Exit status: 0 when the call was accepted, 1 when it was
@@ -32,6 +36,7 @@ from contextlib import contextmanager
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from ._options import mask_key
 from ._version import __version__
 
 __all__ = ["main"]
@@ -43,11 +48,6 @@ EXIT_USAGE: Final = 2
 _COLLECTOR_EXTRA_HINT: Final = (
     "the collector needs Starlette and uvicorn: pip install 'a-track-sdk[collector]'"
 )
-
-
-def _masked(key: str) -> str:
-    # Only ever the last 4 characters, and none of a short key.
-    return "…" + key[-4:] if len(key) > 8 else "…"
 
 
 def _error(message: str) -> None:
@@ -393,7 +393,7 @@ def collector_banner(
                 for name in allowed_hosts
             ]
     if keys:
-        masked = ", ".join(dict.fromkeys(_masked(key) for key in keys))
+        masked = ", ".join(dict.fromkeys(mask_key(key) for key in keys))
         lines.append(
             f"  key:        only the --accept-key keys ({masked}) are answered: set "
             "ATRACK_PUBLIC_KEY to one of them"
@@ -482,7 +482,7 @@ def _sdk_logs(*, shown: bool) -> Iterator[None]:
 
 def _print_sent(base_url: str, key: str, sent: list[tuple[str, dict[str, Any]]]) -> None:
     for path, body in sent:
-        print(f"POST {base_url}{path}  (key {_masked(key)})")
+        print(f"POST {base_url}{path}  (key {mask_key(key)})")
         print(json.dumps(body, indent=2, ensure_ascii=False))
 
 
