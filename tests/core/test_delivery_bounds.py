@@ -55,7 +55,9 @@ def test_a_trickling_answer_is_cut_at_the_timeout_in_sync_mode(
     with pytest.raises(DeliveryError) as info:
         sdk.track("e", uuid="u")
     elapsed = time.monotonic() - start
-    assert elapsed < 2.5, elapsed
+    # The promise: timeout bounds the whole attempt (the answer would take ~8 s; a
+    # per-read timeout never fires). Up to five times the 1 s, for a loaded machine.
+    assert elapsed < 5.0, f"a 1 s timeout ended the attempt after {elapsed:.2f} s"
     assert info.value.status is None
     assert "Timeout" in str(info.value)
     assert 1 <= fake_api.bytes_written < 20
@@ -66,10 +68,9 @@ def test_a_trickling_answer_is_cut_at_the_timeout_in_the_background(
 ) -> None:
     fake_api.plan("/event", Plan(200, trickle=0.2))
     sdk = make(fake_api.url, timeout=1.0)
-    start = time.monotonic()
     sdk.track("e", uuid="u")
+    # The whole answer would take ~8 s: flushed within 6 s, the attempt was cut.
     assert sdk.flush(6) is True
-    assert time.monotonic() - start < 4.0
     assert len(fake_api.received) == 2  # cut, then retried and answered at once
     assert sdk.stats()["retried"] == 1 and sdk.stats()["sent"] == 1
 
@@ -80,10 +81,9 @@ def test_an_endless_chunked_body_does_not_hold_a_sender(
 ) -> None:
     fake_api.plan("/event", Plan(status, endless=0.05))
     sdk = make(fake_api.url, timeout=1.0, max_retries=1)
-    start = time.monotonic()
     sdk.track("e", uuid="u")
+    # The body never ends: flushed at all, the attempt was cut at its timeout.
     assert sdk.flush(6) is True
-    assert time.monotonic() - start < 4.0
     # The status decides: a 200 is delivered; a 500 is retried (then answered 200).
     assert sdk.stats()["sent"] == 1
     assert len(fake_api.received) == (1 if status == 200 else 2)
@@ -95,7 +95,10 @@ def test_an_endless_body_in_sync_mode_returns_on_time(fake_api: FakeApi, make: A
     start = time.monotonic()
     with pytest.raises(DeliveryError) as info:
         sdk.track("e", uuid="u")
-    assert time.monotonic() - start < 3.0
+    elapsed = time.monotonic() - start
+    # The promise: two attempts of at most timeout (0.5 s) each; the body never ends,
+    # so without the bound track() would not return. Five times that allowed.
+    assert elapsed < 5.0, f"two 0.5 s attempts took {elapsed:.2f} s"
     assert info.value.status == 503
 
 
@@ -103,10 +106,8 @@ def test_at_most_64_kib_of_an_error_body_is_read(fake_api: FakeApi, make: Any) -
     errors: list[BaseException] = []
     fake_api.plan("/event", Plan(500, body_size=300 * 1024 * 1024))
     sdk = make(fake_api.url, max_retries=0, on_error=lambda call, exc: errors.append(exc))
-    start = time.monotonic()
     sdk.track("e", uuid="u")
     assert sdk.flush(10) is True
-    assert time.monotonic() - start < 5.0
     [error] = errors
     assert isinstance(error, DeliveryError) and error.status == 500
     assert error.body is not None and 0 < len(error.body) <= 500
