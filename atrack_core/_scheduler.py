@@ -314,8 +314,6 @@ class BackgroundDelivery:
         with self._lock:
             if self._outstanding == 0:
                 return True
-            if self._pending:  # asked for, not started (see _start_pending)
-                self._start_pending_locked()
             # Every outstanding call has a seq below self._seq, and every later call a
             # seq at or above it: the waiter counts down only for the former.
             waiter = _FlushWaiter(self._seq, self._outstanding)
@@ -426,46 +424,33 @@ class BackgroundDelivery:
             kinds, self._pending = self._pending, []
         if kinds:
             _sigterm.on_delivery_start()  # the SIGTERM watcher, from the first delivery
-        at = 0  # the kind being started
-        try:
-            for kind in kinds:
-                self._start_one(kind)
-                at += 1
-        except BaseException:
-            # SystemExit from a host's signal handler run here (gevent): the threads not
-            # started yet are counted as running already (_wake_locked); asked for again,
-            # they start with the next call, sender loop or flush.
+        for kind in kinds:
+            if kind == "store":
+                if self.hooks is not None:
+                    self.hooks.start()
+                continue
+            if kind == "timer":
+                target = self._timer_main
+            elif self._uses_multi:
+                target = self._multi_main
+            else:
+                target = self._sender_main
+            name = "atrack-retry" if kind == "timer" else "atrack-sender"
+            thread = threading.Thread(target=_threads.quiet(target), name=name, daemon=True)
             with self._lock:
-                self._pending[:0] = kinds[at + 1 :]
-            raise
-
-    def _start_one(self, kind: str) -> None:
-        if kind == "store":
-            if self.hooks is not None:
-                self.hooks.start()
-            return
-        if kind == "timer":
-            target = self._timer_main
-        elif self._uses_multi:
-            target = self._multi_main
-        else:
-            target = self._sender_main
-        name = "atrack-retry" if kind == "timer" else "atrack-sender"
-        thread = threading.Thread(target=_threads.quiet(target), name=name, daemon=True)
-        with self._lock:
-            self._threads.add(thread)
-        try:
-            _threads.start(thread)
-        except RuntimeError:
-            # "can't create new thread at interpreter shutdown": existing threads (if
-            # any) carry on; otherwise the calls stay queued and flush() times out.
-            logger.debug("A-Track could not start a thread", exc_info=True)
-            with self._lock:
-                self._threads.discard(thread)
-                if kind == "timer":
-                    self._timer = False
-                else:
-                    self._senders -= 1
+                self._threads.add(thread)
+            try:
+                _threads.start(thread)
+            except RuntimeError:
+                # "can't create new thread at interpreter shutdown": existing threads (if
+                # any) carry on; otherwise the calls stay queued and flush() times out.
+                logger.debug("A-Track could not start a thread", exc_info=True)
+                with self._lock:
+                    self._threads.discard(thread)
+                    if kind == "timer":
+                        self._timer = False
+                    else:
+                        self._senders -= 1
 
     def _start_pending_locked(self) -> None:
         """:meth:`_start_pending` from a method holding the lock (released meanwhile)."""
@@ -690,7 +675,6 @@ class BackgroundDelivery:
         done: tuple[Call, Outcome] | None = None  # the last attempt, not yet settled
         timing: tuple[float, float] | None = None  # its wall and CPU seconds
         failed: Call | None = None  # given up on and reported, not yet finished
-        holding: Call | None = None  # taken, its attempt not yet in ``done``
         try:
             while True:
                 error: DeliveryError | None = None
@@ -706,7 +690,7 @@ class BackgroundDelivery:
                             self._observe_locked(*timing)
                         error = self._settle_locked(call, outcome)
                     if error is None:
-                        call = holding = self._take_locked()
+                        call = self._take_locked()
                 if self._pending:
                     self._start_pending()
                 if error is not None:
@@ -727,15 +711,13 @@ class BackgroundDelivery:
                     logger.exception("A-Track sender failed on %r", call)
                     outcome = Outcome(False, error=DeliveryError(f"{call.path} failed: {exc!r}"))
                     timing = None
+                except BaseException:
+                    # A host's signal handler run in this sender (under gevent it is a
+                    # greenlet of the main thread) raised SystemExit: the call goes
+                    # back for another attempt (settled below), the exception on.
+                    done = (call, _interrupted(call))
+                    raise
                 done = (call, outcome)
-                holding = None
-        except BaseException:
-            # A host's signal handler run in this sender (under gevent, a greenlet of
-            # the main thread) raised SystemExit anywhere in the loop: the call it held
-            # goes back for another attempt (settled below), the exception goes on.
-            if holding is not None and done is None:
-                done = (holding, _interrupted(holding))
-            raise
         finally:
             with lock:
                 # Only set when an exception escaped the loop: never strand a call.
