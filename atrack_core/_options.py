@@ -38,8 +38,10 @@ _FALSE = frozenset({"", "0", "false", "no", "off"})
 
 
 def mask_key(key: str) -> str:
-    """The only form of a public key that may appear in a log line or repr."""
-    if len(key) <= 4:
+    """The only form of a public key that may appear in a log line, repr or CLI output:
+    its last 4 characters, and none of a key of 8 or fewer (4 of a 5-character key
+    would be most of it)."""
+    if len(key) <= 8:
         return "…"
     return "…" + key[-4:]
 

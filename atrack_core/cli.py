@@ -1,15 +1,19 @@
-"""The ``atrack`` command.
+"""The ``atrack`` command (``atrack COMMAND --help`` has every option).
 
 ::
 
     atrack collector [--host 127.0.0.1] [--port 8787] [--db PATH] [--latency SECONDS]
-                     [--allow-host NAME ...]
-
-``--host 0.0.0.0`` listens on every interface; the banner then prints the loopback
-endpoint for this machine and, per ``--allow-host`` name, the endpoint other hosts (a
-docker-compose network) use with ``ATRACK_ALLOW_INSECURE_HTTP=1``.
+                     [--accept-key KEY ...] [--allow-host NAME ...] [--access-log]
     atrack send-event NAME --uuid U [--attr k=v ...] [--key K] [--endpoint URL]
+                      [--geo G] [--timeout S] [--retries N] [--allow-insecure-http] [-v]
+    atrack outbox inspect DIR [--json]
+    atrack outbox flush DIR [--key K] [--endpoint URL] [--geo G] [--timeout S]
+                            [--allow-insecure-http] [-v]
     atrack --version
+
+``collector --host 0.0.0.0`` listens on every interface; the banner then prints the
+loopback endpoint for this machine and, per ``--allow-host`` name, the endpoint other
+hosts (a docker-compose network) use with ``ATRACK_ALLOW_INSECURE_HTTP=1``.
 
 ``send-event`` makes one synchronous call through the SDK, to check a key and a
 network path from the shell. Exit status: 0 when the call was accepted, 1 when it was
@@ -32,6 +36,7 @@ from contextlib import contextmanager
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from ._options import mask_key
 from ._version import __version__
 
 __all__ = ["main"]
@@ -43,11 +48,6 @@ EXIT_USAGE: Final = 2
 _COLLECTOR_EXTRA_HINT: Final = (
     "the collector needs Starlette and uvicorn: pip install 'a-track-sdk[collector]'"
 )
-
-
-def _masked(key: str) -> str:
-    # Only ever the last 4 characters, and none of a short key.
-    return "…" + key[-4:] if len(key) > 8 else "…"
 
 
 def _error(message: str) -> None:
@@ -281,7 +281,7 @@ def _run_collector(args: argparse.Namespace) -> int:
 
     def banner(url: str) -> None:
         port = urlsplit(url).port or args.port
-        for line in collector_banner(host, port, args.db, args.allowed_hosts):
+        for line in collector_banner(host, port, args.db, args.allowed_hosts, args.keys):
             print(line, flush=True)
 
     try:
@@ -326,27 +326,47 @@ def _http_url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+# What the banner tells an app to export as its key when the collector takes any key:
+# the README's quickstarts use the same one, so its lines and the banner's agree.
+_ANY_KEY_EXAMPLE: Final = "pub_dev"
+
+
 def collector_banner(
-    host: str, port: int, db: str | None, allowed_hosts: Sequence[str] = ()
+    host: str,
+    port: int,
+    db: str | None,
+    allowed_hosts: Sequence[str] = (),
+    keys: Sequence[str] | None = None,
 ) -> list[str]:
-    """The lines ``atrack collector`` prints once it listens. Every ``ATRACK_ENDPOINT``
-    it suggests is one the SDK accepts and the collector's ``Host`` check answers: a
-    wildcard bind (``0.0.0.0``, ``::``) is no address to connect to, so this machine is
-    told the loopback URL, and other hosts a name from ``--allow-host`` with
-    ``ATRACK_ALLOW_INSECURE_HTTP=1`` (plain http to a non-loopback host)."""
+    """The lines ``atrack collector`` prints once it listens. Every ``export`` line is
+    all an app needs to send here: a public key and an ``ATRACK_ENDPOINT`` the SDK
+    accepts and the collector's ``Host`` check answers. A wildcard bind (``0.0.0.0``,
+    ``::``) is no address to connect to, so this machine is told the loopback URL, and
+    other hosts a name from ``--allow-host`` with ``ATRACK_ALLOW_INSECURE_HTTP=1``
+    (plain http to a non-loopback host).
+
+    With no ``keys`` (``--accept-key``) any non-empty key is accepted, so the lines
+    export ``pub_dev``. With ``keys`` they export only the endpoint and a ``key:``
+    line names the accepted keys masked: the banner never prints a full key (it ends
+    up in terminal scrollback, CI logs and ``docker compose logs``)."""
     storage = os.path.abspath(db) if db else "memory (lost on exit; --db keeps it)"
-    insecure = "ATRACK_ALLOW_INSECURE_HTTP=1"
+    key_part = "" if keys else f"ATRACK_PUBLIC_KEY={_ANY_KEY_EXAMPLE} "
+
+    def export(url: str, *, insecure: bool) -> str:
+        suffix = " ATRACK_ALLOW_INSECURE_HTTP=1" if insecure else ""
+        return f"export {key_part}ATRACK_ENDPOINT={url}{suffix}"
+
     if host in _WILDCARD_HOSTS:
         local = _http_url(_WILDCARD_HOSTS[host], port)
         lines = [
             f"A-Track collector on every interface ({host or '*'}), port {port}",
             f"  inspector:  {local}/",
             f"  storage:    {storage}",
-            f"  try:        export ATRACK_ENDPOINT={local}",
+            f"  try:        {export(local, insecure=False)}",
         ]
         if allowed_hosts:
             lines += [
-                f"  other hosts: export ATRACK_ENDPOINT={_http_url(name, port)} {insecure}"
+                f"  other hosts: {export(_http_url(name, port), insecure=True)}"
                 for name in allowed_hosts
             ]
         else:
@@ -355,7 +375,7 @@ def collector_banner(
                 "rebinding): restart",
                 "              with --allow-host NAME (the name they reach this machine "
                 "by, e.g. a compose service)",
-                f"              and export ATRACK_ENDPOINT={_http_url('NAME', port)} {insecure}",
+                f"              and {export(_http_url('NAME', port), insecure=True)}",
             ]
     else:
         url = _http_url(host, port)
@@ -365,13 +385,19 @@ def collector_banner(
             f"  storage:    {storage}",
         ]
         if host in _LOOPBACK_NAMES:
-            lines.append(f"  try:        export ATRACK_ENDPOINT={url}")
+            lines.append(f"  try:        {export(url, insecure=False)}")
         else:
-            lines.append(f"  try:        export ATRACK_ENDPOINT={url} {insecure}")
+            lines.append(f"  try:        {export(url, insecure=True)}")
             lines += [
-                f"  or:         export ATRACK_ENDPOINT={_http_url(name, port)} {insecure}"
+                f"  or:         {export(_http_url(name, port), insecure=True)}"
                 for name in allowed_hosts
             ]
+    if keys:
+        masked = ", ".join(dict.fromkeys(mask_key(key) for key in keys))
+        lines.append(
+            f"  key:        only the --accept-key keys ({masked}) are answered: set "
+            "ATRACK_PUBLIC_KEY to one of them"
+        )
     if host not in _LOOPBACK_NAMES:
         lines.append(
             "  warning:    the inspector and read API have no authentication; anyone who "
@@ -456,7 +482,7 @@ def _sdk_logs(*, shown: bool) -> Iterator[None]:
 
 def _print_sent(base_url: str, key: str, sent: list[tuple[str, dict[str, Any]]]) -> None:
     for path, body in sent:
-        print(f"POST {base_url}{path}  (key {_masked(key)})")
+        print(f"POST {base_url}{path}  (key {mask_key(key)})")
         print(json.dumps(body, indent=2, ensure_ascii=False))
 
 

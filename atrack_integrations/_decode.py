@@ -10,6 +10,14 @@ The path and the query are URL parts: their non-ASCII bytes are percent-encoded 
 they are (:func:`url_text`), so ``caf\xc3\xa9`` becomes ``caf%C3%A9`` and an invalid
 ``\xff`` becomes ``%FF``, under every adapter.
 
+The ``Referer`` is a URL too, and the context's ``referer`` should read as the
+referring page's ``url`` did: ``/caf%FF`` both times, not ``%FF`` in one and the
+Latin-1 reading re-encoded (``%C3%BF``) in the other. Valid UTF-8 gives the same either
+way (``é`` is encoded back to ``%C3%A9``); bytes that are not UTF-8 are therefore
+percent-encoded as they are (:data:`URL_HEADERS`), and only those: the ASCII rest is
+left to the context builder, which cuts the fragment and escapes spaces as for any
+referer.
+
 ASGI servers hand the bytes over (:func:`header_text`, :func:`url_text`); WSGI servers
 hand them over as Latin-1 decoded strings, as PEP 3333 requires (:func:`wsgi_text`,
 :func:`wsgi_url_text` undo that first).
@@ -17,31 +25,42 @@ hand them over as Latin-1 decoded strings, as PEP 3333 requires (:func:`wsgi_tex
 
 from __future__ import annotations
 
+from typing import Final
 from urllib.parse import quote
 
 from atrack_core._request.text import _URL_SAFE
 
-__all__ = ["header_text", "url_text", "wsgi_text", "wsgi_url_text"]
+__all__ = ["URL_HEADERS", "header_text", "url_text", "wsgi_text", "wsgi_url_text"]
+
+# Headers whose value is a URL: bytes that are not UTF-8 stay bytes, percent-encoded.
+URL_HEADERS: Final = frozenset({"referer"})
+
+# Every ASCII character: what the fallback for URL headers leaves as it is.
+_ASCII: Final = "".join(map(chr, range(128)))
 
 
-def header_text(raw: bytes) -> str:
-    """Request bytes as text: UTF-8 if valid, else Latin-1. ASCII takes the first try."""
+def header_text(raw: bytes, name: str = "") -> str:
+    """Request bytes as text: UTF-8 if valid, else Latin-1, or for a header ``name`` in
+    :data:`URL_HEADERS` the non-ASCII bytes percent-encoded. ASCII takes the first try."""
     try:
         return raw.decode()  # UTF-8, strict (without the argument: a shorter path in C)
     except UnicodeDecodeError:
+        if name in URL_HEADERS:
+            return quote(raw, safe=_ASCII)
         return raw.decode("latin-1")
 
 
-def wsgi_text(value: str) -> str:
+def wsgi_text(value: str, name: str = "") -> str:
     """A PEP 3333 string (bytes decoded as Latin-1) as :func:`header_text` reads the
     bytes. A value that is real text already (Django under ASGI decodes its query string
     as UTF-8) comes back unchanged. ASCII, the common case, costs one ``isascii()``."""
     if value.isascii():
         return value
     try:
-        return value.encode("latin-1").decode("utf-8")
-    except UnicodeError:
+        raw = value.encode("latin-1")
+    except UnicodeEncodeError:
         return value
+    return header_text(raw, name)
 
 
 def url_text(raw: bytes) -> str:

@@ -96,7 +96,7 @@ def view_from_environ(
                 ascii = False
     if not ascii:
         # Non-ASCII bytes somewhere (rare): each value read by the shared rule.
-        headers = {name: wsgi_text(value) for name, value in headers.items()}
+        headers = {name: wsgi_text(value, name) for name, value in headers.items()}
     cookie = headers.get("cookie")
     if cookie is not None and "," in cookie:
         # Repeated Cookie headers (HTTP/2 clients split them) reach us joined with ","

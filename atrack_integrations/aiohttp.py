@@ -41,7 +41,7 @@ from atrack_core._sdk import _in_thread
 
 from ._contain import Contain
 from ._current import CURRENT
-from ._decode import url_text
+from ._decode import header_text, url_text
 from ._lifecycle import STATE_KEY, IntegrationConfig, RequestTracker
 
 __all__ = ["CONFIG_KEY", "get_tracker", "setup"]
@@ -183,9 +183,9 @@ def _view(request: web.Request, names: tuple[str, ...]) -> RequestView:
         values = headers.getall(name, None)
         if values:
             # aiohttp decodes header bytes as UTF-8, invalid bytes as surrogates: those
-            # values become their bytes as latin-1 text, as the WSGI, Django and ASGI
-            # adapters read them (one raw request, one context everywhere).
-            texts = [v if v.isascii() else _as_text(v) for v in values]
+            # values are read from their bytes by the shared rule, as the WSGI, Django
+            # and ASGI adapters read them (one raw request, one context everywhere).
+            texts = [v if v.isascii() else _as_text(v, name) for v in values]
             picked[name] = ("; " if name == "cookie" else ", ").join(texts)
     raw = request.raw_path
     if not raw.isascii():
@@ -203,9 +203,9 @@ def _view(request: web.Request, names: tuple[str, ...]) -> RequestView:
     )
 
 
-def _as_text(value: str) -> str:
+def _as_text(value: str, name: str) -> str:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:  # lone surrogates: the bytes were not UTF-8
-        return value.encode("utf-8", "surrogateescape").decode("latin-1")
+        return header_text(value.encode("utf-8", "surrogateescape"), name)
     return value

@@ -148,7 +148,7 @@ class ATrackMiddleware:
                 # the call: ~0.8k instructions per header read.
                 text = value.decode()
             except UnicodeDecodeError:
-                text = header_text(value)
+                text = header_text(value, key)
             if key in picked:
                 picked[key] += ("; " if key == "cookie" else ", ") + text
             elif key is _HOST:
@@ -218,13 +218,20 @@ def get_tracker(scope: Scope) -> RequestTracker:
     Raises ``RuntimeError`` when there is none (the middleware is not installed, or this
     is not an ``http`` scope), so the mistake shows on the first request.
     """
+    return tracker_in(scope, __name__)
+
+
+def tracker_in(scope: Scope, module: str) -> RequestTracker:
+    """:func:`get_tracker` for the framework modules that re-export the middleware: the
+    error names ``module``, where the user's quickstart imports ``ATrackMiddleware`` from
+    (``atrack_integrations.fastapi``), not this one."""
     state = scope.get("state")
     tracker = state.get(STATE_KEY) if state is not None else None
     if not isinstance(tracker, RequestTracker):
         raise RuntimeError(
             "no A-Track tracker on this request: install the middleware with "
             "app.add_middleware(ATrackMiddleware, sdk=...) "
-            "(from atrack_integrations.asgi import ATrackMiddleware)"
+            f"(from {module} import ATrackMiddleware)"
         )
     return tracker
 

@@ -28,8 +28,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from ._lifecycle import RequestTracker
-from .asgi import ATrackMiddleware
-from .asgi import get_tracker as _get_tracker
+from .asgi import ATrackMiddleware, tracker_in
 
 __all__ = ["ATrackMiddleware", "ATrackTracker", "RequestTracker", "get_tracker"]
 
@@ -40,7 +39,7 @@ def get_tracker(request: Request) -> RequestTracker:
     Raises ``RuntimeError`` when the middleware is not installed, so the mistake shows
     on the first request instead of as missing data.
     """
-    return _get_tracker(request.scope)
+    return tracker_in(request.scope, __name__)
 
 
 ATrackTracker = Annotated[RequestTracker, Depends(get_tracker)]

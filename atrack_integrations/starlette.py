@@ -26,8 +26,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from ._lifecycle import RequestTracker
-from .asgi import ATrackMiddleware
-from .asgi import get_tracker as _get_tracker
+from .asgi import ATrackMiddleware, tracker_in
 
 __all__ = ["ATrackMiddleware", "RequestTracker", "get_tracker"]
 
@@ -37,4 +36,4 @@ def get_tracker(request: HTTPConnection) -> RequestTracker:
 
     Raises ``RuntimeError`` when the middleware is not installed.
     """
-    return _get_tracker(request.scope)
+    return tracker_in(request.scope, __name__)

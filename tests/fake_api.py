@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 import threading
 import time
 from collections import defaultdict, deque
@@ -69,6 +70,10 @@ class FakeApi:
         self.default: Plan | None = None
         # Bytes of hostile answers (Plan.trickle, body_size, endless) written so far.
         self.bytes_written = 0
+        # Requests received and not yet answered, and the most there were at once (see
+        # reset_max_open): what the API saw of the client's concurrency.
+        self.open = 0
+        self.max_open = 0
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         api = self
@@ -93,16 +98,21 @@ class FakeApi:
                 # Recorded on arrival, before any delay or answer: a client that got its
                 # response, or gave up waiting for it, finds its request recorded.
                 api._record(rec)
-                if plan.hang:
-                    api._closing.wait()
-                    self.close_connection = True
-                    return
-                if plan.hold is not None:
-                    while not plan.hold.wait(0.02) and not api._closing.is_set():
-                        pass
-                if plan.delay or api.latency:
-                    # Interruptible, so closing the server does not wait for sleepers.
-                    api._closing.wait(plan.delay or api.latency)
+                try:
+                    if plan.hang:
+                        api._closing.wait()
+                        self.close_connection = True
+                        return
+                    if plan.hold is not None:
+                        while not plan.hold.wait(0.02) and not api._closing.is_set():
+                            pass
+                    if plan.delay or api.latency:
+                        # Interruptible, so closing the server does not wait for sleepers.
+                        api._closing.wait(plan.delay or api.latency)
+                finally:
+                    # Before the client can learn of the answer (or the drop), so the
+                    # request it sends next never overlaps this one in the count.
+                    api._answered()
                 if plan.drop:
                     # Close without answering: the client sees a connection error.
                     self.close_connection = True
@@ -133,6 +143,14 @@ class FakeApi:
             # connect at once; the engine would see that as connection errors.
             request_queue_size = 512
             daemon_threads = True
+
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                # A client that went away (a process the test killed, a keep-alive
+                # connection reset at exit) is what many tests do on purpose; the
+                # default prints its traceback. Any other error still is printed.
+                if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+                    return
+                super().handle_error(request, client_address)
 
         self._closing = threading.Event()
         self.server = Server(("127.0.0.1", 0), Handler)
@@ -215,7 +233,18 @@ class FakeApi:
     def _record(self, rec: Received) -> None:
         with self._cond:
             self.received.append(rec)
+            self.open += 1
+            self.max_open = max(self.max_open, self.open)
             self._cond.notify_all()
+
+    def _answered(self) -> None:
+        with self._lock:
+            self.open -= 1
+
+    def reset_max_open(self) -> None:
+        """Count the most requests open at once from now on."""
+        with self._lock:
+            self.max_open = self.open
 
     def wait_for(self, count: int, timeout: float = 10.0) -> list[Received]:
         """Block until ``count`` requests arrived; return them all."""

@@ -16,6 +16,7 @@ import pytest
 import atrack_core._retry as retry
 from atrack_core import ATrackError, ATrackSdk, Call, Options
 from atrack_core._errors import DeliveryError, KeyRejectedError, QueueFullError
+from atrack_core._scheduler import OUTAGE_AFTER
 from tests.fake_api import FakeApi, Plan, Received, blackhole_url, closed_port_url
 
 KEY = "pub_live_secretkey_9z8y"
@@ -615,32 +616,54 @@ def test_failed_calls_are_logged_once_per_interval_and_all_reported(
 def test_an_unreachable_api_is_probed_one_call_at_a_time_then_resumed(
     fake_api: FakeApi, sdk_factory: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """OUTAGE_AFTER attempts in a row without a response: from then on one probe at a
+    time, the other calls waiting without using up attempts, until the API answers.
+
+    No retries, so the attempts that start the outage are settled (given up) when
+    ``flush()`` returns, and none of them is still in flight among the probes: every
+    request the API sees after that is a probe."""
     caplog.set_level(logging.INFO, logger="atrack")
     fake_api.default = Plan(drop=True)  # every attempt ends without an HTTP response
-    sdk = sdk_factory(fake_api.url, max_concurrency=16)
-    for i in range(300):
-        sdk.track("e", {"i": i}, uuid=f"u{i % 100}")
-    time.sleep(1.0)
-    # Without the outage brake: 100 users x 6 attempts within the second.
-    attempts = len(fake_api.received)
-    assert attempts < 60, attempts
-    assert sdk.stats()["queued"] + sdk.stats()["in_flight"] >= 290  # waiting, not failed
-    fake_api.default = None  # the API is back
+    sdk = sdk_factory(fake_api.url, max_concurrency=16, max_retries=0)
+    for i in range(OUTAGE_AFTER):
+        sdk.track("e", {"i": -1}, uuid=f"early{i}")
     assert sdk.flush(10) is True
-    stats = sdk.stats()
-    assert stats["sent"] + stats["failed"] == 300
-    assert stats["failed"] <= 3
     messages = [r.getMessage() for r in caplog.records]
     [unreachable] = [m for m in messages if "unreachable" in m]
     # Where and why: the endpoint and the last attempt's error.
     assert f"A-Track API at {fake_api.url} unreachable" in unreachable
     assert "/event failed" in unreachable
+    before = len(fake_api.received)
+    assert before == OUTAGE_AFTER
+    # Each probe stays open a while at the API: a second request sent meanwhile shows.
+    fake_api.default = Plan(drop=True, delay=0.02)
+    fake_api.reset_max_open()
+    for i in range(100):
+        sdk.track("e", {"i": i}, uuid=f"u{i % 50}")
+    probes = 5
+    fake_api.wait_for(before + probes)
+    # Without the outage brake, several of the 16 senders' requests would be open at
+    # once, and each call would be dropped at its first attempt.
+    assert fake_api.max_open == 1
+    stats = sdk.stats()
+    assert stats["sent"] == 0
+    assert stats["failed"] - OUTAGE_AFTER < probes  # the probes that came back so far
+    fake_api.default = None  # the API is back
+    assert sdk.flush(10) is True
+    stats = sdk.stats()
+    failed_probes = [r for r in fake_api.received[before:] if r.status == 0]
+    assert len(failed_probes) >= probes
+    # Only the probes failed; every other call waited, then went out once the API answered.
+    assert stats["failed"] == OUTAGE_AFTER + len(failed_probes)
+    assert stats["sent"] == 100 - len(failed_probes)
+    delivered = [r.body["attributes"]["i"] for r in fake_api.received if r.status == 200]
+    assert sorted(delivered) == sorted(
+        set(range(100)) - {r.body["attributes"]["i"] for r in failed_probes}
+    )
     # The end of the outage at the same level as its start.
     [back] = [r for r in caplog.records if "reachable again" in r.getMessage()]
     assert back.levelno == logging.WARNING
     assert f"A-Track API at {fake_api.url} reachable again" in back.getMessage()
-    delivered = {r.body["attributes"]["i"] for r in fake_api.received if r.status == 200}
-    assert len(delivered) == stats["sent"]
 
 
 # -- delivery="sync" shares the policy ---------------------------------------------------

@@ -193,6 +193,16 @@ def test_repr_never_shows_the_key() -> None:
         assert "9f3a" in text
 
 
+def test_a_short_key_is_not_shown_at_all() -> None:
+    # Four characters of a five- to eight-character key would be most of it.
+    for key in ("pub_a", "pub_abcd"):
+        options = Options(key, disabled=True)
+        for text in (repr(options), repr(ATrackSdk(options))):
+            assert key[-4:] not in text, text
+            assert "…" in text
+    assert "…cdef" in repr(Options("pub_abcdef", disabled=True))
+
+
 def test_bad_key_error_does_not_echo_the_key(caplog: pytest.LogCaptureFixture) -> None:
     key = "pub_live_SECRETSECRET 9f3a"
     with pytest.raises(ValueError) as info:

@@ -227,6 +227,10 @@ def test_setup_twice_is_refused(sdk: ATrackSdk) -> None:
         setup(app, sdk=sdk)
 
 
+# A referer with bytes that are not UTF-8 (aiohttp hands them over as surrogates).
+REFERER = b"https://shop.test/caf\xff?q=\xe9"
+
+
 @pytest.mark.parametrize("user_agent", ["Mözilla/5 ✓".encode(), b"Caf\xe9/1 (latin-1)"])
 def test_same_raw_request_same_context_as_asgi_and_wsgi(sdk: ATrackSdk, user_agent: bytes) -> None:
     from atrack_integrations.asgi import ATrackMiddleware
@@ -256,7 +260,7 @@ def test_same_raw_request_same_context_as_asgi_and_wsgi(sdk: ATrackSdk, user_age
             reader, writer = await asyncio.open_connection(host, int(port))
             writer.write(
                 b"GET /p?q=1 HTTP/1.1\r\nHost: shop.test\r\nUser-Agent: " + user_agent
-                + b"\r\nConnection: close\r\n\r\n"
+                + b"\r\nReferer: " + REFERER + b"\r\nConnection: close\r\n\r\n"
             )  # fmt: skip
             raw = await reader.read()
             writer.close()
@@ -264,7 +268,9 @@ def test_same_raw_request_same_context_as_asgi_and_wsgi(sdk: ATrackSdk, user_age
         scope = {
             "type": "http", "method": "GET", "path": "/p", "raw_path": b"/p",
             "query_string": b"q=1", "client": ("127.0.0.1", 5),
-            "headers": [(b"host", b"shop.test"), (b"user-agent", user_agent)],
+            "headers": [
+                (b"host", b"shop.test"), (b"user-agent", user_agent), (b"referer", REFERER)
+            ],
         }  # fmt: skip
 
         async def receive() -> dict[str, Any]:
@@ -280,6 +286,7 @@ def test_same_raw_request_same_context_as_asgi_and_wsgi(sdk: ATrackSdk, user_age
         "REQUEST_METHOD": "GET", "PATH_INFO": "/p", "QUERY_STRING": "q=1",
         "REMOTE_ADDR": "127.0.0.1", "HTTP_HOST": "shop.test",
         "HTTP_USER_AGENT": user_agent.decode("latin-1"),  # PEP 3333
+        "HTTP_REFERER": REFERER.decode("latin-1"),
     }  # fmt: skip
     ATrackWSGIMiddleware(wsgi_app, sdk=sdk, init="off")(environ, lambda *a: None)
     assert contexts["aiohttp"] == contexts["asgi"] == contexts["wsgi"]
@@ -287,3 +294,5 @@ def test_same_raw_request_same_context_as_asgi_and_wsgi(sdk: ATrackSdk, user_age
         user_agent.decode("utf-8", "strict") if b"\xe9" not in user_agent else "Café/1 (latin-1)"
     )
     assert contexts["wsgi"]["userAgent"] == expected
+    # A URL's bytes that are not UTF-8 percent-encoded as sent, as in a url.
+    assert contexts["wsgi"]["referer"] == "https://shop.test/caf%FF?q=%E9"

@@ -902,3 +902,14 @@ def test_a_slow_storage_does_not_hold_the_event_loop(
     assert storage.met == 4
     assert len(calls.inits) == 4
     assert "MainThread" not in storage.add_threads
+
+
+def test_get_tracker_without_the_middleware_names_the_asgi_import() -> None:
+    from atrack_integrations.asgi import Receive, Scope, Send, get_tracker
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        get_tracker(scope)
+
+    with pytest.raises(RuntimeError, match="no A-Track tracker") as missing:
+        call(app)
+    assert "(from atrack_integrations.asgi import ATrackMiddleware)" in str(missing.value)

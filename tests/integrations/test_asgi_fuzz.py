@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -73,12 +74,21 @@ async def _app(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"ok"})
 
 
-SDK = ATrackSdk(Options("pub_fuzz_1234", disabled=True))
-MIDDLEWARES = [
-    ATrackMiddleware(_app, sdk=SDK),
-    ATrackMiddleware(_app, sdk=SDK, trusted_proxies=["0.0.0.0/0", "::/0"], ip="anonymize"),
-    ATrackMiddleware(_app, sdk=SDK, respect_dnt=True, init="lazy", cookie_domain="shop.example"),
+# The middlewares fuzzed, by their options (built by the fixture, not at import).
+MIDDLEWARE_OPTIONS: list[dict[str, Any]] = [
+    {},
+    {"trusted_proxies": ["0.0.0.0/0", "::/0"], "ip": "anonymize"},
+    {"respect_dnt": True, "init": "lazy", "cookie_domain": "shop.example"},
 ]
+
+
+@pytest.fixture(scope="module")
+def middlewares() -> Iterator[list[ATrackMiddleware]]:
+    sdk = ATrackSdk(Options("pub_fuzz_1234", disabled=True))
+    try:
+        yield [ATrackMiddleware(_app, sdk=sdk, **options) for options in MIDDLEWARE_OPTIONS]
+    finally:
+        sdk.shutdown()
 
 
 @settings(
@@ -87,7 +97,7 @@ MIDDLEWARES = [
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 @given(
-    which=st.integers(0, len(MIDDLEWARES) - 1),
+    which=st.integers(0, len(MIDDLEWARE_OPTIONS) - 1),
     method=st.sampled_from(["GET", "POST", "HEAD", "OPTIONS", "PROPFIND", "get", ""]),
     scheme=st.sampled_from(["http", "https", "", "ws"]),
     path=st.text(max_size=3000),
@@ -101,6 +111,7 @@ MIDDLEWARES = [
     ),
 )
 def test_anything_through_the_middleware(
+    middlewares: list[ATrackMiddleware],
     which: int,
     method: str,
     scheme: str,
@@ -129,7 +140,7 @@ def test_anything_through_the_middleware(
         sent.append(message)
 
     with record_atrack_logs(), capture_calls() as calls:
-        asyncio.run(MIDDLEWARES[which](scope, receive, send))
+        asyncio.run(middlewares[which](scope, receive, send))
 
     assert sent[1] == {"type": "http.response.body", "body": b"ok"}
     start_headers = sent[0]["headers"]

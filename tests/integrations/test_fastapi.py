@@ -60,8 +60,11 @@ def test_dependency_in_async_views(sdk: ATrackSdk, calls: CapturedCalls) -> None
 
 
 def test_missing_middleware_is_a_clear_error(calls: CapturedCalls) -> None:
-    with pytest.raises(RuntimeError, match=r"add_middleware\(ATrackMiddleware"):
+    with pytest.raises(RuntimeError, match=r"add_middleware\(ATrackMiddleware") as missing:
         call(shop(None), "POST", "/orders?amount=1")
+    # The import the FastAPI quickstart uses, not the ASGI module it re-exports from.
+    assert "(from atrack_integrations.fastapi import ATrackMiddleware)" in str(missing.value)
+    assert "atrack_integrations.asgi" not in str(missing.value)
 
 
 def test_starlette_accessor(sdk: ATrackSdk, calls: CapturedCalls) -> None:
@@ -77,8 +80,9 @@ def test_starlette_accessor(sdk: ATrackSdk, calls: CapturedCalls) -> None:
         return PlainTextResponse(get_tracker(request).uuid)
 
     app = Starlette(routes=[Route("/", view)])
-    with pytest.raises(RuntimeError, match="no A-Track tracker"):
+    with pytest.raises(RuntimeError, match="no A-Track tracker") as missing:
         call(app)
+    assert "(from atrack_integrations.starlette import ATrackMiddleware)" in str(missing.value)
     app = Starlette(routes=[Route("/", view)])
     app.add_middleware(StarletteMiddleware, sdk=sdk)
     assert call(app, cookie=f"atrack_uuid={KNOWN}").text == KNOWN

@@ -4,7 +4,9 @@ WSGI) give identical contexts (SPEC section 6: header bytes are decoded the same
 everywhere). Also: ``wsgiref.validate`` on both sides of the WSGI middleware.
 
 The requests are written byte for byte on a socket: UTF-8, Latin-1 and invalid UTF-8 in
-the user agent, the referer and the query.
+the user agent, the referer and the query. A referer and a url naming the same bytes read
+the same (a raw ``\xff`` in either is ``%FF``), through the real servers and, for raw
+path bytes the servers refuse, through the ASGI and WSGI adapters in-process.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ RAW_REQUESTS = [
     (b"Caf\xe9/1.0 (Latin-1)", b"https://ref.example/\xe9t\xe9", "q=%E9t%E9"),
     # Invalid UTF-8 (a cut sequence, stray continuation bytes).
     (b"Bad\xc3(\xff\xfe/2", b"https://ref.example/\xc3(\x80", "q=%FF&password=%C3("),
+    # The page itself as the referer, a raw 0xFF in it: its url and referer must agree.
+    (b"Mozilla/5.0 (X11) Firefox/133.0", b"https://shop.test/ctx?q=\xff#top", "q=%FF"),
 ]
 
 
@@ -160,7 +164,7 @@ def test_every_adapter_gives_the_same_context(
 def test_the_context_reads_utf8_as_text_and_other_bytes_as_latin1(
     contexts: dict[tuple[str, str], list[dict[str, Any]]],
 ) -> None:
-    plain, utf8, latin1, invalid = next(iter(contexts.values()))
+    plain, utf8, latin1, invalid, itself = next(iter(contexts.values()))
     assert plain == {
         "url": "/ctx?source=ads",
         "referer": "https://google.com/?q=shoes",
@@ -174,9 +178,66 @@ def test_the_context_reads_utf8_as_text_and_other_bytes_as_latin1(
     assert utf8["url"] == "/ctx?q=caf%C3%A9&token=[Filtered]"
     assert utf8["referer"] == "https://r%C3%A9f.example/caf%C3%A9?q=%C3%A9t%C3%A9"
     assert latin1["userAgent"] == "Caf\u00e9/1.0 (Latin-1)"
-    assert latin1["referer"] == "https://ref.example/%C3%A9t%C3%A9"  # the text, in UTF-8
+    # A URL's bytes that are not UTF-8 stay the bytes sent, as in the url's query
+    # (q=%E9t%E9); their Latin-1 text in UTF-8 (%C3%A9) would name another page.
+    assert latin1["url"] == "/ctx?q=%E9t%E9"
+    assert latin1["referer"] == "https://ref.example/%E9t%E9"
     assert invalid["userAgent"] == "Bad\u00c3(\u00ff\u00fe/2"
     assert invalid["url"] == "/ctx?q=%FF&password=[Filtered]"
+    assert invalid["referer"] == "https://ref.example/%C3(%80"
+    # The referring page's url, as the page itself logged it (the fragment dropped).
+    assert itself["referer"] == "https://shop.test" + itself["url"] == "https://shop.test/ctx?q=%FF"
+
+
+def test_a_raw_path_byte_and_the_same_byte_in_the_referer_read_the_same() -> None:
+    # uvicorn and gunicorn answer 400 to a raw 0xFF in the request target (checked
+    # there); other servers may pass it on, as the scope's raw_path or PEP 3333's Latin-1
+    # PATH_INFO. Both adapters in-process, the same request, the referer its own URL.
+    import asyncio
+
+    from atrack_core import ATrackSdk, Options
+    from atrack_integrations.asgi import ATrackMiddleware, Receive, Scope, Send
+    from atrack_integrations.wsgi import ATrackWSGIMiddleware
+
+    path, query, referer = b"/caf\xff", b"q=\xff", b"https://shop.test/caf\xff?q=\xff"
+    seen: dict[str, dict[str, Any]] = {}
+
+    async def asgi_view(scope: Scope, receive: Receive, send: Send) -> None:
+        seen["asgi"] = scope["state"]["atrack"].context
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    def wsgi_view(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        seen["wsgi"] = environ["atrack.tracker"].context
+        start_response("200 OK", [])
+        return [b""]
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Any) -> None:
+        return None
+
+    sdk = ATrackSdk(Options("pub_test_key_1234", disabled=True))
+    try:
+        scope = {
+            "type": "http", "method": "GET", "scheme": "http", "path": path.decode("latin-1"),
+            "raw_path": path, "query_string": query, "client": ("127.0.0.1", 5),
+            "headers": [(b"host", b"shop.test"), (b"referer", referer)],
+        }  # fmt: skip
+        asyncio.run(ATrackMiddleware(asgi_view, sdk=sdk, init="off")(scope, receive, send))
+        environ = {
+            "REQUEST_METHOD": "GET", "wsgi.url_scheme": "http", "SCRIPT_NAME": "",
+            "PATH_INFO": path.decode("latin-1"), "QUERY_STRING": query.decode("latin-1"),
+            "REMOTE_ADDR": "127.0.0.1", "HTTP_HOST": "shop.test",
+            "HTTP_REFERER": referer.decode("latin-1"),  # PEP 3333
+        }  # fmt: skip
+        ATrackWSGIMiddleware(wsgi_view, sdk=sdk, init="off")(environ, lambda *a: None)
+    finally:
+        sdk.shutdown()
+    assert seen["asgi"] == seen["wsgi"]
+    assert seen["asgi"]["url"] == "/caf%FF?q=%FF"
+    assert seen["asgi"]["referer"] == "https://shop.test/caf%FF?q=%FF"
 
 
 # ------------------------------------------------------------------ wsgiref.validate
