@@ -711,6 +711,12 @@ class BackgroundDelivery:
                     logger.exception("A-Track sender failed on %r", call)
                     outcome = Outcome(False, error=DeliveryError(f"{call.path} failed: {exc!r}"))
                     timing = None
+                except BaseException:
+                    # A host's signal handler run in this sender (under gevent it is a
+                    # greenlet of the main thread) raised SystemExit: the call goes
+                    # back for another attempt (settled below), the exception on.
+                    done = (call, _interrupted(call))
+                    raise
                 done = (call, outcome)
         finally:
             with lock:
@@ -734,12 +740,13 @@ class BackgroundDelivery:
         flying: dict[int, Call] = {}
         results: list[tuple[Call, Outcome]] = []
         failed: list[Call] = []
+        new: list[Call] = []
         try:
             with lock:
                 self._loop_ident = threading.get_ident()
             while True:
                 errors: list[tuple[Call, DeliveryError]] = []
-                new: list[Call] = []
+                new = []
                 with lock:
                     for call in failed:
                         self._give_up_locked(call)
@@ -799,6 +806,15 @@ class BackgroundDelivery:
             logger.exception("A-Track sender loop failed")
             for call in flying.values():
                 results.append((call, _bug(call, exc)))
+        except BaseException:
+            # SystemExit from a host's signal handler run here (gevent): the calls taken
+            # and not settled go back for another attempt, the exception on.
+            settled = {id(call) for call, _ in results}
+            for call in [*flying.values(), *new]:
+                if id(call) not in settled:
+                    settled.add(id(call))
+                    results.append((call, _interrupted(call)))
+            raise
         finally:
             with lock:
                 for call in failed:
@@ -844,3 +860,9 @@ class BackgroundDelivery:
 
 def _bug(call: Call, exc: BaseException) -> Outcome:
     return Outcome(False, error=DeliveryError(f"{call.path} failed: {exc!r}"))
+
+
+def _interrupted(call: Call) -> Outcome:
+    """An attempt cut short by an exception from a signal handler: retried at once
+    (with its request id, so an API that got it counts it once)."""
+    return Outcome(False, delay=0.0, error=DeliveryError(f"{call.path} interrupted"))

@@ -10,7 +10,11 @@ blocked: they are blocked in the starting thread while it creates the new one (a
 inherits its creator's mask); blocking them only inside the new thread would leave the
 moment before its first line open.
 Under gevent or eventlet a "thread" may be a greenlet in the main OS thread, where
-blocking would block the whole process: nothing is blocked there.
+blocking would block the whole process: nothing is blocked there. There, a signal
+handler may run in an SDK greenlet (whichever runs Python code when the signal is
+checked), and a host's handler that ends with ``sys.exit()`` raises ``SystemExit`` in
+it, which ``threading`` would swallow: the process went on as if the signal never came.
+Under gevent it goes to the main greenlet, as gevent does for its own greenlets.
 """
 
 from __future__ import annotations
@@ -56,9 +60,26 @@ def quiet(target: Callable[[], None]) -> Callable[[], None]:
         ):
             with contextlib.suppress(OSError, ValueError):
                 signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED)
-        target()
+        try:
+            target()
+        except (SystemExit, KeyboardInterrupt) as exc:
+            if not _to_main_greenlet(exc):
+                raise
 
     return run
+
+
+def _to_main_greenlet(exc: BaseException) -> bool:
+    """Raise ``exc`` (a host's signal handler's, run in this SDK greenlet) in the main
+    greenlet, through gevent's hub; False when this is no gevent greenlet."""
+    if green_spawn() is None:
+        return False
+    gevent = sys.modules["gevent"]
+    hub = gevent.get_hub()
+    if gevent.getcurrent() in (hub, hub.parent):
+        return False
+    hub.handle_system_error(type(exc), exc, exc.__traceback__)
+    return True
 
 
 def start(thread: threading.Thread) -> None:

@@ -856,6 +856,88 @@ def test_sigterm_under_gevent_while_the_hub_waits(fake_api: FakeApi, transport: 
     assert sorted(b["attributes"]["i"] for b in fake_api.bodies()) == list(range(20))
 
 
+GEVENT_HOST_EXIT_SCRIPT = textwrap.dedent(
+    """
+    import sys
+
+    from gevent import monkey
+
+    monkey.patch_all()
+    import os, signal, threading
+    from atrack_core import ATrackSdk, Options
+    from atrack_core import _scheduler
+
+    url, transport, when = sys.argv[1], sys.argv[2], sys.argv[3]
+    previous = None
+
+    def host_handler(signum, frame):
+        if callable(previous):
+            previous(signum, frame)
+        os.write(1, b"host-handler\\n")
+        sys.exit(3)  # the host's shutdown: SystemExit, then atexit
+
+    if when == "before":
+        signal.signal(signal.SIGTERM, host_handler)
+    sdk = ATrackSdk(Options(@KEY@, endpoint=url, transport=transport))
+    if when == "after":
+        previous = signal.getsignal(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, host_handler)
+
+    # The SIGTERM lands while a sender greenlet runs Python code, about to send a call
+    # (the first after everything was queued): the handler runs there, as it did for a
+    # supervisor's SIGTERM in 2 runs of 4 of a script like this one.
+    original, queued = _scheduler.attempt, threading.Event()
+
+    def attempt(*args, **kwargs):
+        if queued.is_set() and not os.environ.get("SIGNALLED"):
+            os.environ["SIGNALLED"] = "1"
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(*args, **kwargs)
+
+    _scheduler.attempt = attempt
+    for i in range(20):
+        sdk.track("e", {"i": i}, uuid=f"u{i % 10}")
+    queued.set()  # the events wait for their users' /init (50 ms): attempts to come
+    idle = threading.Event()
+    while not idle.wait(0.1):  # the main greenlet waits in the hub
+        pass
+    """
+).replace("@KEY@", repr(KEY))
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_sigterm_host_handler_under_gevent_run_in_a_sender_greenlet(
+    fake_api: FakeApi, when: str
+) -> None:
+    """Under gevent a signal handler runs in whichever greenlet runs Python code, an SDK
+    sender's included. A host's handler (set before or after the SDK) that ends with
+    sys.exit() raised SystemExit there, which the sender's (patched) thread swallowed:
+    the process went on as if no SIGTERM had come, and the call being sent was never
+    settled (the exit flush waited its whole deadline for it). Now SystemExit reaches
+    the main greenlet, the host's exit status stands, and the call goes out."""
+    pytest.importorskip("gevent")
+    fake_api.latency = 0.05
+    proc = subprocess.Popen(
+        [sys.executable, "-c", GEVENT_HOST_EXIT_SCRIPT, fake_api.url, "httpx", when],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env(),
+    )
+    try:
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:  # the hang this is about: killed, not left behind
+            proc.kill()
+            proc.communicate()
+    assert "host-handler" in out, err
+    assert proc.returncode == 3, err
+    assert "not delivered" not in err, err
+    ids = Counter(fake_api.request_ids())
+    assert len(ids) == 20 and max(ids.values()) == 1
+    assert sorted(b["attributes"]["i"] for b in fake_api.bodies()) == list(range(20))
+
+
 def test_sigterm_while_the_main_thread_is_inside_the_sdk_still_ends_the_process(
     fake_api: FakeApi, transport: str
 ) -> None:
