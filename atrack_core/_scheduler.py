@@ -572,7 +572,8 @@ class BackgroundDelivery:
             self._wall_min_prev, self._wall_min = self._wall_min, math.inf
         wall_min = min(self._wall_min, self._wall_min_prev)
         useful = math.ceil(2.0 * wall_min / self._cpu_avg) + 2
-        self._target = max(MIN_SENDERS, min(self._max_senders, useful))
+        # MIN_SENDERS is a floor for the estimate, never above max_concurrency.
+        self._target = min(self._max_senders, max(MIN_SENDERS, useful))
 
     def _track_reachability_locked(self, call: Call, outcome: Outcome) -> None:
         was_probe = call is self._probe

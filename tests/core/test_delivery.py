@@ -334,23 +334,28 @@ def test_a_retrying_user_does_not_hold_back_others(fake_api: FakeApi, sdk_factor
     assert slow == ["/init", "/init", "/event"]
 
 
-def test_concurrency_is_bounded_by_max_concurrency(fake_api: FakeApi, sdk_factory: Any) -> None:
-    sdk = sdk_factory(fake_api.url, max_concurrency=4, timeout=20.0)
+@pytest.mark.parametrize("limit", [1, 2, 4])
+def test_concurrency_is_bounded_by_max_concurrency(
+    fake_api: FakeApi, sdk_factory: Any, limit: int
+) -> None:
+    # Below MIN_SENDERS too: the engine's own floor for its sender estimate (taken once
+    # the first answer is in, hence the warm-up) must not lift the user's bound.
+    sdk = sdk_factory(fake_api.url, max_concurrency=limit, timeout=20.0)
     warm_up(sdk)
-    # The next 4 are held unanswered, then the rest answered at once: the API counts
-    # how many requests were open at any moment of the run.
+    # The next `limit` are held unanswered, then the rest answered at once: the API
+    # counts how many requests were open at any moment of the run.
     release = threading.Event()
-    fake_api.plan("/event", *[Plan(hold=release) for _ in range(4)])
+    fake_api.plan("/event", *[Plan(hold=release) for _ in range(limit)])
     fake_api.reset_max_open()
     for i in range(12):
         sdk.track("e", uuid=f"u{i}")
-    fake_api.wait_for(1 + 4)
+    fake_api.wait_for(1 + limit)
     stats = sdk.stats()
-    assert (stats["in_flight"], stats["queued"]) == (4, 8)
+    assert (stats["in_flight"], stats["queued"]) == (limit, 12 - limit)
     release.set()
     assert sdk.flush(5) is True
     assert len(fake_api.received) == 1 + 12
-    assert fake_api.max_open == 4
+    assert fake_api.max_open == limit
 
 
 def test_many_users_are_sent_concurrently(fake_api: FakeApi, sdk_factory: Any) -> None:
