@@ -790,6 +790,10 @@ class BackgroundDelivery:
                     multi = built
                     with lock:
                         self._multi = multi
+                        if self._loop_woken:
+                            # A call came while there was no driver to wake: its
+                            # wake-up, or run() below would wait for the first answer.
+                            multi.wake()
                 for call in new:
                     try:
                         multi.add(call, call.path, prepare(call, self._key), call.body)
