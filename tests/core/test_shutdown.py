@@ -865,9 +865,30 @@ GEVENT_HOST_EXIT_SCRIPT = textwrap.dedent(
     monkey.patch_all()
     import os, signal, threading
     from atrack_core import ATrackSdk, Options
-    from atrack_core import _scheduler
+    from atrack_core._httpx_transport import HttpxTransport
 
-    url, transport, when = sys.argv[1], sys.argv[2], sys.argv[3]
+    url, when = sys.argv[1], sys.argv[2]
+    queued = threading.Event()
+
+
+    # httpx, and the first request after everything was queued SIGTERMs the process from
+    # the sender greenlet that makes it: the handler runs there, as it did for a
+    # supervisor's SIGTERM in 2 runs of 4 of a script like this one.
+    class SignallingTransport(HttpxTransport):
+
+        def connection(self, endpoint):
+            conn = super().connection(endpoint)
+            send = conn.request
+
+            def request(path, headers, body):
+                if queued.is_set() and not os.environ.get("SIGNALLED"):
+                    os.environ["SIGNALLED"] = "1"
+                    os.kill(os.getpid(), signal.SIGTERM)
+                return send(path, headers, body)
+
+            conn.request = request
+            return conn
+
     previous = None
 
     def host_handler(signum, frame):
@@ -878,23 +899,10 @@ GEVENT_HOST_EXIT_SCRIPT = textwrap.dedent(
 
     if when == "before":
         signal.signal(signal.SIGTERM, host_handler)
-    sdk = ATrackSdk(Options(@KEY@, endpoint=url, transport=transport))
+    sdk = ATrackSdk(Options(@KEY@, endpoint=url, transport=SignallingTransport()))
     if when == "after":
         previous = signal.getsignal(signal.SIGTERM)
         signal.signal(signal.SIGTERM, host_handler)
-
-    # The SIGTERM lands while a sender greenlet runs Python code, about to send a call
-    # (the first after everything was queued): the handler runs there, as it did for a
-    # supervisor's SIGTERM in 2 runs of 4 of a script like this one.
-    original, queued = _scheduler.attempt, threading.Event()
-
-    def attempt(*args, **kwargs):
-        if queued.is_set() and not os.environ.get("SIGNALLED"):
-            os.environ["SIGNALLED"] = "1"
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original(*args, **kwargs)
-
-    _scheduler.attempt = attempt
     for i in range(20):
         sdk.track("e", {"i": i}, uuid=f"u{i % 10}")
     queued.set()  # the events wait for their users' /init (50 ms): attempts to come
@@ -918,7 +926,7 @@ def test_sigterm_host_handler_under_gevent_run_in_a_sender_greenlet(
     pytest.importorskip("gevent")
     fake_api.latency = 0.05
     proc = subprocess.Popen(
-        [sys.executable, "-c", GEVENT_HOST_EXIT_SCRIPT, fake_api.url, "httpx", when],
+        [sys.executable, "-c", GEVENT_HOST_EXIT_SCRIPT, fake_api.url, when],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
