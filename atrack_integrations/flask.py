@@ -249,7 +249,8 @@ class _Attach:
         app = self._app
         with self._lock:
             if not self._settled:
-                self._settled = True
+                # _settled is set last: _first_call reads it without the lock, and a
+                # call that sees it must find the classes in place.
                 every = True
                 with _CLASSES_FAILED:
                     request_class = _request_class(app.request_class, self._begin)
@@ -269,6 +270,7 @@ class _Attach:
                 app.before_request_funcs[None] = funcs
                 if app.wsgi_app == self.first_call:
                     app.wsgi_app = self._middleware  # type: ignore[method-assign]
+                self._settled = True
             if self._every:
                 return False
             return req is None or (

@@ -680,6 +680,56 @@ def test_concurrent_first_requests_all_see_the_tracker_with_classes_set_after_in
     assert all(results[p].json["mine"] for p in ("/first", "/second"))
 
 
+def test_a_first_call_arriving_while_the_classes_are_made_waits_for_them(
+    sdk: ATrackSdk, calls: CapturedCalls
+) -> None:
+    # gunicorn gthread: a second request's first call comes while the first call is
+    # still making the classes. It must wait for them: CI once saw it go on, build its
+    # request from the old class and reach its view after the first-request function
+    # had gone (no request.atrack, a 500).
+    import threading
+
+    from flask import request
+
+    results: dict[str, Any] = {}
+    second_built, first_in_view = threading.Event(), threading.Event()
+    app = flask.Flask(__name__)
+
+    def get(path: str) -> None:
+        results[path] = app.test_client().get(path)
+
+    second = threading.Thread(target=get, args=("/second",))
+
+    class MyRequest(flask.Request):
+        def __init_subclass__(cls, **kwargs: Any) -> None:
+            # The extension subclasses the app's request class at the first call: the
+            # second request comes in now and must not get as far as its own request
+            # before the classes are in place (given a second to do so wrongly).
+            super().__init_subclass__(**kwargs)
+            second.start()
+            second_built.wait(1)
+
+    app.request_class = MyRequest
+    ATrack(app, sdk=sdk)
+
+    @app.url_value_preprocessor
+    def hold(endpoint: Any, values: Any) -> None:
+        if request.path == "/second":
+            second_built.set()
+            assert first_in_view.wait(10)
+
+    @app.get("/<name>")
+    def view(name: str) -> Any:
+        if name == "first":
+            first_in_view.set()
+        return {"uuid": request.atrack.uuid}
+
+    get("/first")
+    second.join(20)
+    assert [results[p].status_code for p in ("/first", "/second")] == [200, 200]
+    assert results["/first"].json["uuid"] != results["/second"].json["uuid"]
+
+
 def test_identify_hook_gets_its_own_request_from_a_thread(
     sdk: ATrackSdk, calls: CapturedCalls
 ) -> None:
