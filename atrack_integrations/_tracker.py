@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import uuid as _uuid
 from collections.abc import Callable
 from concurrent.futures import Future
+from threading import Lock, RLock
 from typing import TYPE_CHECKING, Any
 
 from atrack_core._request import RequestView, request_context_dict
@@ -28,6 +30,21 @@ _CONTEXT_FAILED = Contain("A-Track could not build the request context")
 # many characters of input.
 _MAX_CACHED_CONTEXTS = 2048
 _MAX_CACHED_INPUT = 2048
+
+# ``_hook_request`` while the identify hook is being asked (see RequestTracker._resolve).
+_ASKING = object()
+# Makes a tracker's RequestTracker._resolving, once: a lock made lazily without one could
+# be made twice, by two threads, each then holding its own.
+_making = Lock()
+
+
+def _after_fork_in_child() -> None:
+    global _making
+    _making = Lock()  # a thread may have held it at the fork
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class RequestTracker:
@@ -63,6 +80,7 @@ class RequestTracker:
         "_last",
         "_offload",
         "_ordered",
+        "_resolving",
         "_timezone_cookie",
         "_tracked",
         "_uuid",
@@ -97,6 +115,8 @@ class RequestTracker:
         #: needed, see IntegrationConfig.finish), with this request.
         self._identify_due = False
         self._hook_request: Any = None
+        #: Held while the hook is asked (made when first needed: _resolve_lock).
+        self._resolving: RLock | None = None
         #: Under an event loop with a storage that does I/O: the ordered worker that
         #: runs the init dedupe (and, once used, every later call of this request).
         self._offload: OrderedOffload | None = None
@@ -193,8 +213,12 @@ class RequestTracker:
         attrs = to_json_object(attributes, "attributes") if attributes is not None else None
         if not self.enabled:
             return
-        self._identify_due = False  # the view knows better than the hook
-        self._hook_request = None
+        if self._identify_due:
+            # The view knows better than the hook; a hook being asked in another thread
+            # answers first, so the view's user is the one that stays.
+            with self._resolve_lock():
+                self._identify_due = False
+                self._hook_request = None
         self._uuid = uuid
         self.is_new_user = False
         if not self.passive and is_canonical_uuid(uuid) and uuid != self._cookie_in:
@@ -215,18 +239,42 @@ class RequestTracker:
 
     def _resolve(self) -> None:
         """Ask the identify hook now that the uuid is needed; its user wins over the
-        cookie. A user it names is no new visitor: the anonymous cookie is not set."""
-        request = self._hook_request
-        self._identify_due = False
-        self._hook_request = None
-        if request is None:
-            return  # no request was bound (Flask dispatched without its WSGI wrapper)
-        identified = self._config._identify_sync(request)
-        if identified is not None and identified != self._uuid:
-            if self.is_new_user:
-                self._cookie_out = None
-            self._uuid = identified
-            self.is_new_user = False
+        cookie. A user it names is no new visitor: the anonymous cookie is not set.
+
+        Asked once, also when the view handed the tracker to threads: a call that needs
+        the uuid while another thread asks the hook waits for the answer, as
+        ``_identify_due`` is cleared only once the uuid is in place (cleared first, such
+        a call went on with the cookie's anonymous uuid: its event and the /init went
+        out for the visitor, none for the user). The hook itself may use the tracker:
+        it gets the uuid as it stands, and is not asked again."""
+        with self._resolve_lock():
+            request = self._hook_request
+            if not self._identify_due or request is _ASKING:
+                return  # answered meanwhile, or the hook itself (this thread) asks
+            self._hook_request = _ASKING
+            try:
+                # None: no request was bound (Flask dispatched without its WSGI wrapper).
+                if request is not None:
+                    identified = self._config._identify_sync(request)
+                    if identified is not None and identified != self._uuid:
+                        if self.is_new_user:
+                            self._cookie_out = None
+                        self._uuid = identified
+                        self.is_new_user = False
+            finally:
+                self._hook_request = None
+                self._identify_due = False
+
+    def _resolve_lock(self) -> RLock:
+        """The lock held while the hook is asked: made when first needed (most requests
+        never ask the hook; a lock per request would cost ~10 % of begin and finish)."""
+        lock = self._resolving
+        if lock is None:
+            with _making:
+                lock = self._resolving
+                if lock is None:
+                    lock = self._resolving = RLock()
+        return lock
 
     def _send_init(self, attributes: dict[str, Any] | None) -> None:
         """Send this user's /init (deduplicated); under an event loop with a storage

@@ -399,3 +399,38 @@ def test_the_identify_hook_is_asked_only_when_its_answer_is_needed(
         ("/event", "user-7"),
         ("/init", "user-8"),
     ]
+
+
+def test_a_thread_that_needs_the_uuid_while_the_hook_is_asked_waits_for_its_answer(
+    sdk: ATrackSdk, calls: CapturedCalls
+) -> None:
+    # A view may hand its tracker to threads (the hook then still gets the request). The
+    # first call asks the identify hook; a call from another thread meanwhile must wait
+    # for its answer: it once went on with the cookie's anonymous uuid, its event and
+    # the /init went out for that visitor, and the logged-in user got no /init.
+    import threading
+
+    second_done = threading.Event()
+
+    def identify(request: Any) -> str:
+        # The second thread comes in while the hook is being asked (and is given a
+        # second to go out wrongly: with the fix it waits for this answer).
+        second.start()
+        second_done.wait(1)
+        return "user-7"
+
+    def track_second() -> None:
+        tracker.track("second")
+        second_done.set()
+
+    config = IntegrationConfig(sdk=sdk, identify=identify, init="lazy")
+    tracker = config.begin(view("/", cookie=f"atrack_uuid={KNOWN}"), "req")
+    second = threading.Thread(target=track_second)
+    tracker.track("first")
+    second.join(10)
+    assert second_done.is_set()
+    assert sorted((c.path, c.body["uuid"], c.body.get("event")) for c in calls.calls) == [
+        ("/event", "user-7", "first"),
+        ("/event", "user-7", "second"),
+        ("/init", "user-7", None),
+    ]
