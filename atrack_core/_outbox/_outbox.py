@@ -150,6 +150,9 @@ class Outbox:
         self._spill_lock = threading.Lock()
         self._io = threading.Lock()  # held around SQLite work; see _before_fork
         self._spill_bytes = 0
+        # Taken by the writer and not yet committed: still counted against the bound
+        # (``overflow`` runs in callers' threads while the writer commits).
+        self._writing_bytes = 0
         # Calls wait on disk to be loaded: new calls go there too (``overflow``), behind
         # them. A plain attribute: the scheduler reads it on every call.
         self.spilling = False
@@ -216,7 +219,8 @@ class Outbox:
         size = _db.size_of(call)
         with self._spill_lock:
             full = (
-                self.counts["bytes"] + self._spill_bytes + size > self._max_bytes
+                self.counts["bytes"] + self._writing_bytes + self._spill_bytes + size
+                > self._max_bytes
                 or self._spill_bytes + size > MAX_SPILL_MEMORY
                 or not self._usable(starting=True)
             )
@@ -421,11 +425,10 @@ class Outbox:
         counts = self.counts
         written = added = spilled_bytes = evicted = full = 0
         waiting = False
-        # Spilled calls had their room reserved when they were taken (``overflow``).
-        room = self._max_bytes - counts["bytes"] - self._spill_bytes
         park_due = now + PARK_DELAY
         overhead = _ROW_OVERHEAD
         take_id = ids.pop
+        spill_lock = self._spill_lock
         with self._delivery.lock:
             # Appended under this lock: a consistent cut, taken whole.
             calls = list(new)
@@ -444,28 +447,43 @@ class Outbox:
                     pushed_out = [c for c in parked_new if c.seq < first_seq]
                     evicted -= len(pushed_out)
                     calls[:0] = pushed_out
-            for call in calls:
-                stored = call.stored
-                if stored and stored != _PARKED:
-                    continue  # settled already, or loaded back from its row
-                size = len(call.body) + len(call.uuid) + overhead
-                if added + size > room:
-                    # In memory still, but not durable: counted, logged sometimes.
-                    full += 1
-                    call.stored = _SETTLED
-                    continue
-                rid = call.request_id
-                if not rid:  # not yet taken by a sender (same lock)
-                    rid = call.request_id = take_id() if ids else new_request_id()
-                call.stored = next_id
-                held, due = 1, 0.0
-                if stored:  # parked before it was written: written as waiting
-                    held, due = 0, park_due
-                    waiting = True
-                values += (next_id, call.path, call.uuid, call.body, rid, call.created, held, due)
-                next_id += 1
-                added += size
-                written += 1
+            # The room and what the new calls take of it are one step under the spill
+            # lock, so that ``overflow`` cannot promise the same room to a spilled call.
+            # Spilled calls had their room reserved when they were taken.
+            with spill_lock:
+                room = self._max_bytes - counts["bytes"] - self._spill_bytes
+                for call in calls:
+                    stored = call.stored
+                    if stored and stored != _PARKED:
+                        continue  # settled already, or loaded back from its row
+                    size = len(call.body) + len(call.uuid) + overhead
+                    if added + size > room:
+                        # In memory still, but not durable: counted, logged sometimes.
+                        full += 1
+                        call.stored = _SETTLED
+                        continue
+                    rid = call.request_id
+                    if not rid:  # not yet taken by a sender (same lock)
+                        rid = call.request_id = take_id() if ids else new_request_id()
+                    call.stored = next_id
+                    held, due = 1, 0.0
+                    if stored:  # parked before it was written: written as waiting
+                        held, due = 0, park_due
+                        waiting = True
+                    values += (
+                        next_id,
+                        call.path,
+                        call.uuid,
+                        call.body,
+                        rid,
+                        call.created,
+                        held,
+                        due,
+                    )
+                    next_id += 1
+                    added += size
+                    written += 1
+                self._writing_bytes = added
             while spill:
                 call = spill.popleft()
                 if call.stored > 0:
@@ -493,8 +511,9 @@ class Outbox:
         if evicted or full:
             counts["dropped"] += evicted + full
         if spilled_bytes:
-            with self._spill_lock:
+            with spill_lock:  # from reserved to being written
                 self._spill_bytes -= spilled_bytes
+                self._writing_bytes += spilled_bytes
         self._log_dropped()
         if not (values or removed or parked or put_back):
             return
@@ -512,9 +531,12 @@ class Outbox:
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
+            self._writing_bytes = 0
             raise
         counts["rows"] += written - len(removed)
-        counts["bytes"] += added - sum(size for _, size in removed)
+        with spill_lock:
+            counts["bytes"] += added - sum(size for _, size in removed)
+            self._writing_bytes = 0
         if removed and counts["bytes"] + added > self._max_bytes // 2:
             _db.vacuum(db, self._max_bytes)  # near the bound: the file follows the rows
         if parked or put_back or waiting:
