@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator
 from importlib.metadata import metadata
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -268,6 +269,80 @@ def test_django_quickstart(collector: Collector, tmp_path: Path) -> None:
         ("landing_viewed", {"source": "readme"}),
         ("pricing_viewed", {"plan": "pro"}),
     ]
+
+
+_SAVED_TASKS = re.compile(
+    r"Saved as `tasks\.py`: `(pip install [^`]+)`.*?then `(celery -A tasks worker[^`]*)`",
+    re.DOTALL,
+)
+
+# The web side the README describes in words: a tracked request whose view publishes.
+PUBLISH = """
+from flask import Flask
+from atrack_integrations.flask import ATrack
+from tasks import send_receipt
+
+app = Flask(__name__)
+ATrack(app)
+
+
+@app.post("/orders")
+def orders():
+    send_receipt.delay(7)
+    return {"ok": True}
+
+
+answer = app.test_client().post("/orders")
+print(answer.headers["Set-Cookie"].split(";")[0].split("=", 1)[1])
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+def test_celery_snippet_runs_as_saved(
+    collector: Collector, tmp_path: Path, redis_server: Any
+) -> None:
+    # Saved as tasks.py it imports (the block once ended with a line that needs a view's
+    # `order`), the pip line brings the Redis transport its broker needs, and the worker
+    # command tracks for the user of the request that published the task.
+    [code] = [c for c in blocks("Tracking outside the view", "python") if "Celery(" in c]
+    default = "redis://127.0.0.1:6379/0"
+    assert default in code
+    broker = redis_server.url.rsplit("/", 1)[0] + "/12"  # a database of its own
+    (tmp_path / "tasks.py").write_text(code.replace(default, broker))
+    found = _SAVED_TASKS.search(section("Tracking outside the view"))
+    assert found, "the Celery block says how to install and run it"
+    pip, command = found.groups()
+    check_pip_line(pip)
+    assert "celery[redis]" in shlex.split(pip), pip
+    (tmp_path / "publish.py").write_text(PUBLISH)
+    published = subprocess.run(
+        [sys.executable, "publish.py"], cwd=tmp_path, env=user_env(collector),
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert published.returncode == 0, published.stderr
+    visitor = published.stdout.strip()
+    worker = subprocess.Popen(
+        [str(BIN / "celery"), *shlex.split(command)[1:]], cwd=tmp_path,
+        env=user_env(collector), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not (sent := collector.store.events(event="receipt_sent")):
+            assert worker.poll() is None, worker.communicate()[0]
+            assert time.monotonic() < deadline, "no receipt_sent within 60 s"
+            time.sleep(0.05)
+    finally:
+        worker.terminate()
+        try:
+            output, _ = worker.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            output, _ = worker.communicate()
+    [event] = sent
+    assert (event["uuid"], event["attributes"]) == (visitor, {"order_id": 7})
+    assert event["context"]["url"] == "/orders"  # type: ignore[index]
+    assert "Traceback" not in output, output
 
 
 @pytest.mark.slow
