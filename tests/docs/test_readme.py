@@ -123,7 +123,7 @@ def server_command(line: str, port: int) -> list[str]:
     raise AssertionError(f"not a run command this test knows: {line!r}")
 
 
-def curl(line: str, port: int) -> httpx.Response:
+def curl(line: str, port: int, headers: dict[str, str] | None = None) -> httpx.Response:
     words = shlex.split(line)
     assert words[0] == "curl", line
     method, rest = "GET", words[1:]
@@ -132,7 +132,7 @@ def curl(line: str, port: int) -> httpx.Response:
     [url] = rest
     for default in _DEFAULT_PORTS:
         url = url.replace(default, f":{port}")
-    return httpx.request(method, url, timeout=10, trust_env=False)
+    return httpx.request(method, url, headers=headers, timeout=10, trust_env=False)
 
 
 def wait_listening(port: int, process: subprocess.Popen[str]) -> None:
@@ -149,10 +149,15 @@ def wait_listening(port: int, process: subprocess.Popen[str]) -> None:
 
 
 def run_quickstart(
-    title: str, cwd: Path, collector: Collector, lines: list[str] | None = None
+    title: str,
+    cwd: Path,
+    collector: Collector,
+    lines: list[str] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> list[httpx.Response]:
     """Run the section's shell lines (default: all of them): check its ``pip install``,
-    start its server, send its ``curl`` lines; return the answers."""
+    start its server, send its ``curl`` lines (with ``headers``, as a browser would add
+    its cookies); return the answers."""
     port = free_port()
     lines = shell_lines(title) if lines is None else lines
     answers = []
@@ -163,7 +168,7 @@ def run_quickstart(
                 check_pip_line(line)
             elif line.startswith("curl "):
                 assert process is not None, f"curl before a server in {title!r}"
-                answers.append(curl(line, port))
+                answers.append(curl(line, port, headers))
             else:
                 assert process is None, f"two run commands in {title!r}: {line!r}"
                 process = subprocess.Popen(
@@ -263,7 +268,17 @@ def test_django_quickstart(collector: Collector, tmp_path: Path) -> None:
     with (project / "mysite" / "settings.py").open("a") as file:
         file.write("\n" + settings)
     (project / "mysite" / "urls.py").write_text(urls)
-    run_quickstart("Quickstart: Django", project, collector, run)
+    migrate, *run = run
+    assert migrate == "python manage.py migrate", migrate
+    subprocess.run(
+        [sys.executable, *shlex.split(migrate)[1:]], cwd=project, check=True,
+        env=user_env(collector), capture_output=True,
+    )  # fmt: skip
+    # A browser that has been to another Django app on 127.0.0.1:8000 sends its session
+    # cookie: IDENTIFY reads request.user, which looks the session up in the database.
+    # Without the migrate line that failed on every request (a logged traceback).
+    stale_session = {"Cookie": "sessionid=" + "0" * 32}
+    run_quickstart("Quickstart: Django", project, collector, run, stale_session)
     events = wait_for_events(collector, 2)
     assert [(e["event"], e["attributes"]) for e in events] == [
         ("landing_viewed", {"source": "readme"}),
