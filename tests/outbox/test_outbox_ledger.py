@@ -1,0 +1,120 @@
+"""The outbox's ledger: every call made ends delivered (the API saw its request id),
+on disk for the next process, or counted in stats() with a log line; across a burst
+beyond the queue, a held API, a shutdown in the middle of the burst and the next SDK
+loading the file back against an API that flaps."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+import atrack_core._retry as retry
+from atrack_core import ATrackSdk, Call, Options
+from tests.fake_api import FakeApi, Plan
+from tests.outbox.conftest import KEY, wait_until
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class Ledger:
+    """on_error's calls, by the number in their uuid (``u<n>``: one user per call)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.lost: dict[int, BaseException] = {}
+
+    def __call__(self, call: Call, error: BaseException) -> None:
+        with self.lock:
+            self.lost[int(call.uuid.removeprefix("u"))] = error
+
+
+def delivered(api: FakeApi) -> set[int]:
+    return {int(r.body["uuid"].removeprefix("u")) for r in api.received if r.status == 200}
+
+
+def on_disk(directory: Path) -> set[int]:
+    out: set[int] = set()
+    for path in directory.glob("*.db"):
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            for (uuid,) in db.execute("SELECT uuid FROM calls"):
+                out.add(int(uuid.removeprefix("u")))
+    return out
+
+
+def test_every_call_of_a_burst_cut_by_shutdown_is_delivered_kept_or_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(retry, "BACKOFF_BASE", 0.005)
+    caplog.set_level(logging.DEBUG, logger="atrack")
+    outbox = tmp_path / "ob"
+    ledger = Ledger()
+    with FakeApi() as api:
+        answer = threading.Event()
+        api.default = Plan(hold=answer)
+        sdk = ATrackSdk(
+            Options(
+                KEY,
+                endpoint=api.url,
+                outbox=outbox,
+                max_queue_size=20,
+                max_concurrency=4,
+                on_error=ledger,
+                shutdown_timeout=0.2,
+            )
+        )
+        for n in range(300):  # far beyond the queue: the rest spills to the file
+            sdk.track("burst", {"n": n}, uuid=f"u{n}")
+        api.wait_for(1)
+        halfway = threading.Event()
+
+        def burst() -> None:
+            for n in range(300, 600):
+                sdk.track("burst", {"n": n}, uuid=f"u{n}")
+                if n == 400:
+                    halfway.set()
+
+        thread = threading.Thread(target=burst)
+        thread.start()
+        halfway.wait()
+        sdk.shutdown()  # the API holds every answer: the flush runs out of time
+        thread.join()
+        sdk.track("after", {"n": 600}, uuid="u600")
+        made = 601
+        answer.set()
+        # The calls in flight at the shutdown end on their own (the queued ones stay:
+        # no sender takes them after a shutdown; they are in the file).
+        wait_until(lambda: sdk.stats()["in_flight"] == 0, 5, "the calls in flight")
+        stats = sdk.stats()
+        sent = delivered(api)
+    kept = on_disk(outbox)
+    assert stats["outbox_dropped"] == stats["outbox_expired"] == 0, stats
+    everything = set(range(made))
+    # Every call: delivered, kept on disk, or counted and reported.
+    assert everything - sent - kept - set(ledger.lost) == set(), stats
+    assert len(ledger.lost) == stats["dropped"] + stats["failed"], stats
+    assert 600 in ledger.lost  # made after the shutdown
+    assert any("dropping calls made after shutdown" in r.getMessage() for r in caplog.records)
+
+    # The next SDK loads the file back, the API flapping meanwhile.
+    with FakeApi() as api:
+        api.plan(
+            "/event",
+            Plan(503, retry_after="0"),
+            Plan(429, retry_after="0"),
+            Plan(drop=True),
+            Plan(503),
+            Plan(500),
+        )
+        sdk = ATrackSdk(Options(KEY, endpoint=api.url, outbox=outbox, max_queue_size=100))
+        assert sdk.flush(10)
+        later = sdk.stats()
+        sdk.shutdown()
+        again = delivered(api)
+    assert later["failed"] == later["dropped"] == 0, later
+    assert again == kept
+    assert on_disk(outbox) == set()
