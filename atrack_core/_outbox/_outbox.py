@@ -343,8 +343,8 @@ class Outbox:
             )
             self._stop = True
             self.accepted = _discard
-            self.spilling = False
             self._new.clear()
+            self._give_back()
             with self._io:
                 self._release()
             return
@@ -409,6 +409,30 @@ class Outbox:
             logger.exception("A-Track outbox cannot start a fresh file; memory only")
             self._stop = True
             self.accepted = _discard
+            self._give_back()
+
+    def _give_back(self) -> None:
+        """The store cannot be used (``_stop`` set): the calls only it holds in memory,
+        spilled or parked and not yet written, go back to the scheduler, past the
+        spilling diversion; the scheduler counts and reports those it has no room for
+        as dropped (``overflow`` refuses them now). Left here they were in nobody's
+        hands: not sent, not counted, ``flush()`` false for ever."""
+        with self._delivery.lock:
+            parked, self._parked_new = self._parked_new, []
+        with self._spill_lock:
+            spilled = list(self._spill)
+            self._spill.clear()
+            self._spill_bytes = 0
+            self.spilling = False
+        calls = sorted(parked, key=lambda call: call.seq) + spilled
+        for call in calls:
+            self._delivery.submit(call, resumed=True)
+        if calls:
+            logger.warning(
+                "A-Track outbox in %s gave %d calls it held in memory back to the queue",
+                self.directory,
+                len(calls),
+            )
 
     def _commit(self) -> None:
         db = self._db

@@ -6,6 +6,7 @@ loading the file back against an API that flaps."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import sqlite3
 import threading
@@ -16,7 +17,7 @@ import pytest
 import atrack_core._retry as retry
 from atrack_core import ATrackSdk, Call, Options
 from tests.fake_api import FakeApi, Plan
-from tests.outbox.conftest import KEY, wait_until
+from tests.outbox.conftest import KEY, spawn, wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -118,3 +119,67 @@ def test_every_call_of_a_burst_cut_by_shutdown_is_delivered_kept_or_counted(
     assert later["failed"] == later["dropped"] == 0, later
     assert again == kept
     assert on_disk(outbox) == set()
+
+
+FORK_OPEN_FAILS = """
+import json, os, sys, threading
+from pathlib import Path
+from atrack_core import ATrackSdk, Options
+
+url, outbox = sys.argv[1], Path(sys.argv[2])
+lost = []
+sdk = ATrackSdk(
+    Options(
+        "@KEY@",
+        endpoint=url,
+        outbox=outbox,
+        max_queue_size=5,
+        max_concurrency=1,
+        on_error=lambda call, error: lost.append(call.uuid),
+    )
+)
+pid = os.fork()
+if pid:
+    _, status = os.waitpid(pid, 0)
+    outbox.unlink()  # the parent's own file back in place for its exit
+    os.rename(outbox.with_name("moved"), outbox)
+    sys.exit(os.waitstatus_to_exitcode(status))
+# The child: its outbox starts a writer of its own with its first call, which opens a
+# file of its own holding this lock (taken here the way a fork takes it): the calls
+# below spill while it has not yet found that it cannot (the directory is replaced by
+# a plain file after the SDK checked it).
+store = sdk._outbox
+with store._io:
+    os.rename(outbox, outbox.with_name("moved"))
+    outbox.write_text("not a directory")
+    for n in range(20):
+        sdk.track("burst", {"n": n}, uuid=f"u{n}")
+    spilled = sdk.stats()["outbox_spilled"]
+flushed = sdk.flush(5)
+stats = sdk.stats()
+sdk.shutdown()
+print(json.dumps({"spilled": spilled, "flushed": flushed, "stats": stats, "lost": lost}))
+sys.stdout.flush()
+os._exit(0)
+""".replace("@KEY@", KEY)
+
+
+def test_calls_spilled_while_a_forked_childs_file_is_opened_are_kept_when_it_cannot_be(
+    tmp_path: Path,
+) -> None:
+    """A forked child's writer cannot open its file after the child's calls beyond the
+    queue were spilled to it: they go back to the scheduler (delivered from memory), or
+    are counted and reported as dropped; none stays behind as 'spilled' in a store that
+    will never write it."""
+    with FakeApi() as api:
+        child = spawn(FORK_OPEN_FAILS, api.url, str(tmp_path / "ob"))
+        out, _ = child.communicate(timeout=20)
+        assert child.returncode == 0
+        sent = delivered(api)
+    result = json.loads(out)
+    stats, lost = result["stats"], {int(u.removeprefix("u")) for u in result["lost"]}
+    assert result["spilled"] > 0, result  # the case under test
+    assert set(range(20)) - sent - lost == set(), result
+    assert len(lost) == stats["dropped"] + stats["failed"], result
+    assert stats["sent"] + stats["dropped"] + stats["failed"] == 20, result
+    assert result["flushed"], result
