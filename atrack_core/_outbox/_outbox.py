@@ -710,11 +710,20 @@ class Outbox:
         self._fd = None
 
 
+_NOT_REGULAR = "not a regular file (a symlink, FIFO or device): not read"
+
+
 def describe(directory: Path) -> list[dict[str, Any]]:
     """Per file: name, owner alive or not, pending calls and bytes (``atrack outbox
-    inspect``). Read-only; a live owner's file is read through SQLite's own locking."""
+    inspect``). Read-only; a live owner's file is read through SQLite's own locking.
+    What is not a regular file is named with an ``error`` and ``owner_alive`` None."""
     result: list[dict[str, Any]] = []
     for path in _files.outbox_files(directory):
+        if not _files.is_regular(path):
+            # A symlink, FIFO or device under an outbox file's name was never written by
+            # an SDK (which refuses a symlinked one); reading a FIFO would hang here.
+            result.append({"file": path.name, "owner_alive": None, "error": _NOT_REGULAR})
+            continue
         entry: dict[str, Any] = {"file": path.name, "owner_alive": _files.is_locked(path)}
         try:
             db = _db.connect(path, readonly=True)
