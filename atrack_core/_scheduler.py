@@ -194,6 +194,9 @@ class BackgroundDelivery:
         self._probe: Call | None = None  # the one call in flight during an outage
         self._probe_at = 0.0
         self._probes_failed = 0
+        # The latest failed attempt since the last delivered one: the shutdown line
+        # names it, so "N calls not delivered" comes with a reason.
+        self._last_failure: DeliveryError | None = None
         self._multi: Multi | None = None  # the multi sender's driver, while it runs
         self._loop_ident = 0  # the multi sender's thread id
         self._loop_woken = False
@@ -345,6 +348,7 @@ class BackgroundDelivery:
             if self._multi is not None:
                 self._multi.wake()
             left = self._outstanding
+            last_failure = self._last_failure
             threads = list(self._threads)
             # Without an outbox (which keeps them on disk) the calls no sender will
             # take now are lost: they leave the queue, counted and reported as dropped.
@@ -356,11 +360,13 @@ class BackgroundDelivery:
         if not flushed:
             bound = budget if budget is not None else timeout
             logger.warning(
-                "A-Track shut down with %d calls not delivered (shutdown timeout %s s, "
-                "waited %.2f s)",
+                "A-Track shut down with %d calls not delivered to %s (shutdown timeout "
+                "%s s, waited %.2f s)%s",
                 left,
+                self._endpoint.base_url,
                 "none" if bound is None else f"{bound:g}",
                 time.monotonic() - start,
+                "" if last_failure is None else f"; the last failed attempt: {last_failure}",
             )
         # After a flush the senders are idle and exit at once. After a timeout some are
         # stuck on a slow or unreachable API: they are daemons and finish (or die with
@@ -539,10 +545,13 @@ class BackgroundDelivery:
         else:
             self._track_reachability_locked(call, outcome)
         if outcome.ok:
+            self._last_failure = None
             stats.in_flight -= 1
             stats.sent += 1
             self._finish_locked(call, True)
             return None
+        if outcome.error is not None:
+            self._last_failure = outcome.error
         delay = outcome.delay
         retryable = delay is not None
         if delay is not None and call.attempts <= self._max_retries and not self._stopping:

@@ -64,6 +64,10 @@ class ATrackSdk:
         self.base_url = validate_options(options)
         self._public_key = options.public_key
         self.storage: Storage = options.storage if options.storage is not None else MemoryStorage()
+        # The current user this SDK last stored (its JSON): what get_user() falls back on
+        # when the storage misses it (down, or an LRU that evicted it), so a Redis outage
+        # after init() does not turn every track() without a uuid into a NoUserError.
+        self._own_user: str | None = None
         self._stats = Stats()
         self._reporter = Reporter(options, self._stats, self.base_url)
         self._closed = False
@@ -147,14 +151,17 @@ class ATrackSdk:
         return InitResult(uuid=uuid, is_new_user=is_new)
 
     def get_user(self) -> User | None:
-        """The current user (set by :meth:`init`), or ``None``."""
+        """The current user (set by :meth:`init`), or ``None``. The storage's, which
+        another process sharing it may have set; on a miss, the one this SDK last set."""
         try:
             raw = self.storage.get(CURRENT_USER_KEY)
         except Exception:
             logger.warning("A-Track storage failed on get; treating as a miss", exc_info=True)
-            return None
+            raw = None
         if raw is None:
-            return None
+            raw = self._own_user
+            if raw is None:
+                return None
         # Validated like input: a value some other program (or an older version, or a
         # corrupt file) left behind must not raise in init() or track() on every run.
         try:
@@ -455,6 +462,7 @@ class ATrackSdk:
 
     def _set_current_user(self, user: User) -> None:
         raw = json.dumps({"uuid": user.uuid, "attributes": user.attributes}, ensure_ascii=False)
+        self._own_user = raw
         try:
             self.storage.set(CURRENT_USER_KEY, raw)
         except Exception:

@@ -524,9 +524,11 @@ def _outbox_inspect(args: argparse.Namespace) -> int:
         return 0
     total = 0
     for entry in files:
-        owner = "process alive" if entry["owner_alive"] else "process gone"
+        alive = entry["owner_alive"]
+        owner = "process alive" if alive else "process gone"
         if "error" in entry:
-            print(f"{entry['file']}  ({owner})  unreadable: {entry['error']}")
+            said = "" if alive is None else f"({owner})  "
+            print(f"{entry['file']}  {said}unreadable: {entry['error']}")
             continue
         total += entry["pending"]
         oldest = entry["oldest"]

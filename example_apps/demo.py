@@ -112,6 +112,7 @@ def _visit(app_url: str) -> tuple[int, int]:
     """Drive the script; return (requests made, events the app tracked)."""
     requests = events = 0
     for who, source, steps in SCRIPT:
+        logged_in = ""
         with httpx.Client(base_url=app_url, timeout=10) as browser:
             r = browser.get("/", params={"source": source}, headers=_browser(who))
             r.raise_for_status()
@@ -122,9 +123,12 @@ def _visit(app_url: str) -> tuple[int, int]:
                 r.raise_for_status()
                 requests += 1
                 events += 1  # signed_up, logged_in or order_created
+                if path == "/login":  # a second user in the collector: the known one
+                    logged_in = f", then logged in as {body['user_id']}"
             browser.get("/health").raise_for_status()  # excluded: tracks nothing
             requests += 1
-            print(f"  {who:<9} from {source:<10} uuid {browser.cookies.get('atrack_uuid')}")
+            uuid = browser.cookies.get("atrack_uuid")
+            print(f"  {who:<9} from {source:<10} uuid {uuid}{logged_in}")
     return requests, events
 
 

@@ -79,6 +79,15 @@ def outbox_files(directory: Path) -> list[Path]:
     )
 
 
+def is_regular(path: Path) -> bool:
+    """Whether ``path`` itself (not what a symlink points to) is a regular file: the
+    SDK makes nothing else, and a FIFO opened for reading blocks until a writer comes."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
 def create_own(directory: Path) -> tuple[Path, int]:
     """A new file for this process (0600, never through a symlink), locked."""
     for _ in range(10):

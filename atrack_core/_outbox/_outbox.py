@@ -150,6 +150,10 @@ class Outbox:
         self._spill_lock = threading.Lock()
         self._io = threading.Lock()  # held around SQLite work; see _before_fork
         self._spill_bytes = 0
+        # Taken by the writer and not yet committed: still counted against the bound
+        # (``overflow`` runs in callers' threads while the writer commits).
+        self._writing_bytes = 0
+        self._writing = 0  # and how many calls that is
         # Calls wait on disk to be loaded: new calls go there too (``overflow``), behind
         # them. A plain attribute: the scheduler reads it on every call.
         self.spilling = False
@@ -216,7 +220,8 @@ class Outbox:
         size = _db.size_of(call)
         with self._spill_lock:
             full = (
-                self.counts["bytes"] + self._spill_bytes + size > self._max_bytes
+                self.counts["bytes"] + self._writing_bytes + self._spill_bytes + size
+                > self._max_bytes
                 or self._spill_bytes + size > MAX_SPILL_MEMORY
                 or not self._usable(starting=True)
             )
@@ -311,6 +316,28 @@ class Outbox:
         if thread is not None and thread.is_alive():
             self._wake.set()
             thread.join(timeout)
+            if thread.is_alive():
+                self._log_unwritten_at_close(timeout)
+
+    def _log_unwritten_at_close(self, timeout: float) -> None:
+        """The writer outlasted ``close()`` (a stalled disk): the calls it has not
+        committed are in this process's memory only, and an exit now loses them."""
+        waiting = (_PARKED, 0)
+        left = (
+            self._writing
+            + sum(1 for call in list(self._new) if call.stored in waiting)
+            + len(self._spill)
+            + len(self._parked_new)
+        )
+        if left:
+            logger.warning(
+                "A-Track outbox in %s: the writer did not finish within %g s at shutdown "
+                "(a stalled disk?); %d calls not yet written are lost if the process "
+                "exits before it does",
+                self.directory,
+                timeout,
+                left,
+            )
 
     # -- the writer thread ------------------------------------------------------------
 
@@ -339,8 +366,8 @@ class Outbox:
             )
             self._stop = True
             self.accepted = _discard
-            self.spilling = False
             self._new.clear()
+            self._give_back()
             with self._io:
                 self._release()
             return
@@ -405,6 +432,30 @@ class Outbox:
             logger.exception("A-Track outbox cannot start a fresh file; memory only")
             self._stop = True
             self.accepted = _discard
+            self._give_back()
+
+    def _give_back(self) -> None:
+        """The store cannot be used (``_stop`` set): the calls only it holds in memory,
+        spilled or parked and not yet written, go back to the scheduler, past the
+        spilling diversion; the scheduler counts and reports those it has no room for
+        as dropped (``overflow`` refuses them now). Left here they were in nobody's
+        hands: not sent, not counted, ``flush()`` false for ever."""
+        with self._delivery.lock:
+            parked, self._parked_new = self._parked_new, []
+        with self._spill_lock:
+            spilled = list(self._spill)
+            self._spill.clear()
+            self._spill_bytes = 0
+            self.spilling = False
+        calls = sorted(parked, key=lambda call: call.seq) + spilled
+        for call in calls:
+            self._delivery.submit(call, resumed=True)
+        if calls:
+            logger.warning(
+                "A-Track outbox in %s gave %d calls it held in memory back to the queue",
+                self.directory,
+                len(calls),
+            )
 
     def _commit(self) -> None:
         db = self._db
@@ -421,11 +472,10 @@ class Outbox:
         counts = self.counts
         written = added = spilled_bytes = evicted = full = 0
         waiting = False
-        # Spilled calls had their room reserved when they were taken (``overflow``).
-        room = self._max_bytes - counts["bytes"] - self._spill_bytes
         park_due = now + PARK_DELAY
         overhead = _ROW_OVERHEAD
         take_id = ids.pop
+        spill_lock = self._spill_lock
         with self._delivery.lock:
             # Appended under this lock: a consistent cut, taken whole.
             calls = list(new)
@@ -444,28 +494,43 @@ class Outbox:
                     pushed_out = [c for c in parked_new if c.seq < first_seq]
                     evicted -= len(pushed_out)
                     calls[:0] = pushed_out
-            for call in calls:
-                stored = call.stored
-                if stored and stored != _PARKED:
-                    continue  # settled already, or loaded back from its row
-                size = len(call.body) + len(call.uuid) + overhead
-                if added + size > room:
-                    # In memory still, but not durable: counted, logged sometimes.
-                    full += 1
-                    call.stored = _SETTLED
-                    continue
-                rid = call.request_id
-                if not rid:  # not yet taken by a sender (same lock)
-                    rid = call.request_id = take_id() if ids else new_request_id()
-                call.stored = next_id
-                held, due = 1, 0.0
-                if stored:  # parked before it was written: written as waiting
-                    held, due = 0, park_due
-                    waiting = True
-                values += (next_id, call.path, call.uuid, call.body, rid, call.created, held, due)
-                next_id += 1
-                added += size
-                written += 1
+            # The room and what the new calls take of it are one step under the spill
+            # lock, so that ``overflow`` cannot promise the same room to a spilled call.
+            # Spilled calls had their room reserved when they were taken.
+            with spill_lock:
+                room = self._max_bytes - counts["bytes"] - self._spill_bytes
+                for call in calls:
+                    stored = call.stored
+                    if stored and stored != _PARKED:
+                        continue  # settled already, or loaded back from its row
+                    size = len(call.body) + len(call.uuid) + overhead
+                    if added + size > room:
+                        # In memory still, but not durable: counted, logged sometimes.
+                        full += 1
+                        call.stored = _SETTLED
+                        continue
+                    rid = call.request_id
+                    if not rid:  # not yet taken by a sender (same lock)
+                        rid = call.request_id = take_id() if ids else new_request_id()
+                    call.stored = next_id
+                    held, due = 1, 0.0
+                    if stored:  # parked before it was written: written as waiting
+                        held, due = 0, park_due
+                        waiting = True
+                    values += (
+                        next_id,
+                        call.path,
+                        call.uuid,
+                        call.body,
+                        rid,
+                        call.created,
+                        held,
+                        due,
+                    )
+                    next_id += 1
+                    added += size
+                    written += 1
+                self._writing_bytes = added
             while spill:
                 call = spill.popleft()
                 if call.stored > 0:
@@ -483,6 +548,7 @@ class Outbox:
                 added += size
                 written += 1
             self._next_id = next_id
+            self._writing = written
             removed = self._removed
             if len(removed) >= DELETE_AT or self._stop or time.monotonic() >= self._delete_due:
                 self._removed = []
@@ -493,8 +559,9 @@ class Outbox:
         if evicted or full:
             counts["dropped"] += evicted + full
         if spilled_bytes:
-            with self._spill_lock:
+            with spill_lock:  # from reserved to being written
                 self._spill_bytes -= spilled_bytes
+                self._writing_bytes += spilled_bytes
         self._log_dropped()
         if not (values or removed or parked or put_back):
             return
@@ -512,9 +579,12 @@ class Outbox:
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
+            self._writing_bytes = self._writing = 0
             raise
         counts["rows"] += written - len(removed)
-        counts["bytes"] += added - sum(size for _, size in removed)
+        with spill_lock:
+            counts["bytes"] += added - sum(size for _, size in removed)
+            self._writing_bytes = self._writing = 0
         if removed and counts["bytes"] + added > self._max_bytes // 2:
             _db.vacuum(db, self._max_bytes)  # near the bound: the file follows the rows
         if parked or put_back or waiting:
@@ -664,11 +734,20 @@ class Outbox:
         self._fd = None
 
 
+_NOT_REGULAR = "not a regular file (a symlink, FIFO or device): not read"
+
+
 def describe(directory: Path) -> list[dict[str, Any]]:
     """Per file: name, owner alive or not, pending calls and bytes (``atrack outbox
-    inspect``). Read-only; a live owner's file is read through SQLite's own locking."""
+    inspect``). Read-only; a live owner's file is read through SQLite's own locking.
+    What is not a regular file is named with an ``error`` and ``owner_alive`` None."""
     result: list[dict[str, Any]] = []
     for path in _files.outbox_files(directory):
+        if not _files.is_regular(path):
+            # A symlink, FIFO or device under an outbox file's name was never written by
+            # an SDK (which refuses a symlinked one); reading a FIFO would hang here.
+            result.append({"file": path.name, "owner_alive": None, "error": _NOT_REGULAR})
+            continue
         entry: dict[str, Any] = {"file": path.name, "owner_alive": _files.is_locked(path)}
         try:
             db = _db.connect(path, readonly=True)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from atrack_core import ATrackSdk, Options
+from atrack_core import ATrackSdk, Options, User
+from atrack_core.testing import capture_calls
 from tests.redis_server import RedisServer
 
 
@@ -58,10 +59,26 @@ def test_sdk_keeps_working_with_redis_down(own_redis: RedisServer) -> None:
 
     storage = RedisStorage(own_redis.url)
     own_redis.stop()
-    with ATrackSdk(Options("pub_xxxxx", disabled=True, storage=storage)) as sdk:
+    with (
+        capture_calls() as calls,
+        ATrackSdk(Options("pub_xxxxx", disabled=True, storage=storage)) as sdk,
+    ):
         result = sdk.init()
         sdk.track("e", uuid=result.uuid)
-        assert sdk.get_user() is None
+        # The user init() made current is kept by this SDK while Redis cannot keep it:
+        # track() and set_attributes() without a uuid raised NoUserError ("call init()
+        # first") right after init() when the current user lived only in Redis.
+        sdk.track("without_uuid")
+        sdk.set_attributes({"plan": "pro"})
+        assert sdk.get_user() == User(result.uuid, {"plan": "pro"})
+        assert sdk.init().uuid == result.uuid  # the same user again, not a new one
+    assert [(c.path, c.body["uuid"]) for c in calls.calls] == [
+        ("/init", result.uuid),
+        ("/event", result.uuid),
+        ("/event", result.uuid),
+        ("/attributes", result.uuid),
+        ("/init", result.uuid),
+    ]
 
 
 def test_repr_hides_the_password(redis_server: RedisServer) -> None:

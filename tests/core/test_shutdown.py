@@ -88,6 +88,37 @@ def test_exit_waits_the_largest_shutdown_timeout_not_the_sum(transport: str) -> 
     assert KEY not in err
 
 
+UNDELIVERED = textwrap.dedent(
+    """
+    import sys
+    from atrack_core import ATrackSdk, Options
+
+    url, transport = sys.argv[1], sys.argv[2]
+    sdk = ATrackSdk(Options(@KEY@, endpoint=url, shutdown_timeout=1.0, transport=transport))
+    for i in range(3):
+        sdk.track("e", {"i": i}, uuid=f"u{i}")
+    """
+).replace("@KEY@", repr(KEY))
+
+
+@pytest.mark.parametrize("api", ["refused", "503"])
+def test_the_not_delivered_line_names_the_endpoint_and_the_last_failure(
+    api: str, transport: str, fake_api: FakeApi
+) -> None:
+    # A new user whose collector is not running (or an API that fails) is told where
+    # the calls were going and why they did not arrive, not only how many were lost.
+    if api == "refused":
+        url, reason = closed_port_url(), "ConnectError"
+    else:
+        fake_api.default_status = 503
+        url, reason = fake_api.url, "HTTP 503 from /event"
+    _, _, err = run(UNDELIVERED, url, transport)
+    [line] = [line for line in err.splitlines() if "not delivered" in line]
+    assert f"3 calls not delivered to {url} (shutdown timeout 1 s" in line, line
+    assert reason in line.partition("; the last failed attempt: ")[2], line
+    assert KEY not in err
+
+
 LIFESPAN_THEN_CALLS = textwrap.dedent(
     """
     import asyncio, atexit, sys, time

@@ -189,8 +189,10 @@ def test_a_failing_storage_is_a_logged_miss(caplog: pytest.LogCaptureFixture) ->
     with ATrackSdk(Options("pub_xxxxx", disabled=True, storage=BrokenStorage())) as sdk:
         result = sdk.init()  # does not raise
         assert result.is_new_user
-        assert sdk.get_user() is None
+        # Not kept by the storage, kept by the SDK that set it.
+        assert sdk.get_user() == User(result.uuid, {})
         sdk.track("e", uuid=result.uuid)
+        sdk.track("e")
     assert any("storage failed" in r.getMessage() for r in caplog.records)
 
 

@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator
 from importlib.metadata import metadata
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -122,7 +123,7 @@ def server_command(line: str, port: int) -> list[str]:
     raise AssertionError(f"not a run command this test knows: {line!r}")
 
 
-def curl(line: str, port: int) -> httpx.Response:
+def curl(line: str, port: int, headers: dict[str, str] | None = None) -> httpx.Response:
     words = shlex.split(line)
     assert words[0] == "curl", line
     method, rest = "GET", words[1:]
@@ -131,7 +132,7 @@ def curl(line: str, port: int) -> httpx.Response:
     [url] = rest
     for default in _DEFAULT_PORTS:
         url = url.replace(default, f":{port}")
-    return httpx.request(method, url, timeout=10, trust_env=False)
+    return httpx.request(method, url, headers=headers, timeout=10, trust_env=False)
 
 
 def wait_listening(port: int, process: subprocess.Popen[str]) -> None:
@@ -148,10 +149,15 @@ def wait_listening(port: int, process: subprocess.Popen[str]) -> None:
 
 
 def run_quickstart(
-    title: str, cwd: Path, collector: Collector, lines: list[str] | None = None
+    title: str,
+    cwd: Path,
+    collector: Collector,
+    lines: list[str] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> list[httpx.Response]:
     """Run the section's shell lines (default: all of them): check its ``pip install``,
-    start its server, send its ``curl`` lines; return the answers."""
+    start its server, send its ``curl`` lines (with ``headers``, as a browser would add
+    its cookies); return the answers."""
     port = free_port()
     lines = shell_lines(title) if lines is None else lines
     answers = []
@@ -162,7 +168,7 @@ def run_quickstart(
                 check_pip_line(line)
             elif line.startswith("curl "):
                 assert process is not None, f"curl before a server in {title!r}"
-                answers.append(curl(line, port))
+                answers.append(curl(line, port, headers))
             else:
                 assert process is None, f"two run commands in {title!r}: {line!r}"
                 process = subprocess.Popen(
@@ -262,12 +268,96 @@ def test_django_quickstart(collector: Collector, tmp_path: Path) -> None:
     with (project / "mysite" / "settings.py").open("a") as file:
         file.write("\n" + settings)
     (project / "mysite" / "urls.py").write_text(urls)
-    run_quickstart("Quickstart: Django", project, collector, run)
+    migrate, *run = run
+    assert migrate == "python manage.py migrate", migrate
+    subprocess.run(
+        [sys.executable, *shlex.split(migrate)[1:]], cwd=project, check=True,
+        env=user_env(collector), capture_output=True,
+    )  # fmt: skip
+    # A browser that has been to another Django app on 127.0.0.1:8000 sends its session
+    # cookie: IDENTIFY reads request.user, which looks the session up in the database.
+    # Without the migrate line that failed on every request (a logged traceback).
+    stale_session = {"Cookie": "sessionid=" + "0" * 32}
+    run_quickstart("Quickstart: Django", project, collector, run, stale_session)
     events = wait_for_events(collector, 2)
     assert [(e["event"], e["attributes"]) for e in events] == [
         ("landing_viewed", {"source": "readme"}),
         ("pricing_viewed", {"plan": "pro"}),
     ]
+
+
+_SAVED_TASKS = re.compile(
+    r"Saved as `tasks\.py`: `(pip install [^`]+)`.*?then `(celery -A tasks worker[^`]*)`",
+    re.DOTALL,
+)
+
+# The web side the README describes in words: a tracked request whose view publishes.
+PUBLISH = """
+from flask import Flask
+from atrack_integrations.flask import ATrack
+from tasks import send_receipt
+
+app = Flask(__name__)
+ATrack(app)
+
+
+@app.post("/orders")
+def orders():
+    send_receipt.delay(7)
+    return {"ok": True}
+
+
+answer = app.test_client().post("/orders")
+print(answer.headers["Set-Cookie"].split(";")[0].split("=", 1)[1])
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+def test_celery_snippet_runs_as_saved(
+    collector: Collector, tmp_path: Path, redis_server: Any
+) -> None:
+    # Saved as tasks.py it imports (the block once ended with a line that needs a view's
+    # `order`), the pip line brings the Redis transport its broker needs, and the worker
+    # command tracks for the user of the request that published the task.
+    [code] = [c for c in blocks("Tracking outside the view", "python") if "Celery(" in c]
+    default = "redis://127.0.0.1:6379/0"
+    assert default in code
+    broker = redis_server.url.rsplit("/", 1)[0] + "/12"  # a database of its own
+    (tmp_path / "tasks.py").write_text(code.replace(default, broker))
+    found = _SAVED_TASKS.search(section("Tracking outside the view"))
+    assert found, "the Celery block says how to install and run it"
+    pip, command = found.groups()
+    check_pip_line(pip)
+    assert "celery[redis]" in shlex.split(pip), pip
+    (tmp_path / "publish.py").write_text(PUBLISH)
+    published = subprocess.run(
+        [sys.executable, "publish.py"], cwd=tmp_path, env=user_env(collector),
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert published.returncode == 0, published.stderr
+    visitor = published.stdout.strip()
+    worker = subprocess.Popen(
+        [str(BIN / "celery"), *shlex.split(command)[1:]], cwd=tmp_path,
+        env=user_env(collector), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not (sent := collector.store.events(event="receipt_sent")):
+            assert worker.poll() is None, worker.communicate()[0]
+            assert time.monotonic() < deadline, "no receipt_sent within 60 s"
+            time.sleep(0.05)
+    finally:
+        worker.terminate()
+        try:
+            output, _ = worker.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            output, _ = worker.communicate()
+    [event] = sent
+    assert (event["uuid"], event["attributes"]) == (visitor, {"order_id": 7})
+    assert event["context"]["url"] == "/orders"  # type: ignore[index]
+    assert "Traceback" not in output, output
 
 
 @pytest.mark.slow

@@ -48,6 +48,9 @@ def test_demo_once_finishes_and_counts_users_and_events() -> None:
     # 4 visitors (one logs in as a known CRM user: 5 users); 4 landings, 2 signups,
     # 1 login, 4 orders.
     assert re.search(r"users received:\s+5\b", out), out
+    # The fifth is named where the visit is listed, not left for the reader to guess.
+    linus = r"Linus +from google +uuid [0-9a-f-]{36}, then logged in as crm-user-42\n"
+    assert re.search(linus, out), out
     assert re.search(r"events received:\s+11 \(tracked 11\)", out), out
     assert re.search(r"order_created\s+4\b", out), out
     assert re.search(r"calls: /init 5, /attributes 2, /event 11; rejected 0", out), out

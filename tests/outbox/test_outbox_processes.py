@@ -103,6 +103,31 @@ def test_cli_inspect_and_flush_deliver_a_dead_process_calls(tmp_path: Path, coll
     assert "no outbox files" in atrack("outbox", "inspect", str(outbox)).stdout
 
 
+def test_cli_inspect_names_a_fifo_or_symlink_without_reading_it(tmp_path: Path) -> None:
+    # Opening a FIFO to read it blocks until a writer comes: inspect hung for good on
+    # one named like an outbox file, or on a symlink to one. It reads only regular
+    # files now, and still reads the real file beside them.
+    outbox = tmp_path / "ob"
+    sdk = ATrackSdk(Options(KEY, endpoint="http://127.0.0.1:9", outbox=outbox, max_retries=0))
+    try:
+        for i in range(3):
+            sdk.track("kept", {"i": i}, uuid="u1")
+        wait_until(lambda: sdk.stats()["outbox_pending"] == 3, 30, "3 calls on disk")
+        os.mkfifo(outbox / "atrack-999999-aaaaaaaa.db")
+        os.mkfifo(tmp_path / "elsewhere")
+        (outbox / "atrack-999998-bbbbbbbb.db").symlink_to(tmp_path / "elsewhere")
+        listed = atrack("outbox", "inspect", str(outbox))
+    finally:
+        sdk.shutdown(0.5)
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    not_read = "unreadable: not a regular file (a symlink, FIFO or device): not read"
+    assert f"atrack-999998-bbbbbbbb.db  {not_read}" in lines, listed.stdout
+    assert f"atrack-999999-aaaaaaaa.db  {not_read}" in lines, listed.stdout
+    assert any("(process alive)  3 calls" in line for line in lines), listed.stdout
+    assert lines[-1] == "3 calls pending in 3 files", listed.stdout
+
+
 def test_integration_settings_turn_the_outbox_on(tmp_path: Path, collector: Any) -> None:
     sdk = resolve_sdk(
         public_key=KEY,

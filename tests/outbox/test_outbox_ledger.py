@@ -1,0 +1,228 @@
+"""The outbox's ledger: every call made ends delivered (the API saw its request id),
+on disk for the next process, or counted in stats() with a log line; across a burst
+beyond the queue, a held API, a shutdown in the middle of the burst and the next SDK
+loading the file back against an API that flaps."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+import atrack_core._retry as retry
+from atrack_core import ATrackSdk, Call, Options
+from tests.fake_api import FakeApi, Plan
+from tests.outbox.conftest import KEY, spawn, wait_until
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class Ledger:
+    """on_error's calls, by the number in their uuid (``u<n>``: one user per call)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.lost: dict[int, BaseException] = {}
+
+    def __call__(self, call: Call, error: BaseException) -> None:
+        with self.lock:
+            self.lost[int(call.uuid.removeprefix("u"))] = error
+
+
+def delivered(api: FakeApi) -> set[int]:
+    return {int(r.body["uuid"].removeprefix("u")) for r in api.received if r.status == 200}
+
+
+def on_disk(directory: Path) -> set[int]:
+    out: set[int] = set()
+    for path in directory.glob("*.db"):
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            for (uuid,) in db.execute("SELECT uuid FROM calls"):
+                out.add(int(uuid.removeprefix("u")))
+    return out
+
+
+def test_every_call_of_a_burst_cut_by_shutdown_is_delivered_kept_or_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(retry, "BACKOFF_BASE", 0.005)
+    caplog.set_level(logging.DEBUG, logger="atrack")
+    outbox = tmp_path / "ob"
+    ledger = Ledger()
+    with FakeApi() as api:
+        answer = threading.Event()
+        api.default = Plan(hold=answer)
+        sdk = ATrackSdk(
+            Options(
+                KEY,
+                endpoint=api.url,
+                outbox=outbox,
+                max_queue_size=20,
+                max_concurrency=4,
+                on_error=ledger,
+                shutdown_timeout=0.2,
+            )
+        )
+        for n in range(300):  # far beyond the queue: the rest spills to the file
+            sdk.track("burst", {"n": n}, uuid=f"u{n}")
+        api.wait_for(1)
+        halfway = threading.Event()
+
+        def burst() -> None:
+            for n in range(300, 600):
+                sdk.track("burst", {"n": n}, uuid=f"u{n}")
+                if n == 400:
+                    halfway.set()
+
+        thread = threading.Thread(target=burst)
+        thread.start()
+        halfway.wait()
+        sdk.shutdown()  # the API holds every answer: the flush runs out of time
+        thread.join()
+        sdk.track("after", {"n": 600}, uuid="u600")
+        made = 601
+        answer.set()
+        # The calls in flight at the shutdown end on their own (the queued ones stay:
+        # no sender takes them after a shutdown; they are in the file).
+        wait_until(lambda: sdk.stats()["in_flight"] == 0, 5, "the calls in flight")
+        stats = sdk.stats()
+        sent = delivered(api)
+    kept = on_disk(outbox)
+    assert stats["outbox_dropped"] == stats["outbox_expired"] == 0, stats
+    everything = set(range(made))
+    # Every call: delivered, kept on disk, or counted and reported.
+    assert everything - sent - kept - set(ledger.lost) == set(), stats
+    assert len(ledger.lost) == stats["dropped"] + stats["failed"], stats
+    assert 600 in ledger.lost  # made after the shutdown
+    assert any("dropping calls made after shutdown" in r.getMessage() for r in caplog.records)
+
+    # The next SDK loads the file back, the API flapping meanwhile.
+    with FakeApi() as api:
+        api.plan(
+            "/event",
+            Plan(503, retry_after="0"),
+            Plan(429, retry_after="0"),
+            Plan(drop=True),
+            Plan(503),
+            Plan(500),
+        )
+        sdk = ATrackSdk(Options(KEY, endpoint=api.url, outbox=outbox, max_queue_size=100))
+        assert sdk.flush(10)
+        later = sdk.stats()
+        sdk.shutdown()
+        again = delivered(api)
+    assert later["failed"] == later["dropped"] == 0, later
+    assert again == kept
+    assert on_disk(outbox) == set()
+
+
+FORK_OPEN_FAILS = """
+import json, os, sys, threading
+from pathlib import Path
+from atrack_core import ATrackSdk, Options
+
+url, outbox = sys.argv[1], Path(sys.argv[2])
+lost = []
+sdk = ATrackSdk(
+    Options(
+        "@KEY@",
+        endpoint=url,
+        outbox=outbox,
+        max_queue_size=5,
+        max_concurrency=1,
+        on_error=lambda call, error: lost.append(call.uuid),
+    )
+)
+pid = os.fork()
+if pid:
+    _, status = os.waitpid(pid, 0)
+    outbox.unlink()  # the parent's own file back in place for its exit
+    os.rename(outbox.with_name("moved"), outbox)
+    sys.exit(os.waitstatus_to_exitcode(status))
+# The child: its outbox starts a writer of its own with its first call, which opens a
+# file of its own holding this lock (taken here the way a fork takes it): the calls
+# below spill while it has not yet found that it cannot (the directory is replaced by
+# a plain file after the SDK checked it).
+store = sdk._outbox
+with store._io:
+    os.rename(outbox, outbox.with_name("moved"))
+    outbox.write_text("not a directory")
+    for n in range(20):
+        sdk.track("burst", {"n": n}, uuid=f"u{n}")
+    spilled = sdk.stats()["outbox_spilled"]
+flushed = sdk.flush(5)
+stats = sdk.stats()
+sdk.shutdown()
+print(json.dumps({"spilled": spilled, "flushed": flushed, "stats": stats, "lost": lost}))
+sys.stdout.flush()
+os._exit(0)
+""".replace("@KEY@", KEY)
+
+
+def test_calls_spilled_while_a_forked_childs_file_is_opened_are_kept_when_it_cannot_be(
+    tmp_path: Path,
+) -> None:
+    """A forked child's writer cannot open its file after the child's calls beyond the
+    queue were spilled to it: they go back to the scheduler (delivered from memory), or
+    are counted and reported as dropped; none stays behind as 'spilled' in a store that
+    will never write it."""
+    with FakeApi() as api:
+        child = spawn(FORK_OPEN_FAILS, api.url, str(tmp_path / "ob"))
+        out, _ = child.communicate(timeout=20)
+        assert child.returncode == 0
+        sent = delivered(api)
+    result = json.loads(out)
+    stats, lost = result["stats"], {int(u.removeprefix("u")) for u in result["lost"]}
+    assert result["spilled"] > 0, result  # the case under test
+    assert set(range(20)) - sent - lost == set(), result
+    assert len(lost) == stats["dropped"] + stats["failed"], result
+    assert stats["sent"] + stats["dropped"] + stats["failed"] == 20, result
+    assert result["flushed"], result
+
+
+def test_a_shutdown_the_stalled_writer_outlasts_says_how_many_calls_are_not_written(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The writer is stalled in SQLite (another connection holds the file's write lock)
+    with calls it has taken and not committed when shutdown() ends: the process may
+    exit with them in memory only, and a WARNING line says how many."""
+    caplog.set_level(logging.WARNING, logger="atrack")
+    outbox = tmp_path / "ob"
+    with FakeApi() as api:
+        answer = threading.Event()
+        api.default = Plan(hold=answer)  # nothing is delivered: every call needs writing
+        sdk = ATrackSdk(
+            Options(KEY, endpoint=api.url, outbox=outbox, max_queue_size=5, shutdown_timeout=0.1)
+        )
+        store = sdk._outbox
+        assert store is not None and store._thread is not None
+        sdk.track("before", uuid="u0")
+        wait_until(lambda: sdk.stats()["outbox_pending"] == 1, 5, "the first commit")
+        (path,) = outbox.glob("*.db")
+        other = sqlite3.connect(path, isolation_level=None, timeout=10)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # the writer's next INSERT waits for it
+            for n in range(1, 21):
+                sdk.track("burst", {"n": n}, uuid=f"u{n}")
+            # The writer took calls (all, or the first of them: the others wait behind)
+            # and is stuck inside SQLite with them.
+            wait_until(lambda: store._writing > 0, 5, "the writer to take some")
+            sdk.shutdown()
+            assert store._thread.is_alive()  # still inside SQLite
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+            answer.set()
+        store._thread.join(5)
+        assert not store._thread.is_alive()
+        sent = delivered(api)
+    # Written once the lock went: nothing was lost in this process, which lived on.
+    assert sent | on_disk(outbox) == set(range(21))
+    lines = [r.getMessage() for r in caplog.records if "not yet written" in r.getMessage()]
+    assert len(lines) == 1, caplog.text
+    assert "20 calls" in lines[0]
