@@ -373,7 +373,10 @@ class BackgroundDelivery:
         # the process) on their own, so waiting for them would only break the bound.
         deadline = time.monotonic() + 0.5 if flushed else start + (timeout or 0.0)
         for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+            # A thread is listed before it is started (see _start_pending): join() of
+            # one not started yet raises.
+            if thread.is_alive():
+                thread.join(max(0.0, deadline - time.monotonic()))
 
     # -- scheduling (all *_locked methods run with self._lock held) ---------------------
 
