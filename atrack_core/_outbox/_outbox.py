@@ -153,6 +153,7 @@ class Outbox:
         # Taken by the writer and not yet committed: still counted against the bound
         # (``overflow`` runs in callers' threads while the writer commits).
         self._writing_bytes = 0
+        self._writing = 0  # and how many calls that is
         # Calls wait on disk to be loaded: new calls go there too (``overflow``), behind
         # them. A plain attribute: the scheduler reads it on every call.
         self.spilling = False
@@ -315,6 +316,28 @@ class Outbox:
         if thread is not None and thread.is_alive():
             self._wake.set()
             thread.join(timeout)
+            if thread.is_alive():
+                self._log_unwritten_at_close(timeout)
+
+    def _log_unwritten_at_close(self, timeout: float) -> None:
+        """The writer outlasted ``close()`` (a stalled disk): the calls it has not
+        committed are in this process's memory only, and an exit now loses them."""
+        waiting = (_PARKED, 0)
+        left = (
+            self._writing
+            + sum(1 for call in list(self._new) if call.stored in waiting)
+            + len(self._spill)
+            + len(self._parked_new)
+        )
+        if left:
+            logger.warning(
+                "A-Track outbox in %s: the writer did not finish within %g s at shutdown "
+                "(a stalled disk?); %d calls not yet written are lost if the process "
+                "exits before it does",
+                self.directory,
+                timeout,
+                left,
+            )
 
     # -- the writer thread ------------------------------------------------------------
 
@@ -525,6 +548,7 @@ class Outbox:
                 added += size
                 written += 1
             self._next_id = next_id
+            self._writing = written
             removed = self._removed
             if len(removed) >= DELETE_AT or self._stop or time.monotonic() >= self._delete_due:
                 self._removed = []
@@ -555,12 +579,12 @@ class Outbox:
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
-            self._writing_bytes = 0
+            self._writing_bytes = self._writing = 0
             raise
         counts["rows"] += written - len(removed)
         with spill_lock:
             counts["bytes"] += added - sum(size for _, size in removed)
-            self._writing_bytes = 0
+            self._writing_bytes = self._writing = 0
         if removed and counts["bytes"] + added > self._max_bytes // 2:
             _db.vacuum(db, self._max_bytes)  # near the bound: the file follows the rows
         if parked or put_back or waiting:

@@ -183,3 +183,46 @@ def test_calls_spilled_while_a_forked_childs_file_is_opened_are_kept_when_it_can
     assert len(lost) == stats["dropped"] + stats["failed"], result
     assert stats["sent"] + stats["dropped"] + stats["failed"] == 20, result
     assert result["flushed"], result
+
+
+def test_a_shutdown_the_stalled_writer_outlasts_says_how_many_calls_are_not_written(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The writer is stalled in SQLite (another connection holds the file's write lock)
+    with calls it has taken and not committed when shutdown() ends: the process may
+    exit with them in memory only, and a WARNING line says how many."""
+    caplog.set_level(logging.WARNING, logger="atrack")
+    outbox = tmp_path / "ob"
+    with FakeApi() as api:
+        answer = threading.Event()
+        api.default = Plan(hold=answer)  # nothing is delivered: every call needs writing
+        sdk = ATrackSdk(
+            Options(KEY, endpoint=api.url, outbox=outbox, max_queue_size=5, shutdown_timeout=0.1)
+        )
+        store = sdk._outbox
+        assert store is not None and store._thread is not None
+        sdk.track("before", uuid="u0")
+        wait_until(lambda: sdk.stats()["outbox_pending"] == 1, 5, "the first commit")
+        (path,) = outbox.glob("*.db")
+        other = sqlite3.connect(path, isolation_level=None, timeout=10)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # the writer's next INSERT waits for it
+            for n in range(1, 21):
+                sdk.track("burst", {"n": n}, uuid=f"u{n}")
+            # The writer took calls (all, or the first of them: the others wait behind)
+            # and is stuck inside SQLite with them.
+            wait_until(lambda: store._writing > 0, 5, "the writer to take some")
+            sdk.shutdown()
+            assert store._thread.is_alive()  # still inside SQLite
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+            answer.set()
+        store._thread.join(5)
+        assert not store._thread.is_alive()
+        sent = delivered(api)
+    # Written once the lock went: nothing was lost in this process, which lived on.
+    assert sent | on_disk(outbox) == set(range(21))
+    lines = [r.getMessage() for r in caplog.records if "not yet written" in r.getMessage()]
+    assert len(lines) == 1, caplog.text
+    assert "20 calls" in lines[0]
