@@ -38,9 +38,16 @@ class Delivery(Protocol):
 
     def flush(self, timeout: float | None = None) -> bool: ...
 
-    def shutdown(self, timeout: float | None = None, *, budget: float | None = None) -> None:
+    def shutdown(
+        self,
+        timeout: float | None = None,
+        *,
+        budget: float | None = None,
+        since: float | None = None,
+    ) -> None:
         """Flush, waiting at most ``timeout``, and stop; ``budget``: the bound to report
-        when calls are left (defaults to ``timeout``)."""
+        when calls are left (defaults to ``timeout``); ``since``: when that bound started
+        (defaults to now)."""
 
 
 class NullDelivery:
@@ -55,7 +62,13 @@ class NullDelivery:
     def flush(self, timeout: float | None = None) -> bool:
         return True
 
-    def shutdown(self, timeout: float | None = None, *, budget: float | None = None) -> None:
+    def shutdown(
+        self,
+        timeout: float | None = None,
+        *,
+        budget: float | None = None,
+        since: float | None = None,
+    ) -> None:
         return None
 
 
@@ -176,7 +189,13 @@ class SyncDelivery:
     def flush(self, timeout: float | None = None) -> bool:
         return True
 
-    def shutdown(self, timeout: float | None = None, *, budget: float | None = None) -> None:
+    def shutdown(
+        self,
+        timeout: float | None = None,
+        *,
+        budget: float | None = None,
+        since: float | None = None,
+    ) -> None:
         with self._lock:
             idle, self._idle = self._idle, []
         for conn in idle:

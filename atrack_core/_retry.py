@@ -45,8 +45,11 @@ def _request_id() -> str:
         except IndexError:  # empty (or emptied by another thread meanwhile)
             pass
     fresh = new_request_ids(1)
-    _ids_pid[0] = os.getpid()
+    # The supply first, then the pid that makes it this process's: the other way, a
+    # thread of a child forked without Python's fork hooks could pop a parent's id
+    # between the two (the API would drop its call as a duplicate).
     _ids[:] = fresh[1:]
+    _ids_pid[0] = os.getpid()
     return fresh[0]
 
 

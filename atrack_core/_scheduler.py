@@ -331,10 +331,18 @@ class BackgroundDelivery:
             finally:
                 self._waiters.remove(waiter)
 
-    def shutdown(self, timeout: float | None = None, *, budget: float | None = None) -> None:
+    def shutdown(
+        self,
+        timeout: float | None = None,
+        *,
+        budget: float | None = None,
+        since: float | None = None,
+    ) -> None:
         """Flush (bounded by ``timeout``), then stop the threads. Idempotent. ``budget``
         is the bound the log line names (the exit flush gives each SDK what is left of
-        one process-wide deadline: ``timeout`` may be less than its shutdown timeout)."""
+        one process-wide deadline: ``timeout`` may be less than its shutdown timeout);
+        ``since``, the deadline's start, is where the line's "waited" counts from (after
+        a server's stop whose flush ran out, "waited 0.00 s" hid the wait that stop made)."""
         start = time.monotonic()
         with self._lock:
             if self._closed:
@@ -365,7 +373,7 @@ class BackgroundDelivery:
                 left,
                 self._endpoint.base_url,
                 "none" if bound is None else f"{bound:g}",
-                time.monotonic() - start,
+                time.monotonic() - (start if since is None else min(since, start)),
                 "" if last_failure is None else f"; the last failed attempt: {last_failure}",
             )
         # After a flush the senders are idle and exit at once. After a timeout some are
@@ -373,7 +381,10 @@ class BackgroundDelivery:
         # the process) on their own, so waiting for them would only break the bound.
         deadline = time.monotonic() + 0.5 if flushed else start + (timeout or 0.0)
         for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+            # A thread is listed before it is started (see _start_pending): join() of
+            # one not started yet raises.
+            if thread.is_alive():
+                thread.join(max(0.0, deadline - time.monotonic()))
 
     # -- scheduling (all *_locked methods run with self._lock held) ---------------------
 

@@ -252,9 +252,18 @@ class ATrackSdk:
         budget = self.options.shutdown_timeout if timeout is None else timeout
         self._close(budget, budget)
 
-    def _close(self, timeout: float | None, budget: float | None, *, join: bool = False) -> None:
+    def _close(
+        self,
+        timeout: float | None,
+        budget: float | None,
+        *,
+        join: bool = False,
+        since: float | None = None,
+    ) -> None:
         """Shut down, waiting at most ``timeout``; ``budget`` is the bound the caller
-        set (the process-wide exit flush starts every SDK's wait from one instant).
+        set (the process-wide exit flush starts every SDK's wait from one instant,
+        ``since``: a server's stop when its flush ran out, so the log line's wait counts
+        from there).
         ``join``: when another thread is already shutting it down, wait (within
         ``timeout``) for its calls instead of returning at once (a SIGTERM that arrives
         during an exit flush must not end the process before that flush does)."""
@@ -269,7 +278,7 @@ class ATrackSdk:
             outbox.drain(timeout)
             if timeout is not None:
                 timeout = max(0.0, timeout - (time.monotonic() - start))
-        self._delivery.shutdown(timeout, budget=budget)
+        self._delivery.shutdown(timeout, budget=budget, since=since)
         if outbox is not None:
             # What was not delivered stays in the file for the next process.
             outbox.close()

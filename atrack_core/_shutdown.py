@@ -107,7 +107,7 @@ def flush_all(reason: str = "exit") -> None:
         budget = sdk.options.shutdown_timeout
         remaining = max(0.0, start + budget - time.monotonic())
         try:
-            sdk._close(remaining, budget, join=True)
+            sdk._close(remaining, budget, join=True, since=start)
         except Exception:
             logger.exception("A-Track %s flush failed", reason)
 

@@ -128,20 +128,20 @@ class OrderedOffload:
     for long) further work is dropped with a warning.
     """
 
-    __slots__ = ("_lock", "_pending", "_pid", "_pool")
+    __slots__ = ("_bound", "_lock", "_pending")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._pool: ThreadPoolExecutor | None = None
-        self._pid = 0
+        # (pid, pool), one attribute: read as one, a forked child cannot pair its own
+        # pid with the parent's pool (whose threads did not survive the fork).
+        self._bound: tuple[int, ThreadPoolExecutor] | None = None
         self._pending: set[Future[None]] = set()
 
     def submit(self, work: Callable[[], None], after: Future[None] | None) -> Future[None] | None:
         """Run ``work`` once ``after`` (the same request's previous item) is done; the
         future is done once ``work`` has run (``None``: dropped)."""
-        pool = self._pool
-        if pool is None or self._pid != os.getpid():
-            pool = self._start()
+        bound = self._bound
+        pool = self._start() if bound is None or bound[0] != os.getpid() else bound[1]
         if len(self._pending) >= _OFFLOAD_MAX_PENDING:
             logger.warning("A-Track background work is backed up (storage hanging?); dropped")
             return None
@@ -176,9 +176,13 @@ class OrderedOffload:
 
     def _start(self) -> ThreadPoolExecutor:
         with self._lock:
-            if self._pool is None or self._pid != os.getpid():
+            bound = self._bound
+            pid = os.getpid()
+            if bound is None or bound[0] != pid:
                 # In a forked child the parent's threads and items are not ours.
                 self._pending = set()
-                self._pool = ThreadPoolExecutor(8, thread_name_prefix="atrack-offload")
-                self._pid = os.getpid()
-            return self._pool
+                bound = self._bound = (
+                    pid,
+                    ThreadPoolExecutor(8, thread_name_prefix="atrack-offload"),
+                )
+            return bound[1]

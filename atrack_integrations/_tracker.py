@@ -6,7 +6,7 @@ import os
 import uuid as _uuid
 from collections.abc import Callable
 from concurrent.futures import Future
-from threading import Lock, RLock
+from threading import Condition, get_ident
 from typing import TYPE_CHECKING, Any
 
 from atrack_core._request import RequestView, request_context_dict
@@ -31,16 +31,80 @@ _CONTEXT_FAILED = Contain("A-Track could not build the request context")
 _MAX_CACHED_CONTEXTS = 2048
 _MAX_CACHED_INPUT = 2048
 
-# ``_hook_request`` while the identify hook is being asked (see RequestTracker._resolve).
-_ASKING = object()
-# Makes a tracker's RequestTracker._resolving, once: a lock made lazily without one could
-# be made twice, by two threads, each then holding its own.
-_making = Lock()
+# -- a tracker's first-use steps ----------------------------------------------------------
+# Asking the identify hook and deciding the /init run once per request, at the tracker's
+# first use, which may come from several threads at once (a view may hand its tracker to
+# threads). The first thread claims the step; another that needs it meanwhile waits until
+# it is done, and the flag saying it is due is cleared only then (cleared first, such a
+# thread went on: with the cookie's anonymous uuid while the hook was asked, before the
+# /init while the storage answered). A claim is one dict.setdefault, atomic under the
+# GIL: a thread alone takes no lock (a lock costs ~2.5k instructions, a request's whole
+# lifecycle ~25k). Keyed by the tracker's id, which is not reused while its step runs.
+_asking: dict[int, tuple[int]] = {}  # the hook is asked: id(tracker) -> (thread ident,)
+_sending: dict[int, tuple[int]] = {}  # the /init is decided: the same
+_done = Condition()  # a step ended while a thread waits for it
+_waiting = 0  # threads waiting in _wait_for (changed under _done)
+
+
+def _claim(claims: dict[int, tuple[int]], key: int) -> bool | None:
+    """Claim the step ``claims`` of tracker ``key``: ``True``, claimed (release it with
+    :func:`_release`); ``False``, this thread runs it already (the hook, a storage or a
+    ``before_send`` hook uses the tracker: not run again); ``None``, another thread ran
+    it, and it is done now."""
+    token = (get_ident(),)
+    holder = claims.setdefault(key, token)
+    if holder is token:
+        return True
+    if holder[0] == token[0]:
+        return False
+    _wait_for(claims, key)
+    return None
+
+
+def _hold(claims: dict[int, tuple[int]], key: int) -> bool:
+    """:func:`_claim`, after another thread's run if there is one: ``True``, claimed;
+    ``False``, this thread runs it already."""
+    while True:
+        claimed = _claim(claims, key)
+        if claimed is not None:
+            return claimed
+
+
+def _wait_for(claims: dict[int, tuple[int]], key: int) -> None:
+    global _waiting
+    with _done:
+        _waiting += 1
+        try:
+            while key in claims:
+                _done.wait()
+        finally:
+            _waiting -= 1
+
+
+def _release(claims: dict[int, tuple[int]], key: int) -> None:
+    del claims[key]
+    # A waiter counts itself before it looks at the claim: it either sees it gone or is
+    # counted here (and waits on _done, which _notify takes after it).
+    if _waiting:
+        _notify()
+
+
+def _notify() -> None:
+    with _done:
+        _done.notify_all()
 
 
 def _after_fork_in_child() -> None:
-    global _making
-    _making = Lock()  # a thread may have held it at the fork
+    global _done, _waiting
+    # The threads that ran or waited for a step at the fork do not exist here; the one
+    # that forked goes on (and releases its own claims).
+    me = get_ident()
+    for claims in (_asking, _sending):
+        for key, holder in list(claims.items()):
+            if holder[0] != me:
+                del claims[key]
+    _done = Condition()
+    _waiting = 0
 
 
 if hasattr(os, "register_at_fork"):  # not on Windows
@@ -80,7 +144,6 @@ class RequestTracker:
         "_last",
         "_offload",
         "_ordered",
-        "_resolving",
         "_timezone_cookie",
         "_tracked",
         "_uuid",
@@ -115,8 +178,6 @@ class RequestTracker:
         #: needed, see IntegrationConfig.finish), with this request.
         self._identify_due = False
         self._hook_request: Any = None
-        #: Held while the hook is asked (made when first needed: _resolve_lock).
-        self._resolving: RLock | None = None
         #: Under an event loop with a storage that does I/O: the ordered worker that
         #: runs the init dedupe (and, once used, every later call of this request).
         self._offload: OrderedOffload | None = None
@@ -213,12 +274,28 @@ class RequestTracker:
         attrs = to_json_object(attributes, "attributes") if attributes is not None else None
         if not self.enabled:
             return
-        if self._identify_due:
-            # The view knows better than the hook; a hook being asked in another thread
-            # answers first, so the view's user is the one that stays.
-            with self._resolve_lock():
-                self._identify_due = False
-                self._hook_request = None
+        key = id(self)
+        if self._identify_due or self._init_pending or key in _asking or key in _sending:
+            # A hook being asked or a /init being decided in another thread ends first:
+            # the view's user is the one that stays (and gets its /init).
+            asked = _hold(_asking, key)
+            sent = _hold(_sending, key)
+            try:
+                send = self._switch(uuid, attrs)
+            finally:
+                if sent:
+                    _release(_sending, key)
+                if asked:
+                    _release(_asking, key)
+        else:
+            send = self._switch(uuid, attrs)
+        if send:
+            self._send_init(attrs)
+
+    def _switch(self, uuid: str, attrs: dict[str, Any] | None) -> bool:
+        """:meth:`identify`'s change of user; ``True`` when its /init goes out now."""
+        self._identify_due = False  # the view knows better than the hook
+        self._hook_request = None
         self._uuid = uuid
         self.is_new_user = False
         if not self.passive and is_canonical_uuid(uuid) and uuid != self._cookie_in:
@@ -227,67 +304,81 @@ class RequestTracker:
         if self.passive or config.init == "off":
             if attrs:
                 self._send_attributes(attrs, False)
-            return
+            return False
         if not attrs:
             # The switched user's /init goes out as the init setting says (at the
             # response start, or before the next call).
             self._init_pending = True
-            return
-        self._send_init(attrs)
+            return False
+        return True
 
     # -- internals --------------------------------------------------------------------
 
     def _resolve(self) -> None:
         """Ask the identify hook now that the uuid is needed; its user wins over the
         cookie. A user it names is no new visitor: the anonymous cookie is not set.
-
-        Asked once, also when the view handed the tracker to threads: a call that needs
-        the uuid while another thread asks the hook waits for the answer, as
-        ``_identify_due`` is cleared only once the uuid is in place (cleared first, such
-        a call went on with the cookie's anonymous uuid: its event and the /init went
-        out for the visitor, none for the user). The hook itself may use the tracker:
-        it gets the uuid as it stands, and is not asked again."""
-        with self._resolve_lock():
+        Once (see "a tracker's first-use steps" above): ``_identify_due`` is cleared when
+        the answer is in place."""
+        # _claim inline: every request of an app with a hook comes here.
+        key = id(self)
+        token = (get_ident(),)
+        holder = _asking.setdefault(key, token)
+        if holder is not token:
+            if holder[0] != token[0]:
+                _wait_for(_asking, key)
+            return  # answered in another thread, or the hook itself asks (uuid as it is)
+        try:
             request = self._hook_request
-            if not self._identify_due or request is _ASKING:
-                return  # answered meanwhile, or the hook itself (this thread) asks
-            self._hook_request = _ASKING
-            try:
-                # None: no request was bound (Flask dispatched without its WSGI wrapper).
-                if request is not None:
-                    identified = self._config._identify_sync(request)
-                    if identified is not None and identified != self._uuid:
-                        if self.is_new_user:
-                            self._cookie_out = None
-                        self._uuid = identified
-                        self.is_new_user = False
-            finally:
-                self._hook_request = None
-                self._identify_due = False
-
-    def _resolve_lock(self) -> RLock:
-        """The lock held while the hook is asked: made when first needed (most requests
-        never ask the hook; a lock per request would cost ~10 % of begin and finish)."""
-        lock = self._resolving
-        if lock is None:
-            with _making:
-                lock = self._resolving
-                if lock is None:
-                    lock = self._resolving = RLock()
-        return lock
+            # None: no request was bound (Flask dispatched without its WSGI wrapper).
+            if self._identify_due and request is not None:
+                identified = self._config._identify_sync(request)
+                if identified is not None and identified != self._uuid:
+                    if self.is_new_user:
+                        self._cookie_out = None
+                    self._uuid = identified
+                    self.is_new_user = False
+        finally:
+            self._hook_request = None
+            self._identify_due = False
+            del _asking[key]  # _release inline
+            if _waiting:
+                _notify()
 
     def _send_init(self, attributes: dict[str, Any] | None) -> None:
         """Send this user's /init (deduplicated); under an event loop with a storage
-        that does I/O, from the ordered worker, and this request's later calls too."""
-        self._init_pending = False
+        that does I/O, from the ordered worker, and this request's later calls too.
+        Once (see "a tracker's first-use steps" above): ``_init_pending`` is cleared
+        when the /init is on its way, and the SPEC's order holds (a user's /init reaches
+        the API before any other call of that user). With ``attributes`` (identify) it
+        goes out either way, after one being decided in another thread."""
         self._tracked = True
         dedupe = self._config.dedupe
-        offload = self._offload
-        if offload is None:
-            dedupe.send(self, attributes)
-        elif self._ordered or attributes or not dedupe.recent(self._uuid):  # type: ignore[arg-type]
-            self._ordered = True
-            self._submit(lambda: dedupe.send(self, attributes))
+        key = id(self)
+        if (
+            attributes is None
+            and not self._ordered
+            and dedupe.recent(self._uuid)  # type: ignore[arg-type]
+            and key not in _sending
+        ):
+            # Nothing goes out (this process sent it within init_ttl), so there is no
+            # order to keep and no claim to make: the common case, a returning user. In
+            # this order: a /init on its way from another thread made it recent after
+            # that thread's claim.
+            self._init_pending = False
+            return
+        if not (_hold(_sending, key) if attributes else _claim(_sending, key)):
+            return  # decided in another thread, or this one is deciding it already
+        try:
+            if attributes or self._init_pending:  # else decided before the claim
+                offload = self._offload
+                if offload is None:
+                    dedupe.send(self, attributes)
+                elif self._ordered or attributes or not dedupe.recent(self._uuid):  # type: ignore[arg-type]
+                    self._ordered = True
+                    self._submit(lambda: dedupe.send(self, attributes))
+        finally:
+            self._init_pending = False
+            _release(_sending, key)
 
     def _send_attributes(self, attrs: dict[str, Any], replace: bool) -> None:
         self._tracked = True

@@ -175,6 +175,11 @@ def test_the_exit_flush_after_a_lifespan_flush_that_timed_out_keeps_its_deadline
     assert took < 0.7, took
     assert "flush at shutdown timed out" in err, err
     assert "10 calls not delivered" in err, err
+    # The line's wait counts from the server's stop, where the deadline started: it
+    # said "waited 0.00 s" right after the lifespan's flush had waited all of it.
+    [line] = [line for line in err.splitlines() if "not delivered" in line]
+    said = float(line.split("waited ")[1].split(" s")[0])
+    assert said >= 1.5, line  # the lifespan's flush waited until stop + 1.5 s
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork")

@@ -434,3 +434,63 @@ def test_a_thread_that_needs_the_uuid_while_the_hook_is_asked_waits_for_its_answ
         ("/event", "user-7", "second"),
         ("/init", "user-7", None),
     ]
+
+
+def test_a_thread_that_tracks_while_the_init_is_decided_waits_for_the_init(
+    calls: CapturedCalls,
+) -> None:
+    # SPEC: a user's /init reaches the API before any other call of that user. The first
+    # call of a request decides the /init (a storage round trip, Redis in production); a
+    # call from another thread meanwhile must wait for it: it once went out first.
+    import threading
+
+    second_done = threading.Event()
+
+    class SlowStorage(MemoryStorage):
+        def add(self, key: str, value: str, ttl: float | None = None) -> bool:
+            # The second thread comes in while the storage answers (and is given a
+            # second to go out first: with the fix it waits for the /init).
+            second.start()
+            second_done.wait(1)
+            return super().add(key, value, ttl)
+
+    def track_second() -> None:
+        tracker.track("second")
+        second_done.set()
+
+    sdk = ATrackSdk(Options("pub_test_1234", disabled=True, storage=SlowStorage()))
+    try:
+        config = IntegrationConfig(sdk=sdk, init="lazy")
+        tracker = config.begin(view("/", cookie=f"atrack_uuid={KNOWN}"))
+        second = threading.Thread(target=track_second)
+        tracker.track("first")
+        second.join(10)
+    finally:
+        sdk.shutdown()
+    assert second_done.is_set()
+    assert calls.calls[0].path == "/init"
+    assert sorted((c.path, c.body.get("event")) for c in calls.calls) == [
+        ("/event", "first"),
+        ("/event", "second"),
+        ("/init", None),
+    ]
+
+
+def test_a_hook_that_uses_the_tracker_is_asked_once(sdk: ATrackSdk, calls: CapturedCalls) -> None:
+    # The hook runs while its answer is awaited: a call it makes on the tracker goes on
+    # with the uuid as it stands (it neither waits for itself nor asks again).
+    asked: list[str] = []
+
+    def identify(request: Any) -> str:
+        asked.append(request)
+        tracker.track("from_hook")
+        return "user-7"
+
+    config = IntegrationConfig(sdk=sdk, identify=identify, init="lazy")
+    tracker = config.begin(view("/", cookie=f"atrack_uuid={KNOWN}"), "req")
+    tracker.track("from_view")
+    assert asked == ["req"]
+    assert [(e["event"], e["uuid"]) for e in calls.events] == [
+        ("from_hook", KNOWN),
+        ("from_view", "user-7"),
+    ]
