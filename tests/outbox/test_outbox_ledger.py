@@ -279,3 +279,65 @@ def test_a_commit_that_fails_loses_none_of_the_spilled_calls_it_took(
     lost = int(line.split("aside (")[1].split()[0])
     assert 1 <= lost <= 4, line
     assert stats["outbox_dropped"] == lost, stats
+
+
+FORK_MID_BURST = """
+import json, os, sys
+from atrack_core import ATrackSdk, Options
+
+url, outbox = sys.argv[1], sys.argv[2]
+lost = []
+sdk = ATrackSdk(
+    Options(
+        "@KEY@",
+        endpoint=url,
+        outbox=outbox,
+        max_queue_size=10,
+        max_concurrency=2,
+        on_error=lambda call, error: lost.append(call.uuid),
+    )
+)
+for n in range(60):
+    sdk.track("burst", {"n": n}, uuid=f"p{n}")
+pid = os.fork()
+who = "c" if pid == 0 else "p"
+first = 0 if pid == 0 else 60
+for n in range(first, first + 60):
+    sdk.track("burst", {"n": n}, uuid=f"{who}{n}")
+flushed = sdk.flush(15)
+stats = sdk.stats()
+sdk.shutdown()
+print(json.dumps({"who": who, "flushed": flushed, "stats": stats, "lost": lost}), flush=True)
+if pid == 0:
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+""".replace("@KEY@", KEY)
+
+
+def test_a_fork_in_the_middle_of_a_spilling_burst_loses_no_call_of_either_process(
+    tmp_path: Path,
+) -> None:
+    """The parent forks with calls queued and spilled to its file (a slow API, a
+    10-call queue); each process then makes 60 more: every call of each is delivered
+    once, by its own process, or counted and reported by it."""
+    with FakeApi() as api:
+        api.latency = 0.01
+        child = spawn(FORK_MID_BURST, api.url, str(tmp_path / "ob"))
+        out, _ = child.communicate(timeout=30)
+        assert child.returncode == 0
+        received = [(r.body["uuid"], r.headers["x-a-track-request-id"]) for r in api.received]
+        statuses = {r.status for r in api.received}
+    assert statuses == {200}
+    results = {r["who"]: r for r in map(json.loads, out.splitlines())}
+    made = {"p": {f"p{n}" for n in range(120)}, "c": {f"c{n}" for n in range(60)}}
+    for who, result in results.items():
+        stats, lost = result["stats"], set(result["lost"])
+        assert result["flushed"], result
+        sent = {uuid for uuid, _ in received if uuid[0] == who}
+        assert made[who] - sent - lost == set(), result
+        assert stats["sent"] == len(sent), result  # this process's calls, each once
+        assert len(lost) == stats["dropped"] + stats["failed"], result
+        assert stats["outbox_spilled"] > 0, result
+    assert len({rid for _, rid in received}) == len(received)  # none sent twice
+    assert set(results) == {"p", "c"}
