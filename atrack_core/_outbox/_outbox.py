@@ -409,10 +409,23 @@ class Outbox:
         self._adopt_all()
 
     def _recover(self) -> None:
-        """A SQLite error on our own file: move it aside and start a fresh one."""
-        logger.exception("A-Track outbox file %s failed; moving it aside", self._path)
+        """A SQLite error on our own file: move it aside and start a fresh one. The
+        calls that only it holds (waiting rows, parked rows not yet marked) are not
+        delivered: counted in ``outbox_dropped``, and the line says how many."""
         old_db, old_fd, old_path = self._db, self._fd, self._path
         self._db = None
+        lost = len(self._parked)
+        if old_db is not None:
+            with contextlib.suppress(sqlite3.Error):  # best effort: the file failed
+                lost += old_db.execute("SELECT count(*) FROM calls WHERE held = 0").fetchone()[0]
+        logger.exception(
+            "A-Track outbox file %s failed; moving it aside (%d calls waiting in it are "
+            "not delivered, see stats()['outbox_dropped'])",
+            self._path,
+            lost,
+        )
+        self.counts["dropped"] += lost
+        self._dropped_logged += lost  # said here, not again by _log_dropped
         if old_db is not None:
             with contextlib.suppress(sqlite3.Error):
                 old_db.close()
@@ -469,6 +482,9 @@ class Outbox:
             ids += new_request_ids(wanted - len(ids))
         values: list[Any] = []  # the rows to insert, flat (see _db.insert)
         put_back: list[tuple[int, float]] = []
+        # Calls only this commit holds (spilled, parked before written, bounced back):
+        # given back to the spill if it fails (see _take_back).
+        taken: list[Call] = []
         counts = self.counts
         written = added = spilled_bytes = evicted = full = 0
         waiting = False
@@ -517,6 +533,7 @@ class Outbox:
                     if stored:  # parked before it was written: written as waiting
                         held, due = 0, park_due
                         waiting = True
+                        taken.append(call)
                     values += (
                         next_id,
                         call.path,
@@ -533,6 +550,7 @@ class Outbox:
                 self._writing_bytes = added
             while spill:
                 call = spill.popleft()
+                taken.append(call)
                 if call.stored > 0:
                     put_back.append((call.stored, now + BOUNCE_DELAY))
                     continue
@@ -580,6 +598,7 @@ class Outbox:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
             self._writing_bytes = self._writing = 0
+            self._take_back(taken)
             raise
         counts["rows"] += written - len(removed)
         with spill_lock:
@@ -589,6 +608,23 @@ class Outbox:
             _db.vacuum(db, self._max_bytes)  # near the bound: the file follows the rows
         if parked or put_back or waiting:
             self._next_due = 0.0  # look for due rows at the next load
+
+    def _take_back(self, taken: list[Call]) -> None:
+        """A commit failed: the calls it took that nobody else holds (spilled, parked
+        before they were written, bounced back after a load) go back to the front of
+        the spill, with their room reserved again, to be written by the next commit
+        (to a fresh file, see _recover). Dropped with the commit, they were lost
+        uncounted."""
+        if not taken:
+            return
+        with self._delivery.lock:  # where ``stored`` is read (settled, park)
+            for call in taken:
+                call.stored = 0  # a row id of the rolled-back transaction
+        size = sum(_db.size_of(call) for call in taken)
+        with self._spill_lock:
+            self._spill.extendleft(reversed(taken))
+            self._spill_bytes += size
+            self.spilling = True
 
     def _log_dropped(self) -> None:
         """At most every 10 s: calls not written since the last such line."""

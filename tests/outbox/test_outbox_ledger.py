@@ -226,3 +226,56 @@ def test_a_shutdown_the_stalled_writer_outlasts_says_how_many_calls_are_not_writ
     lines = [r.getMessage() for r in caplog.records if "not yet written" in r.getMessage()]
     assert len(lines) == 1, caplog.text
     assert "20 calls" in lines[0]
+
+
+def test_a_commit_that_fails_loses_none_of_the_spilled_calls_it_took(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The writer's commit fails (here: another connection holds the file's write lock
+    beyond SQLite's 5 s busy timeout: 'database is locked'); the file is moved aside and
+    a fresh one started. The spilled calls that commit had taken, which nobody else
+    holds, are written to the fresh file; the calls that waited in the old one are
+    counted in outbox_dropped with the line that says it was moved aside."""
+    caplog.set_level(logging.WARNING, logger="atrack")
+    outbox = tmp_path / "ob"
+    with FakeApi() as api:
+        answer = threading.Event()
+        api.default = Plan(hold=answer)  # nothing is delivered: every call needs writing
+        sdk = ATrackSdk(
+            Options(
+                KEY,
+                endpoint=api.url,
+                outbox=outbox,
+                max_queue_size=5,
+                max_concurrency=1,
+                timeout=30,
+            )
+        )
+        # One in flight, 5 queued, 4 spilled: they wait in the file.
+        for n in range(10):
+            sdk.track("early", {"n": n}, uuid=f"u{n}")
+        wait_until(lambda: sdk.stats()["outbox_pending"] == 10, 5, "the first commits")
+        (path,) = outbox.glob("*.db")
+        other = sqlite3.connect(path, isolation_level=None, timeout=10)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # the writer's next INSERT waits for it
+            for n in range(10, 30):  # spilled too: the commit failing takes them
+                sdk.track("burst", {"n": n}, uuid=f"u{n}")
+            wait_until(lambda: "moving it aside" in caplog.text, 10, "the commit to fail")
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        wait_until(lambda: sdk.stats()["outbox_unwritten"] == 0, 5, "the next commit")
+        stats = sdk.stats()
+        sdk.shutdown(0.1)
+        answer.set()
+    (fresh,) = outbox.glob("*.db")
+    assert fresh != path
+    kept = on_disk(outbox)
+    assert set(range(10, 30)) <= kept, (sorted(kept), stats)
+    # The calls waiting in the file moved aside (u6-u9, less any loaded back into the
+    # scheduler meanwhile) are counted, and the line says how many.
+    (line,) = [r.getMessage() for r in caplog.records if "moving it aside" in r.getMessage()]
+    lost = int(line.split("aside (")[1].split()[0])
+    assert 1 <= lost <= 4, line
+    assert stats["outbox_dropped"] == lost, stats
