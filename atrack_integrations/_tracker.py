@@ -201,9 +201,14 @@ class RequestTracker:
             self._resolve()
         uuid = self._uuid
         if uuid is None:
-            # Passive trackers without a cookie: generated only if someone asks.
-            uuid = self._uuid = str(_uuid.uuid4())
-            self.is_new_user = True
+            # Passive trackers without a cookie: generated only if someone asks, once
+            # also when two threads the view handed the tracker to ask at once.
+            fresh = str(_uuid.uuid4())
+            with _done:
+                uuid = self._uuid
+                if uuid is None:
+                    uuid = self._uuid = fresh
+                    self.is_new_user = True
         return uuid
 
     @property
