@@ -367,7 +367,7 @@ class Outbox:
             self._stop = True
             self.accepted = _discard
             self._new.clear()
-            self._give_back()
+            self._detach()
             with self._io:
                 self._release()
             return
@@ -445,7 +445,16 @@ class Outbox:
             logger.exception("A-Track outbox cannot start a fresh file; memory only")
             self._stop = True
             self.accepted = _discard
-            self._give_back()
+            self._detach()
+
+    def _detach(self) -> None:
+        """The store cannot be used any more (``_stop`` set): the scheduler goes on as
+        without one (a shutdown that runs out of time counts and reports the calls it
+        leaves as dropped; nothing is parked), and gets back what only the store held."""
+        with self._delivery.lock:
+            if self._delivery.hooks is self:
+                self._delivery.hooks = None
+        self._give_back()
 
     def _give_back(self) -> None:
         """The store cannot be used (``_stop`` set): the calls only it holds in memory,
