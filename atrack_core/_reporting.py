@@ -98,6 +98,7 @@ class Reporter:
         self._last_closed_log = -DROP_LOG_INTERVAL
         self._last_fail_log = -DROP_LOG_INTERVAL
         self._fails_not_logged = 0
+        self._drops_not_logged = 0
         self._lock = threading.Lock()
         _fork.register(self)
 
@@ -164,6 +165,7 @@ class Reporter:
         once per 10 s."""
         self._stats.add("dropped")
         now = time.monotonic()
+        others = 0
         with self._lock:
             if closed:
                 log = now - self._last_closed_log >= DROP_LOG_INTERVAL
@@ -173,6 +175,9 @@ class Reporter:
                 log = now - self._last_drop_log >= DROP_LOG_INTERVAL
                 if log:
                     self._last_drop_log = now
+                    others, self._drops_not_logged = self._drops_not_logged, 0
+                else:
+                    self._drops_not_logged += 1
         error: ATrackError
         if closed:
             if log:
@@ -182,10 +187,35 @@ class Reporter:
             limit = limit or f"{self._options.max_queue_size} calls waiting"
             if log:
                 logger.warning(
-                    "A-Track queue is full (%s); dropping calls (see stats().dropped)", limit
+                    "A-Track queue is full (%s); dropping calls (see stats().dropped)%s",
+                    limit,
+                    f" ({others} other calls dropped since the last such message)"
+                    if others
+                    else "",
                 )
             error = QueueFullError(f"queue full ({limit}); dropped")
         self.hook(call, error)
+
+    def closing(self) -> None:
+        """At shutdown: the failed and dropped calls the 10 s limit kept out of the log
+        since the last such line (each at DEBUG and ``on_error`` only), so that the log
+        accounts for every call lost."""
+        with self._lock:
+            fails, self._fails_not_logged = self._fails_not_logged, 0
+            drops, self._drops_not_logged = self._drops_not_logged, 0
+        if fails:
+            logger.warning(
+                "A-Track calls to %s dropped after failing: %d other calls since the last "
+                "such message (see stats().failed)",
+                self._base_url,
+                fails,
+            )
+        if drops:
+            logger.warning(
+                "A-Track queue was full: %d other calls dropped since the last such message "
+                "(see stats().dropped)",
+                drops,
+            )
 
     def abandoned(self, calls: list[Call]) -> None:
         """Report the calls a shutdown that ran out of time leaves undelivered (the

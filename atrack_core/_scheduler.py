@@ -363,6 +363,7 @@ class BackgroundDelivery:
             abandoned = self._abandon_locked() if not flushed and self.hooks is None else []
         if abandoned:
             self._reporter.abandoned(abandoned)
+        self._reporter.closing()
         if logger.isEnabledFor(logging.DEBUG):
             self._log_record("shutdown")
         if not flushed:

@@ -423,6 +423,13 @@ def test_back_pressure_drops_without_blocking(
     full = [r for r in caplog.records if "queue is full" in r.getMessage()]
     assert len(full) == 1
     assert full[0].levelno == logging.WARNING
+    # The drops after that line are in the log too, by count, when the SDK shuts down.
+    sdk.shutdown()
+    summary = [r.getMessage() for r in caplog.records if "queue was full" in r.getMessage()]
+    assert summary == [
+        f"A-Track queue was full: {stats['dropped'] - 1} other calls dropped since the last "
+        "such message (see stats().dropped)"
+    ]
 
 
 def test_flush_waits_only_for_calls_made_before_it(fake_api: FakeApi, sdk_factory: Any) -> None:
@@ -675,6 +682,15 @@ def test_failed_calls_are_logged_once_per_interval_and_all_reported(
     dropped = [r for r in caplog.records if "dropped:" in r.getMessage()]
     assert [r.levelno for r in dropped].count(logging.WARNING) == 1
     assert [r.levelno for r in dropped].count(logging.DEBUG) == 19
+    # The 19 at DEBUG only are counted in a WARNING line when the SDK shuts down.
+    sdk.shutdown()
+    summary = [
+        r for r in caplog.records if r.levelno == logging.WARNING and "19 other" in r.getMessage()
+    ]
+    assert [r.getMessage() for r in summary] == [
+        f"A-Track calls to {fake_api.url} dropped after failing: 19 other calls since the "
+        "last such message (see stats().failed)"
+    ]
 
 
 def test_an_unreachable_api_is_probed_one_call_at_a_time_then_resumed(
