@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from . import _fork
+
 logger = logging.getLogger("atrack.storage")
 
 DEFAULT_MAX_ENTRIES = 100_000
@@ -124,6 +126,11 @@ class FileStorage:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
+        _fork.register(self)
+
+    def after_fork_in_child(self) -> None:
+        # Held for ever in the child if a thread of the parent was inside an operation.
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"FileStorage({str(self.path)!r})"
@@ -175,7 +182,13 @@ class FileStorage:
                     pass
                 yield
             finally:
-                os.close(fd)  # closing the descriptor releases the flock
+                # Unlocked, not only closed: a child forked meanwhile holds a copy of
+                # this descriptor, and the flock lasts until every copy is closed.
+                with contextlib.suppress(OSError, ImportError):
+                    import fcntl
+
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
 
     def _read(self) -> dict[str, tuple[str, float | None]]:
         try:

@@ -173,6 +173,68 @@ def test_file_storage_add_is_atomic_across_processes(tmp_path: Path) -> None:
     assert all(s.get(f"k{i}") in {"0", "1", "2"} for i in range(40))
 
 
+FORK_SCRIPT = """
+import json, os, select, sys, threading, time
+from pathlib import Path
+from atrack_core import FileStorage
+
+d = Path(sys.argv[1])
+path = d / "users.json"
+os.mkfifo(path)
+os.link(path, d / "fifo")  # the same FIFO, to write to once path is a file again
+storage = FileStorage(path)
+got = []
+reader = threading.Thread(target=lambda: got.append(storage.get("k")))
+reader.start()
+# The reader holds the storage's locks (thread lock, flock) and waits in the FIFO's
+# open(); a writer can open it without blocking once it does.
+while True:
+    try:
+        writer = os.open(d / "fifo", os.O_WRONLY | os.O_NONBLOCK)
+        break
+    except OSError:
+        time.sleep(0.01)
+done_r, done_w = os.pipe()
+pid = os.fork()  # while the reader, in the middle of its get(), holds the locks
+if pid == 0:
+    os.close(writer)  # the parent's close must end the reader's read
+    storage.set("child", "1")  # waits for the parent's get(), then goes through
+    os.write(done_w, b"1")
+    os._exit(0)
+tmp = d / "tmp.json"
+tmp.write_text("{}")
+os.replace(tmp, path)
+os.write(writer, b"{}")
+os.close(writer)  # the reader's get() returns
+reader.join(10)
+child_done = bool(select.select([done_r], [], [], 10)[0])
+parent = []
+after = threading.Thread(target=lambda: parent.append(storage.get("child")), daemon=True)
+after.start()
+after.join(10)
+if not child_done:
+    os.kill(pid, 9)
+os.waitpid(pid, 0)
+print(json.dumps({"reader": got, "child_done": child_done, "parent_sees": parent}))
+sys.stdout.flush()
+os._exit(0)
+"""
+
+
+def test_file_storage_in_a_child_forked_during_an_operation(tmp_path: Path) -> None:
+    # A fork while another thread is inside a FileStorage operation: the child's copy
+    # of the thread lock is held for ever, and its copy of the lock file's descriptor
+    # kept the flock after the parent's thread closed its own (both blocked for good).
+    out = subprocess.run(
+        [sys.executable, "-c", FORK_SCRIPT, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"reader": [None], "child_done": True, "parent_sees": ["1"]}
+
+
 class BrokenStorage:
     def get(self, key: str) -> str | None:
         raise ConnectionError("down")
