@@ -12,24 +12,12 @@ import threading
 import pytest
 
 import atrack_core._retry as retry
-from atrack_core import ATrackSdk, Call, Options
+from atrack_core import ATrackSdk, Options
 from tests.fake_api import FakeApi, Plan
+from tests.ledger import Ledger
 
 KEY = "pub_live_secretkey_9z8y"
 pytestmark = pytest.mark.timeout(30)
-
-
-class Ledger:
-    """on_error's calls, by the number in their uuid (``u<n>``: one user per call)."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.lost: dict[int, BaseException] = {}
-
-    def __call__(self, call: Call, error: BaseException) -> None:
-        with self.lock:
-            assert int(call.uuid[1:]) not in self.lost  # reported once
-            self.lost[int(call.uuid[1:])] = error
 
 
 def test_a_burst_through_a_flapping_api_cut_by_shutdown_is_delivered_or_counted(
@@ -83,6 +71,7 @@ def test_a_burst_through_a_flapping_api_cut_by_shutdown_is_delivered_or_counted(
     assert stats["sent"] == len(delivered), stats
     assert set(range(400)) - delivered - set(ledger.lost) == set()
     assert len(ledger.lost) == stats["failed"] + stats["dropped"], stats
+    assert ledger.twice == []  # each reported once
     assert 0 in delivered
     # A line for every counted loss: each failure (at WARNING, or at DEBUG within 10 s
     # of the last WARNING one), and one per kind of drop.

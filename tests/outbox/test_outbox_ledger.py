@@ -15,23 +15,12 @@ from pathlib import Path
 import pytest
 
 import atrack_core._retry as retry
-from atrack_core import ATrackSdk, Call, Options
+from atrack_core import ATrackSdk, Options
 from tests.fake_api import FakeApi, Plan
+from tests.ledger import Ledger
 from tests.outbox.conftest import KEY, spawn, wait_until
 
 pytestmark = pytest.mark.timeout(30)
-
-
-class Ledger:
-    """on_error's calls, by the number in their uuid (``u<n>``: one user per call)."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.lost: dict[int, BaseException] = {}
-
-    def __call__(self, call: Call, error: BaseException) -> None:
-        with self.lock:
-            self.lost[int(call.uuid.removeprefix("u"))] = error
 
 
 def delivered(api: FakeApi) -> set[int]:
@@ -98,6 +87,7 @@ def test_every_call_of_a_burst_cut_by_shutdown_is_delivered_kept_or_counted(
     # Every call: delivered, kept on disk, or counted and reported.
     assert everything - sent - kept - set(ledger.lost) == set(), stats
     assert len(ledger.lost) == stats["dropped"] + stats["failed"], stats
+    assert ledger.twice == []  # each reported once
     assert 600 in ledger.lost  # made after the shutdown
     assert any("dropping calls made after shutdown" in r.getMessage() for r in caplog.records)
 
