@@ -22,6 +22,11 @@ from typing import Protocol, runtime_checkable
 
 from . import _fork
 
+try:
+    import fcntl
+except ImportError:  # Windows: the thread lock still serialises this process
+    fcntl = None  # type: ignore[assignment]
+
 logger = logging.getLogger("atrack.storage")
 
 DEFAULT_MAX_ENTRIES = 100_000
@@ -174,20 +179,15 @@ class FileStorage:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = _open_lock(str(self.path) + ".lock")
             try:
-                try:
-                    import fcntl
-
+                if fcntl is not None:
                     fcntl.flock(fd, fcntl.LOCK_EX)
-                except ImportError:  # Windows: the thread lock still serialises this process
-                    pass
                 yield
             finally:
                 # Unlocked, not only closed: a child forked meanwhile holds a copy of
                 # this descriptor, and the flock lasts until every copy is closed.
-                with contextlib.suppress(OSError, ImportError):
-                    import fcntl
-
-                    fcntl.flock(fd, fcntl.LOCK_UN)
+                if fcntl is not None:
+                    with contextlib.suppress(OSError):
+                        fcntl.flock(fd, fcntl.LOCK_UN)
                 os.close(fd)
 
     def _read(self) -> dict[str, tuple[str, float | None]]:
