@@ -235,9 +235,10 @@ def test_a_shutdown_the_stalled_writer_outlasts_says_how_many_calls_are_not_writ
 def test_a_commit_that_fails_loses_none_of_the_spilled_calls_it_took(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The writer's commit fails (here: another connection holds the file's write lock
-    beyond SQLite's 5 s busy timeout: 'database is locked'); the file is moved aside and
-    a fresh one started. The spilled calls that commit had taken, which nobody else
+    """The writer's commit fails (here: a trigger another connection put on the file
+    aborts every insert, a real SQLite error at once where a held write lock made the
+    writer wait out SQLite's 5 s busy timeout first); the file is moved aside and a
+    fresh one started. The spilled calls that commit had taken, which nobody else
     holds, are written to the fresh file; the calls that waited in the old one are
     counted in outbox_dropped with the line that says it was moved aside."""
     caplog.set_level(logging.WARNING, logger="atrack")
@@ -260,15 +261,14 @@ def test_a_commit_that_fails_loses_none_of_the_spilled_calls_it_took(
             sdk.track("early", {"n": n}, uuid=f"u{n}")
         wait_until(lambda: sdk.stats()["outbox_pending"] == 10, 5, "the first commits")
         (path,) = outbox.glob("*.db")
-        other = sqlite3.connect(path, isolation_level=None, timeout=10)
-        try:
-            other.execute("BEGIN IMMEDIATE")  # the writer's next INSERT waits for it
-            for n in range(10, 30):  # spilled too: the commit failing takes them
-                sdk.track("burst", {"n": n}, uuid=f"u{n}")
-            wait_until(lambda: "moving it aside" in caplog.text, 10, "the commit to fail")
-        finally:
-            other.execute("ROLLBACK")
-            other.close()
+        with contextlib.closing(sqlite3.connect(path, isolation_level=None, timeout=10)) as other:
+            other.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON calls"
+                " BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+            )
+        for n in range(10, 30):  # spilled too: the commit failing takes them
+            sdk.track("burst", {"n": n}, uuid=f"u{n}")
+        wait_until(lambda: "moving it aside" in caplog.text, 10, "the commit to fail")
         wait_until(lambda: sdk.stats()["outbox_unwritten"] == 0, 5, "the next commit")
         stats = sdk.stats()
         sdk.shutdown(0.1)
