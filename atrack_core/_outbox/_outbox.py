@@ -252,11 +252,14 @@ class Outbox:
         return thread.is_alive() or thread.ident is None
 
     def park(self, call: Call) -> bool:
-        if not self._usable():
-            return False
         stored = call.stored
         if stored > 0:
+            # Its row is in the file even when the writer has stopped (a call in flight
+            # at close): the next process adopts it. Refused, the call was reported
+            # failed here and delivered by the next process all the same.
             self._parked.append(stored)
+        elif not self._usable():
+            return False
         elif stored == 0:
             # Not written yet: the writer will write it as waiting, unless it was
             # pushed out of the full unwritten deque (its ``seq`` is below what the

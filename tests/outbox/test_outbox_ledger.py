@@ -345,3 +345,48 @@ def test_a_fork_in_the_middle_of_a_spilling_burst_loses_no_call_of_either_proces
         assert stats["outbox_spilled"] > 0, result
     assert len({rid for _, rid in received}) == len(received)  # none sent twice
     assert set(results) == {"p", "c"}
+
+
+def test_a_call_in_flight_at_shutdown_that_then_fails_is_kept_not_also_reported(
+    tmp_path: Path,
+) -> None:
+    """Calls written to the file and in flight when the SDK shuts down, answered 503
+    after it: their rows stay in the file for the next process, so they are parked, not
+    also reported to on_error and counted failed (they were both: a call counted lost
+    here and delivered by the next process)."""
+    outbox = tmp_path / "ob"
+    ledger = Ledger()
+    with FakeApi() as api:
+        answer = threading.Event()
+        api.default = Plan(503, hold=answer)
+        sdk = ATrackSdk(
+            Options(
+                KEY,
+                endpoint=api.url,
+                outbox=outbox,
+                max_concurrency=4,
+                on_error=ledger,
+                shutdown_timeout=0.2,
+            )
+        )
+        for n in range(20):
+            sdk.track("held", {"n": n}, uuid=f"u{n}")
+        api.wait_for(4)
+        wait_until(lambda: sdk.stats()["outbox_pending"] == 20, 5, "the calls written")
+        sdk.shutdown()  # 4 in flight, held: the flush runs out of time
+        answer.set()  # then each is answered 503
+        wait_until(lambda: sdk.stats()["in_flight"] == 0, 5, "the calls in flight")
+        stats = sdk.stats()
+    kept = on_disk(outbox)
+    assert kept == set(range(20)), stats
+    assert ledger.lost == {}, stats
+    assert stats["failed"] == stats["dropped"] == 0, stats
+    assert stats["outbox_parked"] == 4, stats
+
+    # The next SDK delivers every one of them.
+    with FakeApi() as api:
+        sdk = ATrackSdk(Options(KEY, endpoint=api.url, outbox=outbox))
+        assert sdk.flush(10)
+        sdk.shutdown()
+        assert delivered(api) == set(range(20))
+    assert on_disk(outbox) == set()
