@@ -436,3 +436,44 @@ def test_an_outbox_file_is_a_real_sqlite_wal_database(tmp_path: Path) -> None:
     finally:
         con.close()
     sdk.shutdown()
+
+
+def free_pages(db: Path) -> int:
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return int(con.execute("PRAGMA freelist_count").fetchone()[0])
+    finally:
+        con.close()
+
+
+def test_pages_freed_near_the_bound_are_given_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past half of outbox_max_bytes, a commit that deletes rows gives the freed pages
+    back to the file system (the bound counts rows: the file must follow them). Here
+    200 of 700 calls (~240 kB of 840 kB, 1 MiB bound) are delivered: once their rows
+    are deleted the file has no more than vacuum()'s threshold (128 kB) of free pages.
+    It gave back one page per commit: ``execute`` steps the pragma once."""
+    monkeypatch.setattr(outbox_mod, "MAINTAIN_INTERVAL", 3600.0)  # only at the start
+    outbox = tmp_path / "ob"
+    pad = "x" * 1000
+    first, then = threading.Event(), threading.Event()
+    with FakeApi() as api:
+        api.default = Plan(hold=then)
+        sdk = ATrackSdk(Options(KEY, endpoint=api.url, outbox=outbox, outbox_max_bytes=1024 * 1024))
+        for n in range(700):
+            if n < 200:
+                api.plan_uuid(f"a{n}", Plan(hold=first))
+            sdk.track("held", {"pad": pad}, uuid=f"a{n}")
+        wait_until(lambda: sdk.stats()["outbox_pending"] == 700, 5, "the calls written")
+        first.set()
+        wait_until(lambda: sdk.stats()["outbox_pending"] == 500, 5, "the delivered deleted")
+        sdk.track("last", uuid="z")  # a later commit: the one before has finished
+        wait_until(lambda: sdk.stats()["outbox_pending"] == 501, 5, "a later commit")
+        stats = sdk.stats()
+        (db,) = files(outbox)
+        free = free_pages(db)
+        then.set()
+        sdk.shutdown()
+    assert stats["outbox_bytes"] > 512 * 1024, stats
+    assert free * 4096 <= 128 * 1024, free
