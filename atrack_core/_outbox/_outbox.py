@@ -616,7 +616,8 @@ class Outbox:
         with spill_lock:
             counts["bytes"] += added - sum(size for _, size in removed)
             self._writing_bytes = self._writing = 0
-        if removed and counts["bytes"] + added > self._max_bytes // 2:
+        # ``counts["bytes"]`` includes this commit's rows already (it added them twice).
+        if removed and counts["bytes"] > self._max_bytes // 2:
             _db.vacuum(db, self._max_bytes)  # near the bound: the file follows the rows
         if parked or put_back or waiting:
             self._next_due = 0.0  # look for due rows at the next load
