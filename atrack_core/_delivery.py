@@ -27,8 +27,25 @@ if TYPE_CHECKING:
 logger = logging.getLogger("atrack")
 
 # While ``atrack_core.testing`` captures, every SDK sends through the last transport
-# here, in the caller's thread (see ``ATrackSdk._submit``).
-overrides: list[Transport] = []
+# here, in the caller's thread (see ``ATrackSdk._submit``). A tuple, replaced whole
+# (under the lock) and never changed in place: a caller reads it once and uses what it
+# read, so a capture that ends in another thread meanwhile cannot pull it from under it.
+overrides: tuple[Transport, ...] = ()
+_overrides_lock = threading.Lock()
+
+
+def push_override(transport: Transport) -> None:
+    global overrides
+    with _overrides_lock:
+        overrides = (*overrides, transport)
+
+
+def pop_override(transport: Transport) -> None:
+    """Remove ``transport``, wherever it is: captures of several threads may end in
+    any order."""
+    global overrides
+    with _overrides_lock:
+        overrides = tuple(t for t in overrides if t is not transport)
 
 
 class Delivery(Protocol):

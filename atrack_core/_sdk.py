@@ -36,6 +36,7 @@ from ._wire import (
 
 if TYPE_CHECKING:
     from ._outbox import Outbox
+    from ._transport import Transport
 
 logger = logging.getLogger("atrack")
 
@@ -405,8 +406,9 @@ class ATrackSdk:
             # Without a before_send hook or a capture, the body's bytes are joined
             # around the context's cached JSON (saves ~1.5 µs of the ~5 µs of a call).
             call = Call(PATH_EVENT, uuid, event_json(uuid, event, attrs, timestamp, context))
-            if _delivery.overrides:
-                self._override_delivery().submit(call)
+            overrides = _delivery.overrides  # read once: a capture may end meanwhile
+            if overrides:
+                self._override_delivery(overrides[-1]).submit(call)
             else:
                 self._delivery.submit(call)
             return
@@ -447,14 +449,15 @@ class ATrackSdk:
         self._submit(Call(path, uuid, data))
 
     def _submit(self, call: Call) -> None:
-        if _delivery.overrides:
-            self._override_delivery().submit(call)
+        overrides = _delivery.overrides  # read once: a capture may end meanwhile
+        if overrides:
+            self._override_delivery(overrides[-1]).submit(call)
         else:
             self._delivery.submit(call)
 
-    def _override_delivery(self) -> SyncDelivery:
-        """The transport ``atrack_core.testing`` plugged in, used in the caller's thread."""
-        transport = _delivery.overrides[-1]
+    def _override_delivery(self, transport: Transport) -> SyncDelivery:
+        """A sync delivery through ``transport``, the one ``atrack_core.testing``
+        plugged in, used in the caller's thread."""
         cached = self._overridden
         if cached is None or cached[0] is not transport:
             cached = self._overridden = (

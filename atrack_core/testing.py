@@ -116,11 +116,11 @@ def capture_calls() -> Iterator[CapturedCalls]:
     """Send every SDK's calls to a :class:`CaptureTransport` for the ``with`` block,
     in the caller's thread; the calls are in the returned :class:`CapturedCalls`."""
     transport = CaptureTransport()
-    _delivery.overrides.append(transport)
+    _delivery.push_override(transport)
     try:
         yield transport.calls
     finally:
-        _delivery.overrides.remove(transport)
+        _delivery.pop_override(transport)
 
 
 try:

@@ -193,7 +193,10 @@ def vacuum(db: sqlite3.Connection, max_bytes: int) -> None:
     free = db.execute("PRAGMA freelist_count").fetchone()[0]
     page = db.execute("PRAGMA page_size").fetchone()[0]
     if free > 0 and free * page > min(1 << 20, max_bytes // 8):
-        db.execute("PRAGMA incremental_vacuum")
+        # Each step of this pragma frees one page, and ``execute`` steps a statement
+        # without result columns once: it gave back a single page per call.
+        # ``executescript`` steps it to the end (no transaction is open here).
+        db.executescript("PRAGMA incremental_vacuum;")
 
 
 def set_owner(db: sqlite3.Connection, owner: str) -> None:

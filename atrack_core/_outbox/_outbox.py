@@ -252,11 +252,14 @@ class Outbox:
         return thread.is_alive() or thread.ident is None
 
     def park(self, call: Call) -> bool:
-        if not self._usable():
-            return False
         stored = call.stored
         if stored > 0:
+            # Its row is in the file even when the writer has stopped (a call in flight
+            # at close): the next process adopts it. Refused, the call was reported
+            # failed here and delivered by the next process all the same.
             self._parked.append(stored)
+        elif not self._usable():
+            return False
         elif stored == 0:
             # Not written yet: the writer will write it as waiting, unless it was
             # pushed out of the full unwritten deque (its ``seq`` is below what the
@@ -613,7 +616,8 @@ class Outbox:
         with spill_lock:
             counts["bytes"] += added - sum(size for _, size in removed)
             self._writing_bytes = self._writing = 0
-        if removed and counts["bytes"] + added > self._max_bytes // 2:
+        # ``counts["bytes"]`` includes this commit's rows already (it added them twice).
+        if removed and counts["bytes"] > self._max_bytes // 2:
             _db.vacuum(db, self._max_bytes)  # near the bound: the file follows the rows
         if parked or put_back or waiting:
             self._next_due = 0.0  # look for due rows at the next load

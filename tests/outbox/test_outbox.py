@@ -22,6 +22,7 @@ import atrack_core._outbox._outbox as outbox_mod
 from atrack_core import ATrackSdk, Options
 from tests.fake_api import FakeApi, Plan, closed_port_url
 from tests.outbox.conftest import KEY, duplicates, spawn, unique_calls, wait_until
+from tests.pause import PausedThread
 
 
 def files(directory: Path) -> list[Path]:
@@ -242,6 +243,46 @@ def test_calls_beyond_max_bytes_that_fit_in_memory_are_sent_not_written(
     assert "did not write" in caplog.text
 
 
+def test_a_call_racing_shutdown_past_a_full_queue_is_reported_as_shut_down(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A call that finds the queue full goes to the outbox; if shutdown() closed the
+    outbox meanwhile, the call is dropped because the SDK shut down, and says so: it
+    was logged and reported as "queue is full", and counted among the queue's drops."""
+    errors: list[BaseException] = []
+    answer = threading.Event()
+    with FakeApi() as api:
+        api.plan("/init", Plan(hold=answer))
+        sdk = ATrackSdk(
+            Options(
+                KEY,
+                endpoint=api.url,
+                outbox=tmp_path / "ob",
+                max_queue_size=1,
+                on_error=lambda call, exc: errors.append(exc),
+            )
+        )
+        sdk.send_init("u", True)
+        api.wait_for(1)  # in flight until answered
+        sdk.track("waits_for_init", uuid="u")  # the one call the queue holds
+        # A host app's thread, held where its call, refused by the full queue, is
+        # handed to the outbox; shutdown() runs to its end meanwhile.
+        late = PausedThread(
+            outbox_mod.Outbox.overflow.__code__, lambda: sdk.track("late", uuid="u")
+        )
+        late.wait_reached()
+        answer.set()
+        sdk.shutdown()
+        late.resume()
+    assert late.errors == []
+    assert sdk.stats()["dropped"] == 1
+    assert [type(e).__name__ for e in errors] == ["ATrackError"]
+    assert "shut down" in str(errors[0])
+    assert "queue is full" not in caplog.text
+    assert "A-Track SDK is shut down" in caplog.text
+    assert len(set(api.request_ids())) == 2  # the /init and the event it held back
+
+
 def test_calls_made_while_the_writer_is_stalled_are_sent_and_counted_beyond_its_bound(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -436,3 +477,90 @@ def test_an_outbox_file_is_a_real_sqlite_wal_database(tmp_path: Path) -> None:
     finally:
         con.close()
     sdk.shutdown()
+
+
+def free_pages(db: Path) -> int:
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return int(con.execute("PRAGMA freelist_count").fetchone()[0])
+    finally:
+        con.close()
+
+
+def test_pages_freed_well_under_the_bound_are_not_given_back_at_each_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit that deletes rows gives the freed pages back at once only when the file
+    holds more than half of outbox_max_bytes (the size bound counts rows, so near it
+    the file must follow them); below that, the 5 s maintenance does it. Here one commit
+    writes 250 calls (~300 kB) and deletes 250 delivered ones under a 1 MiB bound: the
+    rows hold ~300 kB after it, and its freed pages stay until maintenance (the commit
+    counted the calls it wrote twice, 600 kB, and gave them back)."""
+    monkeypatch.setattr(outbox_mod, "MAINTAIN_INTERVAL", 3600.0)  # only at the start
+    monkeypatch.setattr(outbox_mod, "DELETE_INTERVAL", 0.0)  # deletions in every commit
+    outbox = tmp_path / "ob"
+    pad = "x" * 1000
+    first, then = threading.Event(), threading.Event()
+    with FakeApi() as api:
+        api.default = Plan(hold=then)
+        sdk = ATrackSdk(Options(KEY, endpoint=api.url, outbox=outbox, outbox_max_bytes=1024 * 1024))
+        for n in range(250):
+            api.plan_uuid(f"a{n}", Plan(hold=first))
+            sdk.track("first", {"pad": pad}, uuid=f"a{n}")
+        wait_until(lambda: sdk.stats()["outbox_pending"] == 250, 5, "the first calls written")
+        (db,) = files(outbox)
+        other = sqlite3.connect(db, isolation_level=None, timeout=10)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # the writer's next INSERT waits for it
+            sdk.track("stall", uuid="s")
+            wait_until(lambda: sdk.stats()["outbox_unwritten"] == 0, 5, "the writer to take it")
+            for n in range(250):  # written by the writer's next commit...
+                sdk.track("then", {"pad": pad}, uuid=f"b{n}")
+            first.set()
+            # ... which deletes the first calls' rows too
+            wait_until(lambda: sdk.stats()["sent"] == 250, 5, "the first calls delivered")
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        wait_until(lambda: sdk.stats()["outbox_pending"] == 251, 5, "that commit")
+        sdk.track("last", uuid="z")  # a later commit: the one before has finished
+        wait_until(lambda: sdk.stats()["outbox_pending"] == 252, 5, "a later commit")
+        stats = sdk.stats()
+        free = free_pages(db)
+        then.set()
+        sdk.shutdown()
+    assert stats["outbox_bytes"] < 512 * 1024, stats
+    assert free * 4096 > 128 * 1024, free  # what vacuum() would have given back
+
+
+def test_pages_freed_near_the_bound_are_given_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past half of outbox_max_bytes, a commit that deletes rows gives the freed pages
+    back to the file system (the bound counts rows: the file must follow them). Here
+    200 of 700 calls (~240 kB of 840 kB, 1 MiB bound) are delivered: once their rows
+    are deleted the file has no more than vacuum()'s threshold (128 kB) of free pages.
+    It gave back one page per commit: ``execute`` steps the pragma once."""
+    monkeypatch.setattr(outbox_mod, "MAINTAIN_INTERVAL", 3600.0)  # only at the start
+    outbox = tmp_path / "ob"
+    pad = "x" * 1000
+    first, then = threading.Event(), threading.Event()
+    with FakeApi() as api:
+        api.default = Plan(hold=then)
+        sdk = ATrackSdk(Options(KEY, endpoint=api.url, outbox=outbox, outbox_max_bytes=1024 * 1024))
+        for n in range(700):
+            if n < 200:
+                api.plan_uuid(f"a{n}", Plan(hold=first))
+            sdk.track("held", {"pad": pad}, uuid=f"a{n}")
+        wait_until(lambda: sdk.stats()["outbox_pending"] == 700, 5, "the calls written")
+        first.set()
+        wait_until(lambda: sdk.stats()["outbox_pending"] == 500, 5, "the delivered deleted")
+        sdk.track("last", uuid="z")  # a later commit: the one before has finished
+        wait_until(lambda: sdk.stats()["outbox_pending"] == 501, 5, "a later commit")
+        stats = sdk.stats()
+        (db,) = files(outbox)
+        free = free_pages(db)
+        then.set()
+        sdk.shutdown()
+    assert stats["outbox_bytes"] > 512 * 1024, stats
+    assert free * 4096 <= 128 * 1024, free

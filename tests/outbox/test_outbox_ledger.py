@@ -89,7 +89,9 @@ def test_every_call_of_a_burst_cut_by_shutdown_is_delivered_kept_or_counted(
     assert len(ledger.lost) == stats["dropped"] + stats["failed"], stats
     assert ledger.twice == []  # each reported once
     assert 600 in ledger.lost  # made after the shutdown
-    assert any("dropping calls made after shutdown" in r.getMessage() for r in caplog.records)
+    assert any(
+        "dropping calls made once shutdown() began" in r.getMessage() for r in caplog.records
+    )
 
     # The next SDK loads the file back, the API flapping meanwhile.
     with FakeApi() as api:
@@ -235,9 +237,10 @@ def test_a_shutdown_the_stalled_writer_outlasts_says_how_many_calls_are_not_writ
 def test_a_commit_that_fails_loses_none_of_the_spilled_calls_it_took(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The writer's commit fails (here: another connection holds the file's write lock
-    beyond SQLite's 5 s busy timeout: 'database is locked'); the file is moved aside and
-    a fresh one started. The spilled calls that commit had taken, which nobody else
+    """The writer's commit fails (here: a trigger another connection put on the file
+    aborts every insert, a real SQLite error at once where a held write lock made the
+    writer wait out SQLite's 5 s busy timeout first); the file is moved aside and a
+    fresh one started. The spilled calls that commit had taken, which nobody else
     holds, are written to the fresh file; the calls that waited in the old one are
     counted in outbox_dropped with the line that says it was moved aside."""
     caplog.set_level(logging.WARNING, logger="atrack")
@@ -260,15 +263,14 @@ def test_a_commit_that_fails_loses_none_of_the_spilled_calls_it_took(
             sdk.track("early", {"n": n}, uuid=f"u{n}")
         wait_until(lambda: sdk.stats()["outbox_pending"] == 10, 5, "the first commits")
         (path,) = outbox.glob("*.db")
-        other = sqlite3.connect(path, isolation_level=None, timeout=10)
-        try:
-            other.execute("BEGIN IMMEDIATE")  # the writer's next INSERT waits for it
-            for n in range(10, 30):  # spilled too: the commit failing takes them
-                sdk.track("burst", {"n": n}, uuid=f"u{n}")
-            wait_until(lambda: "moving it aside" in caplog.text, 10, "the commit to fail")
-        finally:
-            other.execute("ROLLBACK")
-            other.close()
+        with contextlib.closing(sqlite3.connect(path, isolation_level=None, timeout=10)) as other:
+            other.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON calls"
+                " BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+            )
+        for n in range(10, 30):  # spilled too: the commit failing takes them
+            sdk.track("burst", {"n": n}, uuid=f"u{n}")
+        wait_until(lambda: "moving it aside" in caplog.text, 10, "the commit to fail")
         wait_until(lambda: sdk.stats()["outbox_unwritten"] == 0, 5, "the next commit")
         stats = sdk.stats()
         sdk.shutdown(0.1)
@@ -345,3 +347,48 @@ def test_a_fork_in_the_middle_of_a_spilling_burst_loses_no_call_of_either_proces
         assert stats["outbox_spilled"] > 0, result
     assert len({rid for _, rid in received}) == len(received)  # none sent twice
     assert set(results) == {"p", "c"}
+
+
+def test_a_call_in_flight_at_shutdown_that_then_fails_is_kept_not_also_reported(
+    tmp_path: Path,
+) -> None:
+    """Calls written to the file and in flight when the SDK shuts down, answered 503
+    after it: their rows stay in the file for the next process, so they are parked, not
+    also reported to on_error and counted failed (they were both: a call counted lost
+    here and delivered by the next process)."""
+    outbox = tmp_path / "ob"
+    ledger = Ledger()
+    with FakeApi() as api:
+        answer = threading.Event()
+        api.default = Plan(503, hold=answer)
+        sdk = ATrackSdk(
+            Options(
+                KEY,
+                endpoint=api.url,
+                outbox=outbox,
+                max_concurrency=4,
+                on_error=ledger,
+                shutdown_timeout=0.2,
+            )
+        )
+        for n in range(20):
+            sdk.track("held", {"n": n}, uuid=f"u{n}")
+        api.wait_for(4)
+        wait_until(lambda: sdk.stats()["outbox_pending"] == 20, 5, "the calls written")
+        sdk.shutdown()  # 4 in flight, held: the flush runs out of time
+        answer.set()  # then each is answered 503
+        wait_until(lambda: sdk.stats()["in_flight"] == 0, 5, "the calls in flight")
+        stats = sdk.stats()
+    kept = on_disk(outbox)
+    assert kept == set(range(20)), stats
+    assert ledger.lost == {}, stats
+    assert stats["failed"] == stats["dropped"] == 0, stats
+    assert stats["outbox_parked"] == 4, stats
+
+    # The next SDK delivers every one of them.
+    with FakeApi() as api:
+        sdk = ATrackSdk(Options(KEY, endpoint=api.url, outbox=outbox))
+        assert sdk.flush(10)
+        sdk.shutdown()
+        assert delivered(api) == set(range(20))
+    assert on_disk(outbox) == set()
