@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -288,6 +289,26 @@ def test_tracker_validation_errors_propagate(sdk: ATrackSdk, calls: CapturedCall
         tracker.set_attributes({"a": 1}, replace="yes")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="uuid"):
         tracker.identify("")
+
+
+def test_identify_refuses_a_uuid_utf8_cannot_carry_and_keeps_the_user(
+    sdk: ATrackSdk, calls: CapturedCalls
+) -> None:
+    # A login view passing on a request body's {"user_id": "\\ud800"}: refused at
+    # identify(); the request goes on with its user, whose calls still go out.
+    bad = json.loads('"user-\\ud800"')
+    config = IntegrationConfig(sdk=sdk)
+    tracker = config.begin(view("/login"))
+    before = tracker.uuid
+    with pytest.raises(ValueError, match=r"uuid 'user-\\ud800' contains a lone surrogate"):
+        tracker.identify(bad)
+    assert tracker.uuid == before
+    tracker.track("login_failed")
+    config.finish(tracker, 200)
+    assert [(c.path, c.body["uuid"]) for c in calls.calls] == [
+        ("/init", before),
+        ("/event", before),
+    ]
 
 
 def test_set_attributes_replace(sdk: ATrackSdk, calls: CapturedCalls) -> None:
