@@ -181,7 +181,9 @@ class Reporter:
         error: ATrackError
         if closed:
             if log:
-                logger.warning("A-Track SDK is shut down; dropping calls made after shutdown()")
+                logger.warning(
+                    "A-Track SDK is shut down; dropping calls made once shutdown() began"
+                )
             error = ATrackError("the SDK was shut down; call dropped")
         else:
             limit = limit or f"{self._options.max_queue_size} calls waiting"

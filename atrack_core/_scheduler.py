@@ -262,8 +262,13 @@ class BackgroundDelivery:
             self._start_pending()
         if accepted:
             return True
-        if not closed and hooks is not None and hooks.overflow(call):
-            return True
+        if not closed and hooks is not None:
+            if hooks.overflow(call):
+                return True
+            # The store refuses calls once shutdown() closed it, which may have happened
+            # since the check above: then the call is lost to the shutdown, not to a full
+            # queue (shutdown() closes the scheduler before the store).
+            closed = self._closed
         limit = ""
         if not closed and waiting < self._max_queue:
             limit = f"{self._max_bytes // (1024 * 1024)} MiB of calls waiting"

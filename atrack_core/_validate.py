@@ -8,6 +8,7 @@ instead of as a lost event in the background.
 from __future__ import annotations
 
 import math
+import re
 from datetime import date, datetime
 from decimal import Decimal
 from enum import Enum
@@ -31,6 +32,9 @@ _NEG_INT_BOUND = -_INT_BOUND
 _INT_FAST_BITS = _INT_BOUND.bit_length() - 1
 # C0 controls, DEL and C1 controls: never legitimate inside a name or a uuid.
 _CONTROL = frozenset(chr(c) for c in (*range(32), *range(127, 160)))
+# Lone surrogates: a str can hold them (json.loads('"\\ud800"'), os.fsdecode, the
+# surrogateescape handler), UTF-8 cannot, so a body holding one can never be sent.
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 def check_name(value: object, what: str) -> str:
@@ -44,9 +48,44 @@ def check_name(value: object, what: str) -> str:
         raise ValueError(f"{what} must not be empty")
     if len(value) > MAX_NAME_LENGTH:
         raise ValueError(f"{what} is {len(value)} characters long; the limit is {MAX_NAME_LENGTH}")
-    if not value.isprintable() and not _CONTROL.isdisjoint(value):
-        raise ValueError(f"{what} {value[:40]!r} contains control characters")
+    if not value.isprintable():
+        if not _CONTROL.isdisjoint(value):
+            raise ValueError(f"{what} {value[:40]!r} contains control characters")
+        _check_surrogates(value, what)
     return value
+
+
+def _check_surrogates(value: str, what: str) -> None:
+    found = _SURROGATE.search(value)
+    if found is not None:
+        raise ValueError(
+            f"{what} {value[:40]!r} contains a lone surrogate ({found.group()!r} at index "
+            f"{found.start()}), which UTF-8 cannot carry"
+        )
+
+
+def check_encodable(body: dict[str, Any], where: str) -> None:
+    """Raise the :func:`check_name`-style ``ValueError`` for the first str in ``body``
+    (a key or a value, at any depth) that holds a lone surrogate.
+
+    For after a failed UTF-8 encoding: string values are not searched on the way in
+    (that would cost every call), the encoding finds them for free, and this names
+    where the culprit sits.
+    """
+    for key, item in body.items():
+        path = f"{where}[{key!r}]"
+        _check_surrogates(key, f"{where} key")
+        _check_encodable_value(item, path)
+
+
+def _check_encodable_value(value: Any, path: str) -> None:
+    if isinstance(value, str):
+        _check_surrogates(value, path)
+    elif isinstance(value, dict):
+        check_encodable(value, path)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_encodable_value(item, f"{path}[{i}]")
 
 
 def to_json_object(value: object, where: str) -> dict[str, Any]:
@@ -65,8 +104,10 @@ def _convert_dict(value: dict[Any, Any], where: str, depth: int) -> dict[str, An
     for key, item in value.items():
         if type(key) is not str:
             raise TypeError(f"{where} has a non-string key {key!r} ({type(key).__name__})")
-        if not key.isprintable() and not _CONTROL.isdisjoint(key):
-            raise ValueError(f"{where} key {key[:40]!r} contains control characters")
+        if not key.isprintable():
+            if not _CONTROL.isdisjoint(key):
+                raise ValueError(f"{where} key {key[:40]!r} contains control characters")
+            _check_surrogates(key, f"{where} key")
         # The common case (flat str/int/bool/None values) skips the recursive call. An
         # int is tested first, by bit length (cheaper than comparing with the bounds);
         # the few that fail that go to the exact check in _convert.

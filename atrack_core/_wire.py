@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import date, datetime, timezone
 from typing import Any
 
-from ._validate import MAX_BODY_BYTES
+from ._validate import MAX_BODY_BYTES, check_encodable
 from ._version import __version__
 
 SDK_VERSION = __version__
@@ -148,7 +148,12 @@ def event_json(
             "}",
         )
     )
-    data = text.encode("utf-8")
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:
+        parts = {"uuid": uuid, "event": event, "attributes": attributes, "context": context.data}
+        check_encodable(parts, f"the {PATH_EVENT} body")
+        raise
     if len(data) > MAX_BODY_BYTES:
         raise ValueError(
             f"the {PATH_EVENT} body is {len(data)} bytes of JSON; the limit is {MAX_BODY_BYTES}"
@@ -201,8 +206,14 @@ def event_body(
 
 
 def serialize(path: str, body: dict[str, Any]) -> bytes:
-    """UTF-8 JSON of a body; ``ValueError`` past 256 KiB (the API's limit)."""
-    data = _dumps(body).encode("utf-8")
+    """UTF-8 JSON of a body; ``ValueError`` past 256 KiB (the API's limit), or naming
+    the str that holds a lone surrogate."""
+    text = _dumps(body)
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:
+        check_encodable(body, f"the {path} body")
+        raise
     if len(data) > MAX_BODY_BYTES:
         raise ValueError(
             f"the {path} body is {len(data)} bytes of JSON; the limit is {MAX_BODY_BYTES}"

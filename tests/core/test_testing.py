@@ -3,63 +3,33 @@ in the middle of a call (a web app's worker, a background job)."""
 
 from __future__ import annotations
 
-import sys
 import threading
 from contextlib import ExitStack
-from types import FrameType
-from typing import Any
 
 import pytest
 
 from atrack_core import ATrackSdk, Options
 from atrack_core.testing import CapturedCalls, capture_calls
+from tests.pause import WAIT, PausedThread
 
 KEY = "pub_live_abcdefgh_1234"
-WAIT = 30.0  # a bound for a hung test, never reached when the code is right
-
-
-def track_paused_inside_the_capture(
-    sdk: ATrackSdk, paused: threading.Event, go: threading.Event, errors: list[BaseException]
-) -> threading.Thread:
-    """A thread whose track() stops when it reaches the capture's transport (once it
-    has decided to capture) until ``go`` is set."""
-    code = ATrackSdk._override_delivery.__code__
-
-    def tracer(frame: FrameType, event: str, arg: Any) -> None:
-        if event == "call" and frame.f_code is code:
-            paused.set()
-            go.wait(WAIT)
-
-    def run() -> None:
-        sys.settrace(tracer)
-        try:
-            sdk.track("late", uuid="u")
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            sys.settrace(None)
-
-    thread = threading.Thread(target=run, name="host-app-thread")
-    thread.start()
-    return thread
 
 
 @pytest.mark.parametrize("nested", [False, True])
 def test_a_capture_may_end_while_another_thread_is_tracking(nested: bool) -> None:
-    paused, go = threading.Event(), threading.Event()
-    errors: list[BaseException] = []
     with ATrackSdk(Options(KEY, disabled=True)) as sdk, ExitStack() as stack:
         outer = stack.enter_context(capture_calls())
         inner = stack.enter_context(capture_calls()) if nested else outer
-        thread = track_paused_inside_the_capture(sdk, paused, go, errors)
-        assert paused.wait(WAIT)
+        # A host app's thread, held where its track() has decided to capture.
+        thread = PausedThread(
+            ATrackSdk._override_delivery.__code__, lambda: sdk.track("late", uuid="u")
+        )
+        thread.wait_reached()
         stack.close()  # every capture ends while the thread is inside its call
-        go.set()
-        thread.join(WAIT)
-        assert not thread.is_alive()
+        thread.resume()
         # After the captures, calls go to the SDK's own delivery again.
         sdk.track("after", uuid="u")
-    assert errors == []
+    assert thread.errors == []
     # The call began inside the innermost capture: it is recorded there, once.
     assert inner.event_names() == ["late"]
     if nested:

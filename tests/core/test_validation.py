@@ -206,6 +206,44 @@ def test_body_over_256_kib_is_refused(sdk: ATrackSdk, calls: CapturedCalls) -> N
     assert len(calls.events) == 1
 
 
+# A lone surrogate reaches user code through json.loads (a request body's "\\ud800"),
+# os.fsdecode or the surrogateescape handler; UTF-8 cannot carry it.
+LONE = json.loads('"\\ud800"')
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda s: s.track("e" + LONE, uuid="u"), r"EventPayload.event 'e\\ud800'"),
+        (lambda s: s.track("e", uuid="u" + LONE), r"uuid 'u\\ud800'"),
+        (lambda s: s.track("e", {"k" + LONE: 1}, uuid="u"), r"attributes key 'k\\ud800'"),
+        (
+            lambda s: s.track("e", {"k": ["x", {"y": LONE}]}, uuid="u"),
+            r"/event body\['attributes'\]\['k'\]\[1\]\['y'\]",
+        ),
+        (
+            lambda s: s.track(EventPayload(event="e", uuid="u", context={"url": "/" + LONE})),
+            r"/event body\['context'\]\['url'\]",
+        ),
+        (
+            lambda s: s.set_attributes({"plan": LONE}, uuid="u"),
+            r"/attributes body\['attributes'\]\['plan'\]",
+        ),
+        (
+            lambda s: s.init(InitPayload(user=UserContext(uuid="u"), profile={"p": LONE})),
+            r"/init body\['profile'\]\['p'\]",
+        ),
+        (lambda s: s.init(InitPayload(user=UserContext(uuid=LONE))), r"InitPayload.user.uuid"),
+    ],
+)
+def test_lone_surrogates_are_refused_naming_where(
+    sdk: ATrackSdk, calls: CapturedCalls, call: Any, match: str
+) -> None:
+    with pytest.raises(ValueError, match=f"{match}.* contains a lone surrogate"):
+        call(sdk)
+    assert calls.calls == []
+
+
 def test_wrong_argument_types(sdk: ATrackSdk) -> None:
     with pytest.raises(TypeError, match="InitPayload"):
         sdk.init({"user": None})  # type: ignore[arg-type]

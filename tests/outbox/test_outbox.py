@@ -22,6 +22,7 @@ import atrack_core._outbox._outbox as outbox_mod
 from atrack_core import ATrackSdk, Options
 from tests.fake_api import FakeApi, Plan, closed_port_url
 from tests.outbox.conftest import KEY, duplicates, spawn, unique_calls, wait_until
+from tests.pause import PausedThread
 
 
 def files(directory: Path) -> list[Path]:
@@ -105,7 +106,10 @@ for i in range(n):
 # Every call written (the last group commit is the window a kill -9 can lose).
 while sdk.stats()["outbox_unwritten"] or sdk.stats()["sent"] < 100:
     time.sleep(0.01)
-time.sleep(0.1)  # the commit that took the last ones returns
+# The writer took the last ones inside a commit, which holds the outbox's I/O lock
+# until it returns: taking that lock waits for it.
+with sdk._outbox._io:
+    pass
 print("written", sdk.stats()["sent"], flush=True)
 time.sleep(600)
 """
@@ -240,6 +244,46 @@ def test_calls_beyond_max_bytes_that_fit_in_memory_are_sent_not_written(
     assert sdk.stats()["dropped"] == 0
     assert len(unique_calls(slow_collector)) == 1000  # all sent, from memory
     assert "did not write" in caplog.text
+
+
+def test_a_call_racing_shutdown_past_a_full_queue_is_reported_as_shut_down(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A call that finds the queue full goes to the outbox; if shutdown() closed the
+    outbox meanwhile, the call is dropped because the SDK shut down, and says so: it
+    was logged and reported as "queue is full", and counted among the queue's drops."""
+    errors: list[BaseException] = []
+    answer = threading.Event()
+    with FakeApi() as api:
+        api.plan("/init", Plan(hold=answer))
+        sdk = ATrackSdk(
+            Options(
+                KEY,
+                endpoint=api.url,
+                outbox=tmp_path / "ob",
+                max_queue_size=1,
+                on_error=lambda call, exc: errors.append(exc),
+            )
+        )
+        sdk.send_init("u", True)
+        api.wait_for(1)  # in flight until answered
+        sdk.track("waits_for_init", uuid="u")  # the one call the queue holds
+        # A host app's thread, held where its call, refused by the full queue, is
+        # handed to the outbox; shutdown() runs to its end meanwhile.
+        late = PausedThread(
+            outbox_mod.Outbox.overflow.__code__, lambda: sdk.track("late", uuid="u")
+        )
+        late.wait_reached()
+        answer.set()
+        sdk.shutdown()
+        late.resume()
+    assert late.errors == []
+    assert sdk.stats()["dropped"] == 1
+    assert [type(e).__name__ for e in errors] == ["ATrackError"]
+    assert "shut down" in str(errors[0])
+    assert "queue is full" not in caplog.text
+    assert "A-Track SDK is shut down" in caplog.text
+    assert len(set(api.request_ids())) == 2  # the /init and the event it held back
 
 
 def test_calls_made_while_the_writer_is_stalled_are_sent_and_counted_beyond_its_bound(
