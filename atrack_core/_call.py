@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-from ._wire import PATH_EVENT
+from ._wire import PATH_EVENT, WireContext, event_json
 
 
 @dataclass(slots=True, eq=False)
@@ -32,6 +32,8 @@ class Call:
     # The outbox's row for this call (see ``_outbox``): 0 not written yet, > 0 the row
     # id, < 0 settled or parked before it was written. Changed under the scheduler lock.
     stored: int = 0
+    # What the call counts for in the queue's byte bound: 0 means ``len(body)``.
+    weight: ClassVar[int] = 0
 
     @property
     def is_event(self) -> bool:
@@ -45,3 +47,54 @@ class Call:
 
     def __repr__(self) -> str:
         return f"Call(path={self.path!r}, uuid={self.uuid!r}, attempts={self.attempts})"
+
+
+# The slot that holds a Call's body (EventCall reads and fills it behind a property).
+_BODY: Any = Call.__dict__["body"]
+
+
+class EventCall(Call):
+    """An event from a request tracker whose body is encoded when it is first read (by
+    the sender or the outbox writer), not in the caller's thread.
+
+    Only made for an event whose body :func:`~atrack_core._wire.event_size_bound` showed
+    to encode, within the size limit, so nothing can fail later that the caller should
+    have heard of; ``weight`` is that bound. ``parts`` are validated copies and an
+    immutable context: the body is the same whenever it is made.
+    """
+
+    __slots__ = ("_parts", "weight")
+
+    def __init__(
+        self,
+        uuid: str,
+        parts: tuple[str, str, dict[str, Any], str, WireContext],
+        weight: int,
+    ) -> None:
+        self.path = PATH_EVENT
+        self.uuid = uuid
+        self.request_id = ""
+        self.attempts = 0
+        self.created = 0.0
+        self.seq = 0
+        self.stored = 0
+        self._parts: tuple[str, str, dict[str, Any], str, WireContext] | None = parts
+        self.weight = weight  # type: ignore[misc]  # per instance here; a ClassVar on Call
+
+    @property
+    def body(self) -> bytes:
+        parts = self._parts
+        if parts is None:
+            data: bytes = _BODY.__get__(self)
+            return data
+        # Two threads may both get here (the sender and the outbox writer): they make
+        # the same bytes, and the slot is filled before the parts are let go.
+        data = event_json(*parts)
+        _BODY.__set__(self, data)
+        self._parts = None
+        return data
+
+    @body.setter
+    def body(self, value: bytes) -> None:
+        _BODY.__set__(self, value)
+        self._parts = None

@@ -218,7 +218,7 @@ class BackgroundDelivery:
         A call rebuilt by a store keeps its ``request_id`` and ``created``; the store
         passes ``resumed=True`` for it."""
         stats = self._stats
-        size = len(call.body)
+        size = call.weight or len(call.body)
         if not call.created:
             call.created = time.time()
         hooks = self.hooks
@@ -681,7 +681,7 @@ class BackgroundDelivery:
     def _forget_locked(self, call: Call, delivered: bool | None) -> None:
         """The call leaves the queue's counts (and flush()'s waits)."""
         self._outstanding -= 1
-        self._bytes -= len(call.body)
+        self._bytes -= call.weight or len(call.body)
         if self.hooks is not None and delivered is not None:
             self.hooks.settled(call, delivered)
         if self._waiters:

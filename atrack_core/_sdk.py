@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _delivery, _shutdown
-from ._call import Call
+from ._call import Call, EventCall
 from ._delivery import Delivery, SyncDelivery, make_delivery, sync_delivery
 from ._errors import NoUserError
 from ._models import Attributes, EventPayload, InitPayload, InitResult, User
@@ -21,17 +21,20 @@ from ._scheduler import BackgroundDelivery
 from ._storage import MemoryStorage, Storage
 from ._validate import _convert_dict, check_name, to_json_object
 from ._wire import (
+    EVENT_FRAME,
     PATH_ATTRIBUTES,
     PATH_EVENT,
     PATH_INIT,
     WireContext,
     attributes_body,
+    attributes_bound,
     event_body,
     event_json,
     format_timestamp,
     init_body,
     now_timestamp,
     serialize,
+    text_bound,
 )
 
 if TYPE_CHECKING:
@@ -101,7 +104,8 @@ class ATrackSdk:
             )
         # (transport, delivery) while atrack_core.testing overrides the transport
         self._overridden: tuple[object, SyncDelivery] | None = None
-        self._event_names: set[str] = set()
+        # Event names checked lately -> text_bound(name).
+        self._event_names: dict[str, int] = {}
         _shutdown.register(self)
 
     def __repr__(self) -> str:
@@ -394,18 +398,34 @@ class ATrackSdk:
         context once per request, its JSON reused); the event and attributes are the
         view's, validated here."""
         # An app tracks a few dozen event names, request after request: each is
-        # checked once (the set is bounded; a str subclass is checked every time).
-        if event.__class__ is not str or event not in self._event_names:
+        # checked once (the table is bounded; a str subclass is checked every time).
+        name_bound = self._event_names.get(event) if event.__class__ is str else None
+        if name_bound is None:
             event = self._check_event_name(event)
+            name_bound = text_bound(event)
         if attributes.__class__ is dict:
             attrs = _convert_dict(attributes, "EventPayload.attributes", 0)
         else:
             attrs = to_json_object(attributes, "EventPayload.attributes") if attributes else {}
         timestamp = now_timestamp()
         if self.options.before_send is None:
-            # Without a before_send hook or a capture, the body's bytes are joined
-            # around the context's cached JSON (saves ~1.5 µs of the ~5 µs of a call).
-            call = Call(PATH_EVENT, uuid, event_json(uuid, event, attrs, timestamp, context))
+            # Without a before_send hook, the body's bytes are joined around the
+            # context's cached JSON; when it is sure to encode (ASCII, flat, small),
+            # that is left to the sender (EventCall): the encoding's ~10k instructions
+            # leave the request for the bound's ~4k (docs/delivery.md).
+            context_size = context.ascii_size
+            if context_size == -2:
+                context.json()
+                context_size = context.ascii_size
+            if context_size < 0 or name_bound < 0 or not uuid.isascii():
+                weight = -1
+            else:
+                size = EVENT_FRAME + context_size + name_bound + 6 * len(uuid)
+                weight = attributes_bound(attrs, size)
+            if weight > 0:
+                call: Call = EventCall(uuid, (uuid, event, attrs, timestamp, context), weight)
+            else:
+                call = Call(PATH_EVENT, uuid, event_json(uuid, event, attrs, timestamp, context))
             overrides = _delivery.overrides  # read once: a capture may end meanwhile
             if overrides:
                 self._override_delivery(overrides[-1]).submit(call)
@@ -422,7 +442,7 @@ class ATrackSdk:
             names = self._event_names
             if len(names) >= _MAX_EVENT_NAMES:
                 names.clear()
-            names.add(name)
+            names[name] = text_bound(name)
         return name
 
     # -- internals --------------------------------------------------------------------

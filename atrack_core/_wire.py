@@ -74,17 +74,21 @@ class WireContext:
     is a plain dict and is validated like any other input. ``data`` is never modified.
     """
 
-    __slots__ = ("_json", "data")
+    __slots__ = ("_json", "ascii_size", "data")
 
     def __init__(self, data: dict[str, Any]) -> None:
         self.data = data
         self._json: str | None = None
+        # The JSON text's length if it is ASCII, -1 if not, -2 before json().
+        self.ascii_size = -2
 
     def json(self) -> str:
         text = self._json
         if text is None:
             # Benign race: two threads sharing one request's tracker compute the same text.
-            text = self._json = _dumps(self.data)
+            text = _dumps(self.data)
+            self.ascii_size = len(text) if text.isascii() else -1
+            self._json = text
         return text
 
 
@@ -286,6 +290,46 @@ _ts_cache: tuple[float, str] = (0.0, "")
 _time = time.time
 # ".000Z" … ".999Z": a list index instead of a format per call.
 _MS_SUFFIX = tuple(f".{ms:03d}Z" for ms in range(1000))
+
+
+# What an event body holds besides its parts' text: the keys, quotes and punctuation
+# around them and the timestamp, with room to spare.
+EVENT_FRAME = len(_EVENT_HEAD) + 96
+
+
+def text_bound(text: str) -> int:
+    """The most bytes ``text`` takes in a body's JSON (every character a six-byte
+    escape), or ``-1`` when it is not ASCII (it could hold a lone surrogate, which only
+    encoding finds)."""
+    return 6 * len(text) if text.isascii() else -1
+
+
+def attributes_bound(attributes: dict[str, Any], size: int) -> int:
+    """``size`` plus the most bytes validated, flat ``attributes`` take in a body's JSON
+    when that is sure to encode within :data:`MAX_BODY_BYTES`, else ``-1``.
+
+    Sure means: ASCII text (nothing UTF-8 could refuse) and values of str, int, float,
+    bool or None, short enough even if every character needed a six-byte escape. An
+    event body known sure to encode can be encoded later, off the caller's thread
+    (``EventCall``); any other is encoded at once, where a failure reaches the caller.
+    ``attributes`` must be validated already (exact types, finite floats, bounded ints).
+    """
+    for key, value in attributes.items():
+        if not key.isascii():
+            return -1
+        tp = value.__class__
+        if tp is str:
+            if not value.isascii():
+                return -1
+            size += 6 * (len(key) + len(value)) + 6
+        elif tp is int:
+            # Decimal digits are at most bits * 0.302 + 1, plus a sign.
+            size += 6 * len(key) + value.bit_length() // 3 + 6
+        elif tp is bool or tp is float or value is None:
+            size += 6 * len(key) + 30  # the longest float repr has 24 characters
+        else:
+            return -1  # nested or converted values: encoded at once
+    return size if size <= MAX_BODY_BYTES else -1
 
 
 def now_timestamp() -> str:

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from atrack_core import ATrackSdk, EventPayload, Options
+from atrack_core._call import EventCall
 from atrack_core._request import (
     ContextConfig,
     RequestView,
@@ -21,11 +22,14 @@ from atrack_core._request import (
 )
 from atrack_core._validate import MAX_BODY_BYTES
 from atrack_core._wire import (
+    EVENT_FRAME,
     PATH_EVENT,
     WireContext,
+    attributes_bound,
     event_body,
     event_json,
     serialize,
+    text_bound,
 )
 from atrack_core.testing import CapturedCalls, CaptureTransport, capture_calls
 from atrack_integrations import IntegrationConfig
@@ -153,6 +157,130 @@ def test_property_event_json_matches_serialize(
     assert fast == serialize(PATH_EVENT, event_body(uuid, event, attributes, TS, context))
     # Again, with the uuid's and event's JSON literals taken from the cache.
     assert event_json(uuid, event, attributes, TS, WireContext(context)) == fast
+
+
+# ------------------------------------------------------------------ deferred encoding
+
+
+def deferred_bound(uuid: str, event: str, attributes: dict[str, Any], context: WireContext) -> int:
+    """The weight ``_event_in_request`` computes: > 0 when the body may be encoded later."""
+    context.json()
+    parts = (context.ascii_size, text_bound(event), text_bound(uuid))
+    if min(parts) < 0:
+        return -1
+    return attributes_bound(attributes, EVENT_FRAME + sum(parts))
+
+
+_ascii_text = st.text(alphabet=st.characters(max_codepoint=127), max_size=40)
+_ascii_flat = st.dictionaries(
+    _ascii_text,
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.floats(allow_nan=False, allow_infinity=False),
+        _ascii_text,
+    ),
+    max_size=6,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    uuid=st.one_of(_names, _ascii_text.filter(bool)),
+    event=st.one_of(_names, _ascii_text.filter(bool)),
+    attributes=st.one_of(_flat, _ascii_flat),
+    context=st.dictionaries(st.one_of(_names, _ascii_text), st.one_of(_names, _ascii_text)),
+)
+def test_property_a_deferred_body_is_the_body_and_its_bound_holds(
+    uuid: str, event: str, attributes: dict[str, Any], context: dict[str, str]
+) -> None:
+    wire = WireContext(context)
+    expected = serialize(PATH_EVENT, event_body(uuid, event, attributes, TS, context))
+    bound = deferred_bound(uuid, event, attributes, wire)
+    text = (uuid + event + "".join(attributes) + wire.json()).encode("utf-8", "surrogatepass")
+    if not text.isascii() or any(type(v) is str and not v.isascii() for v in attributes.values()):
+        assert bound == -1  # encoded at once, where a failure reaches the caller
+        return
+    assert bound >= len(expected)
+    call = EventCall(uuid, (uuid, event, attributes, TS, wire), bound)
+    assert call.weight == bound and call.path == PATH_EVENT and call.uuid == uuid
+    assert call.body == expected
+    assert call.body is call.body  # made once
+    assert call.json()["attributes"] == attributes
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        10**4299,
+        -(10**4299),
+        -1,
+        0,
+        -1.7976931348623157e308,
+        5e-324,
+        True,
+        None,
+        '\x00\x1f"\\' * 50,  # every character a six- or two-byte escape
+    ],
+)
+def test_the_bound_holds_for_the_widest_values(value: Any) -> None:
+    wire = WireContext({"url": "/"})
+    attributes = {"k\x01": value}
+    bound = deferred_bound(UUID, "e\x7f", attributes, wire)
+    assert bound >= len(event_json(UUID, "e\x7f", attributes, TS, wire)) > 0
+
+
+@pytest.mark.parametrize(
+    ("uuid", "event", "attributes", "context"),
+    [
+        (UUID, "e", {"nested": {"a": 1}}, {}),  # not flat
+        (UUID, "e", {"list": [1]}, {}),
+        (UUID, "e", {"text": "\ud800"}, {}),  # a lone surrogate: only encoding finds it
+        (UUID, "e", {"\ud800": 1}, {}),
+        (UUID, "\ud800", {}, {}),
+        ("\ud800", "e", {}, {}),
+        (UUID, "e", {}, {"userAgent": "\ud800"}),
+        (UUID, "e", {"big": "x" * (MAX_BODY_BYTES // 6)}, {}),  # could exceed the limit
+    ],
+)
+def test_bodies_that_could_fail_are_not_deferred(
+    uuid: str, event: str, attributes: dict[str, Any], context: dict[str, str]
+) -> None:
+    assert deferred_bound(uuid, event, attributes, WireContext(context)) == -1
+
+
+def test_a_tracker_event_that_cannot_encode_fails_at_the_call(sdk: ATrackSdk) -> None:
+    tracker = tracker_for(sdk)
+    with pytest.raises(ValueError, match="lone surrogate"):
+        tracker.track("order_created", {"note": "\ud800"})
+    with pytest.raises(ValueError, match="/event body"):
+        tracker.track("order_created", {"note": "x" * MAX_BODY_BYTES})
+    tracker.track("order_created", {"note": "x" * 1000})  # deferred, and delivered
+    (call,) = recording(sdk).calls
+    assert call.body["attributes"] == {"note": "x" * 1000}
+
+
+def test_a_deferred_body_holds_the_values_of_the_call() -> None:
+    """Encoded later, in the sender: what the caller changes after the call is not in it."""
+    transport = CaptureTransport()
+    sdk = ATrackSdk(Options("pub_test_1234", endpoint="http://127.0.0.1:9", transport=transport))
+    try:
+        tracker = IntegrationConfig(sdk=sdk, init="off").begin(BROWSER)
+        attributes: dict[str, Any] = {"step": 1, "label": "first"}
+        for step in range(1, 4):
+            attributes["step"] = step
+            tracker.track("checkout_step", attributes)
+            attributes["label"] = "changed"
+        assert sdk.flush(10)
+    finally:
+        sdk.shutdown()
+    bodies = sorted(c.body["attributes"]["step"] for c in transport.calls.calls)
+    assert bodies == [1, 2, 3]
+    labels = {
+        c.body["attributes"]["step"]: c.body["attributes"]["label"] for c in transport.calls.calls
+    }
+    assert labels == {1: "first", 2: "changed", 3: "changed"}
 
 
 # ------------------------------------------------------------------ request_context_dict
