@@ -18,8 +18,9 @@ WAIT = 30.0  # a bound for a hung test, never reached when the code is right
 class PausedThread:
     """Runs ``target`` in a thread that stops on entering ``code`` (its first call;
     with ``caller``, only a call from that function) until :meth:`resume`; with
-    ``hold=False`` it only sets :attr:`reached` there and goes on. Exceptions from
-    ``target`` are kept in :attr:`errors`."""
+    ``hold=False`` it only sets :attr:`reached` (``reached``, when given: an event the
+    test may set for another reason too) there and goes on. Exceptions from ``target``
+    are kept in :attr:`errors`."""
 
     def __init__(
         self,
@@ -28,9 +29,11 @@ class PausedThread:
         *,
         caller: CodeType | None = None,
         hold: bool = True,
+        reached: threading.Event | None = None,
     ) -> None:
-        self.reached = threading.Event()
+        self.reached = reached if reached is not None else threading.Event()
         self._go = threading.Event()
+        self._seen = False
         self.errors: list[BaseException] = []
 
         def tracer(frame: FrameType, event: str, arg: Any) -> None:
@@ -38,8 +41,9 @@ class PausedThread:
                 event == "call"
                 and frame.f_code is code
                 and (caller is None or (frame.f_back is not None and frame.f_back.f_code is caller))
-                and not self.reached.is_set()
+                and not self._seen
             ):
+                self._seen = True
                 self.reached.set()
                 if hold:
                     self._go.wait(WAIT)
