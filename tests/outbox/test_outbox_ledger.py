@@ -239,10 +239,12 @@ def test_a_commit_that_fails_loses_none_of_the_spilled_calls_it_took(
 ) -> None:
     """The writer's commit fails (here: a trigger another connection put on the file
     aborts every insert, a real SQLite error at once where a held write lock made the
-    writer wait out SQLite's 5 s busy timeout first); the file is moved aside and a
-    fresh one started. The spilled calls that commit had taken, which nobody else
-    holds, are written to the fresh file; the calls that waited in the old one are
-    counted in outbox_dropped with the line that says it was moved aside."""
+    writer wait out SQLite's 5 s busy timeout first); a fresh file is started. The
+    spilled calls that commit had taken, which nobody else holds, are written to the
+    fresh file; every row of the old file, which can still be read, is carried over to
+    it: those waiting there, and those of calls in the scheduler's hands (which were
+    in memory only until they settled: a crash lost them, and the waiting ones were
+    counted in outbox_dropped). The old file, all of it read, is removed."""
     caplog.set_level(logging.WARNING, logger="atrack")
     outbox = tmp_path / "ob"
     with FakeApi() as api:
@@ -270,21 +272,27 @@ def test_a_commit_that_fails_loses_none_of_the_spilled_calls_it_took(
             )
         for n in range(10, 30):  # spilled too: the commit failing takes them
             sdk.track("burst", {"n": n}, uuid=f"u{n}")
-        wait_until(lambda: "moving it aside" in caplog.text, 10, "the commit to fail")
-        wait_until(lambda: sdk.stats()["outbox_unwritten"] == 0, 5, "the next commit")
+        wait_until(lambda: "carried over" in caplog.text, 10, "the commit to fail")
+        wait_until(lambda: sdk.stats()["outbox_pending"] == 30, 5, "the next commit")
         stats = sdk.stats()
+        kept = on_disk(outbox)  # what a crash now would leave to the next process
         sdk.shutdown(0.1)
         answer.set()
     (fresh,) = outbox.glob("*.db")
     assert fresh != path
-    kept = on_disk(outbox)
-    assert set(range(10, 30)) <= kept, (sorted(kept), stats)
-    # The calls waiting in the file moved aside (u6-u9, less any loaded back into the
-    # scheduler meanwhile) are counted, and the line says how many.
-    (line,) = [r.getMessage() for r in caplog.records if "moving it aside" in r.getMessage()]
-    lost = int(line.split("aside (")[1].split()[0])
-    assert 1 <= lost <= 4, line
-    assert stats["outbox_dropped"] == lost, stats
+    assert kept == set(range(30)), (sorted(kept), stats)
+    assert [p.name for p in outbox.iterdir() if ".corrupt-" in p.name] == []
+    (line,) = [r.getMessage() for r in caplog.records if "carried over" in r.getMessage()]
+    assert "10 calls read from it" in line and "it was removed" in line, line
+    assert stats["outbox_dropped"] == 0, stats
+
+    # The next SDK delivers each of them once.
+    with FakeApi() as api:
+        sdk = ATrackSdk(Options(KEY, endpoint=api.url, outbox=outbox))
+        assert sdk.flush(10)
+        sdk.shutdown()
+        assert delivered(api) == set(range(30))
+        assert len(api.request_ids()) == len(set(api.request_ids()))
 
 
 FORK_MID_BURST = """
