@@ -70,8 +70,15 @@ _RESPONSE_CODE = pycurl.RESPONSE_CODE
 _REQUEST_SIZE = pycurl.REQUEST_SIZE
 _HTTPHEADER = pycurl.HTTPHEADER
 _POSTFIELDS = pycurl.POSTFIELDS
-# A transfer that ended in these errors may still have an answer (status) to report.
-_ANSWERED_ERRORS = (pycurl.E_WRITE_ERROR, pycurl.E_OPERATION_TIMEDOUT)
+# A transfer that ended in these errors may still have an answer (status) to report:
+# the body cut at 64 KiB (write error), by the deadline, by the server closing early
+# (partial file) or by a reset (receive error). The status decides, as with httpx.
+_ANSWERED_ERRORS = (
+    pycurl.E_WRITE_ERROR,
+    pycurl.E_OPERATION_TIMEDOUT,
+    pycurl.E_PARTIAL_FILE,
+    pycurl.E_RECV_ERROR,
+)
 
 
 class _State:
@@ -161,7 +168,8 @@ def _prepare(h: Any, state: _State, url: str, headers: Mapping[str, str], body: 
 def _result(h: Any, state: _State, code: int, message: str) -> Response | TransportError:
     status: int = h.getinfo(_RESPONSE_CODE) or 0
     if status and (code == 0 or code in _ANSWERED_ERRORS):
-        # Answered: a body cut at 64 KiB or by the deadline is kept as far as it came.
+        # Answered: a body cut at 64 KiB, by the deadline or by the connection is kept
+        # as far as it came.
         # libcurl sends a request again, on its own and once, when the reused keep-alive
         # connection it went out on turns out closed before any byte of an answer (the
         # server may have processed it). Its request size then counts both sendings:

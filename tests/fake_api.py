@@ -57,6 +57,9 @@ class Plan:
     endless: float = 0.0
     # This text as the body instead of ``{"ok": ...}`` (an API's error message).
     text: str | None = None
+    # Announce a body this many bytes longer than the one written, then close: an
+    # answer cut short (a proxy or load balancer closing the connection mid-body).
+    cut: int = 0
 
 
 class FakeApi:
@@ -126,10 +129,12 @@ class FakeApi:
                     if plan.text is None
                     else plan.text.encode()
                 )
+                if plan.cut:
+                    self.close_connection = True
                 try:
                     self.send_response(plan.status)
                     self.send_header("content-type", "application/json")
-                    self.send_header("content-length", str(len(payload)))
+                    self.send_header("content-length", str(len(payload) + plan.cut))
                     if plan.retry_after is not None:
                         self.send_header("retry-after", plan.retry_after)
                     self.end_headers()

@@ -16,18 +16,37 @@ WAIT = 30.0  # a bound for a hung test, never reached when the code is right
 
 
 class PausedThread:
-    """Runs ``target`` in a thread that stops on entering ``code`` (its first call)
-    until :meth:`resume`; exceptions from ``target`` are kept in :attr:`errors`."""
+    """Runs ``target`` in a thread that stops on entering ``code`` (its first call;
+    with ``caller``, only a call from that function) until :meth:`resume`; with
+    ``hold=False`` it only sets :attr:`reached` (``reached``, when given: an event the
+    test may set for another reason too) there and goes on. Exceptions from ``target``
+    are kept in :attr:`errors`."""
 
-    def __init__(self, code: CodeType, target: Callable[[], object]) -> None:
-        self.reached = threading.Event()
+    def __init__(
+        self,
+        code: CodeType,
+        target: Callable[[], object],
+        *,
+        caller: CodeType | None = None,
+        hold: bool = True,
+        reached: threading.Event | None = None,
+    ) -> None:
+        self.reached = reached if reached is not None else threading.Event()
         self._go = threading.Event()
+        self._seen = False
         self.errors: list[BaseException] = []
 
         def tracer(frame: FrameType, event: str, arg: Any) -> None:
-            if event == "call" and frame.f_code is code and not self.reached.is_set():
+            if (
+                event == "call"
+                and frame.f_code is code
+                and (caller is None or (frame.f_back is not None and frame.f_back.f_code is caller))
+                and not self._seen
+            ):
+                self._seen = True
                 self.reached.set()
-                self._go.wait(WAIT)
+                if hold:
+                    self._go.wait(WAIT)
 
         def run() -> None:
             sys.settrace(tracer)

@@ -162,6 +162,9 @@ class Outbox:
         self._idle = threading.Condition()  # drain() waits here
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        # Taken by whoever does the writer's work: its thread, or close() when it finds
+        # the thread not yet running (see close).
+        self._ran = threading.Lock()
         self._stop = False
         self._db: sqlite3.Connection | None = None
         self._path: Path | None = None
@@ -316,8 +319,24 @@ class Outbox:
         self._stop = True
         self.accepted = _discard  # the writer's last commit takes what came before
         thread = self._thread
-        if thread is not None and thread.is_alive():
-            self._wake.set()
+        self._wake.set()
+        if (thread is None and self._new) or (thread is not None and not thread.is_alive()):
+            # No writer running: published and not yet started (close() from another
+            # thread at that moment, or from a signal handler that interrupted the
+            # start; a start that failed), or never asked for (a forked child closing
+            # before its first call's writer started). Nothing would write what it was
+            # handed, and waiting for that start could wait on the very thread that is
+            # making it: a writer of close()'s own does the work, once (whichever runs
+            # first, see _run; one that finished already leaves nothing to do).
+            thread = threading.Thread(
+                target=_threads.quiet(self._run), name="atrack-outbox-close", daemon=True
+            )
+            try:
+                _threads.start(thread)
+            except RuntimeError:  # interpreter shutting down: no new thread
+                self._run()
+                return
+        if thread is not None:
             thread.join(timeout)
             if thread.is_alive():
                 self._log_unwritten_at_close(timeout)
@@ -349,7 +368,7 @@ class Outbox:
             if self._thread is not None or self._stop:
                 return
             thread = threading.Thread(
-                target=_threads.quiet(self._main), name="atrack-outbox", daemon=True
+                target=_threads.quiet(self._run), name="atrack-outbox", daemon=True
             )
             self._thread = thread
             self.accepted = self._new.append
@@ -357,6 +376,11 @@ class Outbox:
             _threads.start(thread)
         except RuntimeError:  # interpreter shutting down
             logger.debug("A-Track outbox writer could not start", exc_info=True)
+
+    def _run(self) -> None:
+        """The writer thread: its work, unless close() did it first (see close)."""
+        if self._ran.acquire(blocking=False):
+            self._main()
 
     def _main(self) -> None:
         try:
@@ -387,7 +411,7 @@ class Outbox:
                 with self._io:
                     self._commit()
                     now = time.monotonic()
-                    if now - last_maintained >= MAINTAIN_INTERVAL:
+                    if not stop and now - last_maintained >= MAINTAIN_INTERVAL:
                         last_maintained = now
                         self._maintain()
                     if not stop:
@@ -409,7 +433,8 @@ class Outbox:
         self._path, self._fd = path, fd
         self._db = _db.connect(path)
         _db.set_owner(self._db, self._owner)
-        self._adopt_all()
+        if not self._stop:  # closing already (see close): the next process adopts
+            self._adopt_all()
 
     def _recover(self) -> None:
         """A SQLite error on our own file: move it aside and start a fresh one. The

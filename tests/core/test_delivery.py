@@ -16,8 +16,9 @@ import pytest
 import atrack_core._retry as retry
 from atrack_core import ATrackError, ATrackSdk, Call, Options
 from atrack_core._errors import DeliveryError, KeyRejectedError, QueueFullError
-from atrack_core._scheduler import MIN_SENDERS, OUTAGE_AFTER
+from atrack_core._scheduler import MIN_SENDERS, OUTAGE_AFTER, BackgroundDelivery
 from tests.fake_api import FakeApi, Plan, Received, blackhole_url, closed_port_url
+from tests.pause import PausedThread
 
 KEY = "pub_live_secretkey_9z8y"
 pytestmark = pytest.mark.timeout(30)
@@ -440,15 +441,19 @@ def test_flush_waits_only_for_calls_made_before_it(fake_api: FakeApi, sdk_factor
     sdk.track("e", uuid="early")
     fake_api.wait_for(1)
     result: list[bool] = []
-    flusher = threading.Thread(target=lambda: result.append(sdk.flush(5)))
-    flusher.start()
-    # A sleep, for want of a seam that tells when flush() has begun to wait. Too short
-    # on a loaded machine, it makes the test fail (flush() would wait for "late" too
-    # and return False), never pass wrongly: "early" is held until "late" is made.
-    time.sleep(0.05)
+    # Known to have begun waiting once it waits on the scheduler's condition (it has
+    # then counted the calls it waits for).
+    flusher = PausedThread(
+        threading.Condition.wait.__code__,
+        lambda: result.append(sdk.flush(5)),
+        caller=BackgroundDelivery._flush.__code__,
+        hold=False,
+    )
+    flusher.wait_reached()
     sdk.track("e", uuid="late")  # made after flush() started: not waited for
     release_early.set()
-    flusher.join(10)
+    flusher.resume()
+    assert flusher.errors == []
     # "late" hangs until the API closes: a flush() that waited for it would have given
     # up at its 5 s timeout with False.
     assert result == [True]

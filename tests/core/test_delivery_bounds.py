@@ -89,6 +89,29 @@ def test_an_endless_chunked_body_does_not_hold_a_sender(
     assert len(fake_api.received) == (1 if status == 200 else 2)
 
 
+@pytest.mark.parametrize("delivery", ["background", "sync"])
+def test_a_success_whose_body_is_cut_short_is_delivered_once(
+    fake_api: FakeApi, make: Any, delivery: str
+) -> None:
+    # The status decides, as for a body cut by the timeout: the API answered 200, so
+    # the call is delivered. libcurl ends such a transfer with error 18 (partial
+    # file), which was taken for a network failure: the call was sent again and, the
+    # answer cut the same way each time, reported dropped although the API had it.
+    errors: list[BaseException] = []
+    fake_api.default = Plan(200, cut=100)
+    sdk = make(
+        fake_api.url,
+        delivery=delivery,
+        max_retries=2,
+        on_error=lambda call, exc: errors.append(exc),
+    )
+    sdk.track("e", uuid="u")
+    assert sdk.flush(10) is True
+    assert [r.status for r in fake_api.received] == [200]
+    assert (sdk.stats()["sent"], sdk.stats()["failed"], sdk.stats()["retried"]) == (1, 0, 0)
+    assert errors == []
+
+
 def test_an_endless_body_in_sync_mode_returns_on_time(fake_api: FakeApi, make: Any) -> None:
     fake_api.default = Plan(503, endless=0.05)
     sdk = make(fake_api.url, delivery="sync", timeout=0.5, max_retries=1)

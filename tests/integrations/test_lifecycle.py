@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Iterator
+from threading import Condition
 from typing import Any
 
 import pytest
@@ -12,9 +13,10 @@ import pytest
 from atrack_core import ATrackSdk, MemoryStorage, Options
 from atrack_core._request import RequestView
 from atrack_core.testing import CapturedCalls
-from atrack_integrations import DEFAULT_EXCLUDE_PATHS, IntegrationConfig, RequestTracker
+from atrack_integrations import DEFAULT_EXCLUDE_PATHS, IntegrationConfig, RequestTracker, _tracker
 from atrack_integrations._lifecycle import SETTING_NAMES, is_canonical_uuid, resolve_sdk
 from tests.integrations.asgi_helpers import KNOWN, LogRecorder, record_atrack_logs
+from tests.pause import WAIT, PausedThread
 
 
 @pytest.fixture
@@ -422,6 +424,19 @@ def test_the_identify_hook_is_asked_only_when_its_answer_is_needed(
     ]
 
 
+def waiting_second(target: Any, settled: Any) -> PausedThread:
+    """A second thread of the request running ``target``; it sets ``settled`` when it
+    starts to wait for another thread's step of the tracker (the hook's answer, the
+    /init decided)."""
+    return PausedThread(
+        Condition.wait.__code__,
+        target,
+        caller=_tracker._wait_for.__code__,
+        hold=False,
+        reached=settled,
+    )
+
+
 def test_a_thread_that_needs_the_uuid_while_the_hook_is_asked_waits_for_its_answer(
     sdk: ATrackSdk, calls: CapturedCalls
 ) -> None:
@@ -432,23 +447,28 @@ def test_a_thread_that_needs_the_uuid_while_the_hook_is_asked_waits_for_its_answ
     import threading
 
     second_done = threading.Event()
+    # Set when the second thread waits for this answer (with the fix), or went out
+    # without it (without).
+    settled = threading.Event()
+    seconds: list[PausedThread] = []
 
     def identify(request: Any) -> str:
-        # The second thread comes in while the hook is being asked (and is given a
-        # second to go out wrongly: with the fix it waits for this answer).
-        second.start()
-        second_done.wait(1)
+        # The second thread comes in while the hook is being asked.
+        seconds.append(waiting_second(track_second, settled))
+        assert settled.wait(WAIT)
         return "user-7"
 
     def track_second() -> None:
         tracker.track("second")
         second_done.set()
+        settled.set()
 
     config = IntegrationConfig(sdk=sdk, identify=identify, init="lazy")
     tracker = config.begin(view("/", cookie=f"atrack_uuid={KNOWN}"), "req")
-    second = threading.Thread(target=track_second)
     tracker.track("first")
-    second.join(10)
+    [second] = seconds
+    second.resume()
+    assert second.errors == []
     assert second_done.is_set()
     assert sorted((c.path, c.body["uuid"], c.body.get("event")) for c in calls.calls) == [
         ("/event", "user-7", "first"),
@@ -466,28 +486,33 @@ def test_a_thread_that_tracks_while_the_init_is_decided_waits_for_the_init(
     import threading
 
     second_done = threading.Event()
+    # Set when the second thread waits for the /init (with the fix), or went out first
+    # (without).
+    settled = threading.Event()
+    seconds: list[PausedThread] = []
 
     class SlowStorage(MemoryStorage):
         def add(self, key: str, value: str, ttl: float | None = None) -> bool:
-            # The second thread comes in while the storage answers (and is given a
-            # second to go out first: with the fix it waits for the /init).
-            second.start()
-            second_done.wait(1)
+            # The second thread comes in while the storage answers.
+            seconds.append(waiting_second(track_second, settled))
+            assert settled.wait(WAIT)
             return super().add(key, value, ttl)
 
     def track_second() -> None:
         tracker.track("second")
         second_done.set()
+        settled.set()
 
     sdk = ATrackSdk(Options("pub_test_1234", disabled=True, storage=SlowStorage()))
     try:
         config = IntegrationConfig(sdk=sdk, init="lazy")
         tracker = config.begin(view("/", cookie=f"atrack_uuid={KNOWN}"))
-        second = threading.Thread(target=track_second)
         tracker.track("first")
-        second.join(10)
+        [second] = seconds
+        second.resume()
     finally:
         sdk.shutdown()
+    assert second.errors == []
     assert second_done.is_set()
     assert calls.calls[0].path == "/init"
     assert sorted((c.path, c.body.get("event")) for c in calls.calls) == [

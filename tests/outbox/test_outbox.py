@@ -106,7 +106,10 @@ for i in range(n):
 # Every call written (the last group commit is the window a kill -9 can lose).
 while sdk.stats()["outbox_unwritten"] or sdk.stats()["sent"] < 100:
     time.sleep(0.01)
-time.sleep(0.1)  # the commit that took the last ones returns
+# The writer took the last ones inside a commit, which holds the outbox's I/O lock
+# until it returns: taking that lock waits for it.
+with sdk._outbox._io:
+    pass
 print("written", sdk.stats()["sent"], flush=True)
 time.sleep(600)
 """

@@ -392,3 +392,57 @@ def test_a_call_in_flight_at_shutdown_that_then_fails_is_kept_not_also_reported(
         sdk.shutdown()
         assert delivered(api) == set(range(20))
     assert on_disk(outbox) == set()
+
+
+FORK_CLOSE_WHILE_STARTING = """
+import os, sys, threading
+from atrack_core import ATrackSdk, Options
+
+url, outbox = sys.argv[1], sys.argv[2]
+sdk = ATrackSdk(Options("@KEY@", endpoint=url, outbox=outbox, shutdown_timeout=0.2))
+pid = os.fork()
+if pid:
+    _, status = os.waitpid(pid, 0)
+    sdk.shutdown()
+    sys.exit(os.waitstatus_to_exitcode(status))
+# The child's writer starts with its first call. Another thread shuts the SDK down just
+# as that start has begun (the thread made and published, not yet running), and the
+# process ends as soon as the shutdown returns.
+start = threading.Thread.start
+
+
+def start_late(thread):
+    if thread.name == "atrack-outbox":
+        closer = threading.Thread(target=sdk.shutdown)
+        start(closer)
+        closer.join()
+        print("closed", flush=True)
+        os._exit(0)
+    start(thread)
+
+
+threading.Thread.start = start_late
+sdk.track("child", uuid="u1")
+os._exit(1)  # not reached
+""".replace("@KEY@", KEY)
+
+
+def test_a_shutdown_while_the_writer_is_starting_writes_what_it_was_handed(
+    tmp_path: Path,
+) -> None:
+    """close() found the writer's thread published but not yet running (is_alive()
+    false) and returned without waiting: a process that ended then lost the calls the
+    outbox had been handed (here a forked child's first call, in flight against an API
+    holding its answer). close() now does the writer's work itself in that case."""
+    outbox = tmp_path / "ob"
+    with FakeApi() as api:
+        answer = threading.Event()
+        api.default = Plan(hold=answer)
+        child = spawn(FORK_CLOSE_WHILE_STARTING, api.url, str(outbox))
+        try:
+            out, _ = child.communicate(timeout=20)
+        finally:
+            answer.set()
+        assert child.returncode == 0, out
+        assert out == "closed\n"
+    assert on_disk(outbox) == {1}
