@@ -375,11 +375,13 @@ class BackgroundDelivery:
             bound = budget if budget is not None else timeout
             logger.warning(
                 "A-Track shut down with %d calls not delivered to %s (shutdown timeout "
-                "%s s, waited %.2f s)%s",
+                "%s s, waited %.2f s%s)%s",
                 left,
                 self._endpoint.base_url,
                 "none" if bound is None else f"{bound:g}",
                 time.monotonic() - (start if since is None else min(since, start)),
+                # Not lost: the next process using the directory adopts and sends them.
+                "" if self.hooks is None else "; the outbox keeps those it wrote",
                 "" if last_failure is None else f"; the last failed attempt: {last_failure}",
             )
         # After a flush the senders are idle and exit at once. After a timeout some are

@@ -183,11 +183,7 @@ class ATrackMiddleware:
                 # Work handed to the background worker (a storage round trip) first.
                 await _in_thread(lambda: self.config.drain(_shutdown.time_left(end)))
                 if not await self.sdk.aflush(_shutdown.time_left(end)):
-                    logger.warning(
-                        "A-Track flush at shutdown timed out after %ss; undelivered calls "
-                        "are dropped",
-                        timeout,
-                    )
+                    _shutdown.warn_stop_flush_timed_out(self.sdk, "shutdown", timeout)
                 else:
                     _shutdown.server_stop_flushed()
 
