@@ -136,17 +136,28 @@ if pid:
     outbox.unlink()  # the parent's own file back in place for its exit
     os.rename(outbox.with_name("moved"), outbox)
     sys.exit(os.waitstatus_to_exitcode(status))
-# The child: its outbox starts a writer of its own with its first call, which opens a
-# file of its own holding this lock (taken here the way a fork takes it): the calls
-# below spill while it has not yet found that it cannot (the directory is replaced by
-# a plain file after the SDK checked it).
-store = sdk._outbox
-with store._io:
-    os.rename(outbox, outbox.with_name("moved"))
-    outbox.write_text("not a directory")
-    for n in range(20):
-        sdk.track("burst", {"n": n}, uuid=f"u{n}")
-    spilled = sdk.stats()["outbox_spilled"]
+# The child: its outbox starts a writer of its own with its first call; that writer
+# cannot open a file (the directory is replaced by a plain file after the SDK checked
+# it). The calls after the first are made while the writer is published and not yet
+# running (the moment a thread start takes, held open here), so that those beyond the
+# queue spill to it before it finds that it cannot.
+start = threading.Thread.start
+spilled = []
+
+
+def start_late(thread):
+    if thread.name == "atrack-outbox" and not spilled:
+        os.rename(outbox, outbox.with_name("moved"))
+        outbox.write_text("not a directory")
+        for n in range(1, 20):
+            sdk.track("burst", {"n": n}, uuid=f"u{n}")
+        spilled.append(sdk.stats()["outbox_spilled"])
+    start(thread)
+
+
+threading.Thread.start = start_late
+sdk.track("burst", {"n": 0}, uuid="u0")
+spilled = spilled[0]
 if sys.argv[3] == "flush":
     flushed = sdk.flush(5)
     stats = sdk.stats()
@@ -205,8 +216,6 @@ def test_a_shutdown_the_stalled_writer_outlasts_says_how_many_calls_are_not_writ
         sdk = ATrackSdk(
             Options(KEY, endpoint=api.url, outbox=outbox, max_queue_size=5, shutdown_timeout=0.1)
         )
-        store = sdk._outbox
-        assert store is not None and store._thread is not None
         sdk.track("before", uuid="u0")
         wait_until(lambda: sdk.stats()["outbox_pending"] == 1, 5, "the first commit")
         (path,) = outbox.glob("*.db")
@@ -217,18 +226,18 @@ def test_a_shutdown_the_stalled_writer_outlasts_says_how_many_calls_are_not_writ
                 sdk.track("burst", {"n": n}, uuid=f"u{n}")
             # The writer took calls (all, or the first of them: the others wait behind)
             # and is stuck inside SQLite with them.
-            wait_until(lambda: store._writing > 0, 5, "the writer to take some")
+            wait_until(lambda: sdk.stats()["outbox_unwritten"] < 20, 5, "the writer to take some")
             sdk.shutdown()
-            assert store._thread.is_alive()  # still inside SQLite
+            written = on_disk(outbox)  # the lock still held: not yet
         finally:
             other.execute("ROLLBACK")
             other.close()
             answer.set()
-        store._thread.join(5)
-        assert not store._thread.is_alive()
-        sent = delivered(api)
-    # Written once the lock went: nothing was lost in this process, which lived on.
-    assert sent | on_disk(outbox) == set(range(21))
+        # Written once the lock went: nothing was lost in this process, which lived on.
+        wait_until(
+            lambda: delivered(api) | on_disk(outbox) == set(range(21)), 10, "the writer to finish"
+        )
+    assert written == {0}
     lines = [r.getMessage() for r in caplog.records if "not yet written" in r.getMessage()]
     assert len(lines) == 1, caplog.text
     assert "20 calls" in lines[0]
