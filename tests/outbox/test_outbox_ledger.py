@@ -285,23 +285,20 @@ def test_a_commit_that_fails_loses_none_of_the_spilled_calls_it_took(
         wait_until(lambda: sdk.stats()["outbox_pending"] == 30, 5, "the next commit")
         stats = sdk.stats()
         kept = on_disk(outbox)  # what a crash now would leave to the next process
-        sdk.shutdown(0.1)
+        (fresh,) = outbox.glob("*.db")
+        # Every call delivered, and with it every row deleted: the carried-over rows of
+        # the calls the scheduler held (u0-u5) under their new row ids too.
         answer.set()
-    (fresh,) = outbox.glob("*.db")
+        assert sdk.flush(10)
+        wait_until(lambda: sdk.stats()["outbox_pending"] == 0, 5, "every row deleted")
+        sdk.shutdown()
+        assert delivered(api) == set(range(30))
     assert fresh != path
     assert kept == set(range(30)), (sorted(kept), stats)
-    assert [p.name for p in outbox.iterdir() if ".corrupt-" in p.name] == []
     (line,) = [r.getMessage() for r in caplog.records if "carried over" in r.getMessage()]
     assert "10 calls read from it" in line and "it was removed" in line, line
     assert stats["outbox_dropped"] == 0, stats
-
-    # The next SDK delivers each of them once.
-    with FakeApi() as api:
-        sdk = ATrackSdk(Options(KEY, endpoint=api.url, outbox=outbox))
-        assert sdk.flush(10)
-        sdk.shutdown()
-        assert delivered(api) == set(range(30))
-        assert len(api.request_ids()) == len(set(api.request_ids()))
+    assert list(outbox.iterdir()) == []  # the old file removed, the fresh one empty
 
 
 FORK_MID_BURST = """
