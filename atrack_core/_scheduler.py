@@ -322,6 +322,16 @@ class BackgroundDelivery:
         with self._lock:
             if self._outstanding == 0:
                 return True
+            if threading.current_thread() in self._threads:
+                # A delivery thread: user code runs here only in on_error (or a
+                # transport of one's own), whose call stays outstanding until the hook
+                # returns. Waiting would wait for itself (for ever with timeout=None,
+                # with this sender stalled), so it does not wait.
+                logger.warning(
+                    "A-Track flush() or shutdown() called from on_error cannot wait for "
+                    "the call being reported; it returns without waiting"
+                )
+                return False
             # Every outstanding call has a seq below self._seq, and every later call a
             # seq at or above it: the waiter counts down only for the former.
             waiter = _FlushWaiter(self._seq, self._outstanding)
@@ -390,8 +400,9 @@ class BackgroundDelivery:
         deadline = time.monotonic() + 0.5 if flushed else start + (timeout or 0.0)
         for thread in threads:
             # A thread is listed before it is started (see _start_pending): join() of
-            # one not started yet raises.
-            if thread.is_alive():
+            # one not started yet raises, as does joining itself (shutdown() called
+            # from on_error).
+            if thread.is_alive() and thread is not threading.current_thread():
                 thread.join(max(0.0, deadline - time.monotonic()))
 
     # -- scheduling (all *_locked methods run with self._lock held) ---------------------
