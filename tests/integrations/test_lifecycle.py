@@ -313,6 +313,20 @@ def test_identify_refuses_a_uuid_utf8_cannot_carry_and_keeps_the_user(
     ]
 
 
+def test_a_header_utf8_cannot_carry_does_not_fail_the_views_calls(
+    sdk: ATrackSdk, calls: CapturedCalls
+) -> None:
+    # A RequestView from an adapter that decoded header bytes with "surrogateescape":
+    # the user agent held a lone surrogate, and the view's track() raised ValueError (a
+    # hostile client's header made the host request fail) while the /init was lost.
+    config = IntegrationConfig(sdk=sdk)
+    tracker = config.begin(view("/", user_agent="Mozilla\udcff/5.0"))
+    tracker.track("landing_viewed")
+    config.finish(tracker, 200)
+    assert [c.path for c in calls.calls] == ["/init", "/event"]
+    assert {c.body["context"]["userAgent"] for c in calls.calls} == {"Mozilla/5.0"}
+
+
 def test_set_attributes_replace(sdk: ATrackSdk, calls: CapturedCalls) -> None:
     tracker = IntegrationConfig(sdk=sdk, init="off").begin(view("/"))
     tracker.set_attributes({"plan": "pro"}, replace=True)
