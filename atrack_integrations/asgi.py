@@ -62,8 +62,9 @@ class ATrackMiddleware:
     - ``http``: the lifecycle runs; ``Set-Cookie`` is added to ``http.response.start``,
       the body passes through untouched and unbuffered.
     - ``websocket``: passed through untouched.
-    - ``lifespan``: when the app has finished its shutdown, the SDK is flushed (bounded
-      by ``Options.shutdown_timeout``) before the server hears of it.
+    - ``lifespan``: on ``lifespan.shutdown`` the SDK is flushed before the app gets the
+      message, and again (what the app's shutdown handlers tracked) before the server
+      hears that the app is done; both within one ``Options.shutdown_timeout``.
 
     Installed twice, the inner instance sees the outer one's tracker and does nothing.
     The middleware's own failures are logged; the app's exceptions propagate unchanged.
@@ -168,23 +169,30 @@ class ATrackMiddleware:
         )
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
-        flushed = False
+        # SPEC 6: on lifespan.shutdown, flush before passing the message on; and again
+        # after the app's own shutdown handlers (they may track events), before the server
+        # is told it may exit. One deadline for both, from the server's stop.
+        end: float | None = None
+        settled = False  # the last flush ran, or the deadline passed: no more flushes
         shutting_down = False
 
-        async def flush() -> None:
-            nonlocal flushed
-            if flushed:
+        async def flush(last: bool) -> None:
+            nonlocal end, settled
+            if settled:
                 return
-            flushed = True
+            settled = last
             with _FLUSH_FAILED:
                 timeout = self.sdk.options.shutdown_timeout
-                # From the server's stop; an exit flush after a timeout keeps this deadline.
-                end = _shutdown.server_stopping() + timeout
+                if end is None:
+                    # From the server's stop; an exit flush after a timeout keeps it.
+                    end = _shutdown.server_stopping() + timeout
                 # Work handed to the background worker (a storage round trip) first.
-                await _in_thread(lambda: self.config.drain(_shutdown.time_left(end)))
+                stop = end
+                await _in_thread(lambda: self.config.drain(_shutdown.time_left(stop)))
                 if not await self.sdk.aflush(_shutdown.time_left(end)):
+                    settled = True  # out of time: a second flush could only warn again
                     _shutdown.warn_stop_flush_timed_out(self.sdk, "shutdown", timeout)
-                else:
+                elif last:  # until then the exit flush keeps this stop's deadline
                     _shutdown.server_stop_flushed()
 
         async def lifespan_receive() -> Message:
@@ -192,20 +200,19 @@ class ATrackMiddleware:
             message = await receive()
             if message.get("type") == "lifespan.shutdown":
                 shutting_down = True
+                await flush(last=False)
             return message
 
         async def lifespan_send(message: Message) -> None:
-            # Flush after the app's own shutdown handlers ran (they may track events),
-            # before the server is told it may exit.
             if message.get("type") in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
-                await flush()
+                await flush(last=True)
             await send(message)
 
         try:
             await self.app(scope, lifespan_receive, lifespan_send)
         finally:
             if shutting_down:
-                await flush()
+                await flush(last=True)
 
 
 def get_tracker(scope: Scope) -> RequestTracker:

@@ -766,16 +766,20 @@ def run_lifespan(app: Any, *, complete: bool = True) -> list[str]:
         events.append("server got " + message["type"])
 
     try:
-        asyncio.run(ATrackMiddleware(app(complete), sdk=sdk)({"type": "lifespan"}, receive, send))
+        asyncio.run(
+            ATrackMiddleware(app(complete, events), sdk=sdk)({"type": "lifespan"}, receive, send)
+        )
     finally:
         sdk.shutdown()
     return events
 
 
-def lifespan_app(complete: bool) -> Any:
+def lifespan_app(complete: bool, events: list[str] | None = None) -> Any:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         while True:
             message = await receive()
+            if events is not None:
+                events.append("app got " + message["type"])
             if message["type"] == "lifespan.startup":
                 await send({"type": "lifespan.startup.complete"})
             else:
@@ -786,11 +790,16 @@ def lifespan_app(complete: bool) -> Any:
     return app
 
 
-def test_lifespan_flushes_after_the_app_shut_down_before_the_server_hears() -> None:
+def test_lifespan_flushes_before_the_app_and_again_before_the_server_hears() -> None:
+    # SPEC 6: "on lifespan.shutdown flushes the SDK (bounded) before passing the message
+    # on"; the second flush takes what the app's shutdown handlers tracked.
     assert run_lifespan(lifespan_app) == [
         "lifespan.startup",
+        "app got lifespan.startup",
         "server got lifespan.startup.complete",
         "lifespan.shutdown",
+        "flush(2.0)",
+        "app got lifespan.shutdown",
         "flush(2.0)",
         "server got lifespan.shutdown.complete",
     ]
@@ -798,7 +807,43 @@ def test_lifespan_flushes_after_the_app_shut_down_before_the_server_hears() -> N
 
 def test_lifespan_flushes_even_when_the_app_does_not_answer_shutdown() -> None:
     events = run_lifespan(lifespan_app, complete=False)
-    assert events[-2:] == ["lifespan.shutdown", "flush(2.0)"]
+    assert events[-4:] == [
+        "lifespan.shutdown",
+        "flush(2.0)",
+        "app got lifespan.shutdown",
+        "flush(2.0)",
+    ]
+
+
+def test_lifespan_flush_that_runs_out_of_time_is_not_repeated() -> None:
+    events: list[str] = []
+
+    class Unreachable(SpySdk):
+        async def aflush(self, timeout: float | None = 5.0) -> bool:
+            events.append("flush")
+            return False  # the API did not take everything within shutdown_timeout
+
+    sdk = Unreachable(events)
+    messages = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        events.append("server got " + message["type"])
+
+    try:
+        mw = ATrackMiddleware(lifespan_app(True, events), sdk=sdk)
+        asyncio.run(mw({"type": "lifespan"}, receive, send))
+    finally:
+        sdk.shutdown()
+    assert events == [
+        "app got lifespan.startup",
+        "server got lifespan.startup.complete",
+        "flush",
+        "app got lifespan.shutdown",
+        "server got lifespan.shutdown.complete",
+    ]
 
 
 def test_lifespan_flush_failure_is_contained(logs: LogRecorder) -> None:
