@@ -181,6 +181,7 @@ class BackgroundDelivery:
         self._cpu_avg = 0.0
         self._wall_min = self._wall_min_prev = math.inf
         self._threads: set[threading.Thread] = set()
+        self._flush_in_hook_said = False
         self._timer = False  # the retry timer thread runs (or is about to start)
         # Threads to start once the lock is released ("sender", "timer", "store": the
         # store's own, see StoreHooks): Thread.start()
@@ -326,11 +327,14 @@ class BackgroundDelivery:
                 # A delivery thread: user code runs here only in on_error (or a
                 # transport of one's own), whose call stays outstanding until the hook
                 # returns. Waiting would wait for itself (for ever with timeout=None,
-                # with this sender stalled), so it does not wait.
-                logger.warning(
-                    "A-Track flush() or shutdown() called from on_error cannot wait for "
-                    "the call being reported; it returns without waiting"
-                )
+                # with this sender stalled), so it does not wait. Said once: a hook that
+                # flushes does so for every failure.
+                if not self._flush_in_hook_said:
+                    self._flush_in_hook_said = True
+                    logger.warning(
+                        "A-Track flush() or shutdown() called from on_error cannot wait "
+                        "for the call being reported; it returns without waiting"
+                    )
                 return False
             # Every outstanding call has a seq below self._seq, and every later call a
             # seq at or above it: the waiter counts down only for the former.
