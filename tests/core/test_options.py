@@ -201,7 +201,7 @@ def test_an_endpoint_with_a_secret_is_refused_without_showing_it(endpoint: str) 
     # WARNING, and repr(Options) showed it before the SDK refused it.
     options = Options("pub_live_abcdefgh_1234", endpoint=endpoint)
     assert "s3cret" not in repr(options)
-    with pytest.raises(ValueError, match="endpoint 'https?://") as info:
+    with pytest.raises(ValueError, match=r"endpoint 'https?://") as info:
         ATrackSdk(options)
     assert "s3cret" not in str(info.value)
     assert "proxy.example" in str(info.value) or "example.com" in str(info.value)
