@@ -960,3 +960,32 @@ def test_get_tracker_without_the_middleware_names_the_asgi_import() -> None:
     with pytest.raises(RuntimeError, match="no A-Track tracker") as missing:
         call(app)
     assert "(from atrack_integrations.asgi import ATrackMiddleware)" in str(missing.value)
+
+
+def test_repeated_headers_are_read_joined_in_order(sdk: ATrackSdk, calls: CapturedCalls) -> None:
+    # Read in one join at the end (repeated lines used to be appended one by one, a
+    # quadratic cost a client controls); what is read is unchanged: Cookie lines joined
+    # with "; ", other headers with ", ", in their order.
+    app = make_app(sdk, trusted_proxies=["127.0.0.1"])
+    headers = (
+        [
+            ("cookie", "a=1"),
+            ("x-forwarded-for", "203.0.113.9"),
+            ("cookie", "b=2"),
+            ("x-forwarded-for", "127.0.0.1"),
+            ("cookie", f"atrack_uuid={KNOWN}"),
+        ]
+        + [("accept-language", "fr;q=0.5")] * 3
+        + [("accept-language", "de;q=0.9")]
+    )
+
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://shop.example") as http:
+            return await http.get("/", headers=headers)
+
+    response = asyncio.run(go())
+    assert response.text == KNOWN  # the uuid cookie of the third Cookie line
+    [event] = calls.events
+    assert event["context"]["ipAddress"] == "203.0.113.9"
+    assert event["context"]["locale"] == "de", event["context"]
