@@ -95,14 +95,22 @@ class RedisStorage:
         self._url = url
         self.prefix = prefix
         self.socket_timeout = float(socket_timeout)
-        self.retry_interval = float(retry_interval)
+        # After a failure Redis is not asked for retry_interval; an outage logs once.
+        self._resting = Resting("Redis", float(retry_interval), logger)
         # (pid, client): one attribute, replaced whole, so a thread never sees a client
         # with another process's pid. No lock: a lock held by another thread at fork
         # time would stay locked forever in the child.
         self._bound: tuple[int, Any] = (-1, client)
         self._given = client is not None
-        # After a failure Redis is not asked for retry_interval; an outage logs once.
-        self._resting = Resting("Redis", self.retry_interval, logger)
+
+    @property
+    def retry_interval(self) -> float:
+        """Seconds during which Redis is not asked again after a failure (settable)."""
+        return self._resting.interval
+
+    @retry_interval.setter
+    def retry_interval(self, value: float) -> None:
+        self._resting.interval = float(value)
 
     def __repr__(self) -> str:
         where = "client" if self._url is None else _redact(self._url)
