@@ -248,6 +248,12 @@ def _validate_endpoint(endpoint: str, allow_insecure_http: bool) -> str:
     shown = mask_url(endpoint)
     if any(ord(ch) < 33 or ord(ch) == 127 for ch in endpoint):
         raise ValueError(f"endpoint {shown!r} contains whitespace or control characters")
+    if not endpoint.isascii():
+        # Neither transport takes one: every call would fail in the background.
+        raise ValueError(
+            f"endpoint {shown!r} must be ASCII: percent-encode its path (%C3%A4 for ä) and "
+            "give a host name in its IDNA form (xn--...)"
+        )
     try:
         parts = urlsplit(endpoint)
         host = parts.hostname

@@ -207,6 +207,21 @@ def test_an_endpoint_with_a_secret_is_refused_without_showing_it(endpoint: str) 
     assert "proxy.example" in str(info.value) or "example.com" in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "https://proxy.example/\u00e4track",
+        "https://b\u00fccher.example",
+        "http://127.0.0.1:8787/\udcff",  # os.environ's reading of a byte that is no UTF-8
+    ],
+)
+def test_an_endpoint_that_is_not_ascii_is_refused_when_the_sdk_is_built(endpoint: str) -> None:
+    # It passed, and every call then failed in the sender (httpx: "url strings may not
+    # include unicode characters", libcurl: UnicodeEncodeError), dropped one by one.
+    with pytest.raises(ValueError, match="must be ASCII: percent-encode"):
+        ATrackSdk(Options("pub_live_abcdefgh_1234", endpoint=endpoint))
+
+
 def test_repr_never_shows_the_key() -> None:
     key = "pub_live_SECRETSECRET_9f3a"
     options = Options(key, disabled=True)

@@ -327,6 +327,30 @@ def test_a_header_utf8_cannot_carry_does_not_fail_the_views_calls(
     assert {c.body["context"]["userAgent"] for c in calls.calls} == {"Mozilla/5.0"}
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [{"dnt": "1"}, {"dnt": " 1 "}, {"dnt": "1, 1"}, {"dnt": "1,1"}, {"sec_gpc": "1, 1"}],
+)
+def test_respect_dnt_reads_a_header_sent_twice(
+    sdk: ATrackSdk, calls: CapturedCalls, headers: dict[str, str]
+) -> None:
+    # Sent twice, DNT reaches the view joined ("1, 1"; "1,1" from gunicorn): the
+    # visitor who asked twice was tracked.
+    config = IntegrationConfig(sdk=sdk, respect_dnt=True)
+    tracker = config.begin(view("/", **headers))
+    assert tracker.enabled is False
+    tracker.track("landing_viewed")
+    assert config.finish(tracker, 200) is None
+    assert calls.calls == []
+
+
+def test_respect_dnt_tracks_a_visitor_who_did_not_ask(sdk: ATrackSdk, calls: CapturedCalls) -> None:
+    config = IntegrationConfig(sdk=sdk, respect_dnt=True)
+    for value in ("0", "0, 0", "10", ""):
+        tracker = config.begin(view("/", dnt=value))
+        assert tracker.enabled is True, value
+
+
 def test_set_attributes_replace(sdk: ATrackSdk, calls: CapturedCalls) -> None:
     tracker = IntegrationConfig(sdk=sdk, init="off").begin(view("/"))
     tracker.set_attributes({"plan": "pro"}, replace=True)
