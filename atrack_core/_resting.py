@@ -6,8 +6,10 @@ request asks the storage (the ``/init`` dedupe), so without a pause an outage wo
 cost every request that timeout, and log one WARNING each. After a failure the backend
 is not asked for ``interval`` seconds (each operation is a miss at once); the first
 failure of an outage is logged at WARNING with the exception, the others at DEBUG, and
-the first success after it at WARNING again. Used by ``RedisStorage`` and Django's
-cache storage.
+the first success after it at WARNING again. Each miss of an operation given its
+``key`` is also a DEBUG line naming the key (failed, or not asked while resting): the
+``/init`` dedupe's key names the user, so a duplicate ``/init`` can be traced to the
+storage miss that let it through. Used by ``RedisStorage`` and Django's cache storage.
 """
 
 from __future__ import annotations
@@ -36,14 +38,23 @@ class Resting:
         self._down_until = 0.0
         self._failing = False
 
-    def call(self, what: str, operation: Callable[[], Any]) -> tuple[bool, Any]:
-        """``(True, result)``, or ``(False, None)`` when the backend failed or rests."""
+    def call(
+        self, what: str, operation: Callable[[], Any], key: str | None = None
+    ) -> tuple[bool, Any]:
+        """``(True, result)``, or ``(False, None)`` when the backend failed or rests.
+        ``key``: the operation's key, named in a DEBUG line when it is a miss."""
         if self._down_until and time.monotonic() < self._down_until:
+            if key is not None:
+                self.log.debug(
+                    "%s %s %s: a miss (not asked, resting after a failure)", self.name, what, key
+                )
             return False, None
         try:
             result = operation()
         except Exception as exc:
             self._down_until = time.monotonic() + self.interval
+            if key is not None:
+                self.log.debug("%s %s %s: a miss (failed: %r)", self.name, what, key, exc)
             if self._failing:
                 self.log.debug("%s %s failed again: %r", self.name, what, exc)
             else:

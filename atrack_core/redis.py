@@ -137,9 +137,12 @@ class RedisStorage:
         self._bound = (pid, client)
         return client
 
-    def _call(self, what: str, op: str, *args: Any, **kwargs: Any) -> tuple[bool, Any]:
-        """``(True, result)``, or ``(False, None)`` when Redis failed or is resting."""
-        return self._resting.call(what, lambda: getattr(self._client(), op)(*args, **kwargs))
+    def _call(self, what: str, op: str, key: str, *args: Any, **kwargs: Any) -> tuple[bool, Any]:
+        """``(True, result)``, or ``(False, None)`` when Redis failed or is resting (a
+        DEBUG line names ``key`` then)."""
+        return self._resting.call(
+            what, lambda: getattr(self._client(), op)(key, *args, **kwargs), key
+        )
 
     def get(self, key: str) -> str | None:
         ok, value = self._call("get", "get", self.prefix + key)

@@ -57,23 +57,29 @@ class DjangoCacheStorage:
 
     def get(self, key: str) -> str | None:
         ok, value = self._resting.call(
-            "get", lambda: self.cache.get(self.key_prefix + key, _MISSING)
+            "get", lambda: self.cache.get(self.key_prefix + key, _MISSING), self.key_prefix + key
         )
         return value if ok and isinstance(value, str) else None
 
     def set(self, key: str, value: str, ttl: float | None = None) -> None:
         self._resting.call(
-            "set", lambda: self.cache.set(self.key_prefix + key, value, timeout=_timeout(ttl))
+            "set",
+            lambda: self.cache.set(self.key_prefix + key, value, timeout=_timeout(ttl)),
+            self.key_prefix + key,
         )
 
     def add(self, key: str, value: str, ttl: float | None = None) -> bool:
         ok, added = self._resting.call(
-            "add", lambda: self.cache.add(self.key_prefix + key, value, timeout=_timeout(ttl))
+            "add",
+            lambda: self.cache.add(self.key_prefix + key, value, timeout=_timeout(ttl)),
+            self.key_prefix + key,
         )
         return bool(added) if ok else True
 
     def delete(self, key: str) -> None:
-        self._resting.call("delete", lambda: self.cache.delete(self.key_prefix + key))
+        self._resting.call(
+            "delete", lambda: self.cache.delete(self.key_prefix + key), self.key_prefix + key
+        )
 
 
 def _timeout(ttl: float | None) -> float | None:

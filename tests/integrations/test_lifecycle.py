@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from collections.abc import Iterator
 from threading import Condition
@@ -578,3 +579,31 @@ def test_a_hook_that_uses_the_tracker_is_asked_once(sdk: ATrackSdk, calls: Captu
         ("from_hook", KNOWN),
         ("from_view", "user-7"),
     ]
+
+
+def test_each_storage_failure_on_add_names_the_user_at_debug(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A failing add is sent as added (a duplicate /init rather than a lost user): each
+    # one is a DEBUG line naming the key, so such a duplicate can be traced to it; the
+    # WARNING stays once a minute.
+    class FailingAdd(MemoryStorage):
+        def add(self, key: str, value: str, ttl: float | None = None) -> bool:
+            raise ConnectionError("down")
+
+    caplog.set_level(logging.DEBUG, "atrack")
+    sdk = ATrackSdk(Options("pub_test_1234", disabled=True, storage=FailingAdd()))
+    try:
+        config = IntegrationConfig(sdk=sdk, init="lazy")
+        for uuid in (KNOWN, "0b5a4e5e-7c1d-4c61-9a52-3a2f3f1d9c10"):
+            config.begin(view("/", cookie=f"atrack_uuid={uuid}")).track("e")
+    finally:
+        sdk.shutdown()
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert [m for m in lines if m.startswith("A-Track storage add ")] == [
+        f"A-Track storage add init:{uuid} failed (ConnectionError('down')): treated as a "
+        "miss, /init sent"
+        for uuid in (KNOWN, "0b5a4e5e-7c1d-4c61-9a52-3a2f3f1d9c10")
+    ]
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.getMessage()[:40] for r in warnings] == ["A-Track storage failed on add (init dedu"]

@@ -75,8 +75,14 @@ def test_a_failing_cache_is_a_miss_asked_once_per_retry_interval(
             storage.set("k", "v")
             storage.delete("k")
     assert broken.asked == 1
-    [warning] = [r for r in caplog.records if r.name == "atrack.django"]
+    records = [r for r in caplog.records if r.name == "atrack.django"]
+    [warning] = [r for r in records if r.levelno >= logging.WARNING]
     assert warning.levelno == logging.WARNING and warning.exc_info is not None
+    # Each miss is a DEBUG line naming its key (a duplicate /init is traced to it).
+    debug = [r.getMessage() for r in records if r.levelno == logging.DEBUG]
+    assert len(debug) == 200
+    assert all(":k: a miss (" in m for m in debug), debug[:3]
+    assert sum("(not asked, resting after a failure)" in m for m in debug) == 199
     assert "Django cache 'default' get failed; treating it as a miss" in warning.getMessage()
 
 
@@ -96,7 +102,9 @@ def test_a_cache_outage_is_logged_once_and_its_end_too(
     warnings = [r.getMessage() for r in records if r.levelno >= logging.WARNING]
     assert len(warnings) == 2, warnings
     assert "reachable again" in warnings[1]
-    assert len([r for r in records if r.levelno == logging.DEBUG]) == 19
+    debug = [r.getMessage() for r in records if r.levelno == logging.DEBUG]
+    assert len([m for m in debug if " failed again: " in m]) == 19
+    assert len([m for m in debug if ":k: a miss (failed: " in m]) == 20
 
 
 def run_python(code: str) -> subprocess.CompletedProcess[str]:
