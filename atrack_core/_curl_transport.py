@@ -67,6 +67,8 @@ _NAMES = {
 
 
 _RESPONSE_CODE = pycurl.RESPONSE_CODE
+_PRIMARY_IP = pycurl.PRIMARY_IP
+_UNSUPPORTED_PROTOCOL = pycurl.E_UNSUPPORTED_PROTOCOL
 _REQUEST_SIZE = pycurl.REQUEST_SIZE
 _HTTPHEADER = pycurl.HTTPHEADER
 _POSTFIELDS = pycurl.POSTFIELDS
@@ -180,6 +182,11 @@ def _result(h: Any, state: _State, code: int, message: str) -> Response | Transp
         return Response(status, retry_after, b"".join(state.body), resent)
     if code == 0:  # pragma: no cover - libcurl always has a status after a transfer
         return TransportError("RemoteProtocolError: no status line")
+    if code == _UNSUPPORTED_PROTOCOL and h.getinfo(_PRIMARY_IP):
+        # Connected: the server's answer was no HTTP ("Received HTTP/0.9 when not
+        # allowed"), a protocol error as httpx sees it, and retried as it retries one.
+        # (A URL or proxy scheme libcurl cannot speak fails before any connection.)
+        return TransportError(f"RemoteProtocolError: curl error {code}: {message}")
     name = _NAMES.get(code, "CurlError")
     return TransportError(f"{name}: curl error {code}: {message}", retry=code not in _FATAL)
 

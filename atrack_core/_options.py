@@ -46,6 +46,20 @@ def mask_key(key: str) -> str:
     return "…" + key[-4:]
 
 
+_USERINFO = re.compile(r"(//)[^/?#]*@")
+_QUERY = re.compile(r"\?[^#]*")
+_FRAGMENT = re.compile(r"#.*", re.DOTALL)
+
+
+def mask_url(url: str) -> str:
+    """An endpoint as it may appear in an error, a log line or a repr: credentials
+    (``user:password@``), query and fragment hidden, which an endpoint must not carry
+    and a mistyped one may (``https://user:s3cret@proxy.example``, ``?token=...``)."""
+    url = _USERINFO.sub(r"\1***@", url, count=1)
+    url = _QUERY.sub("?…", url, count=1)
+    return _FRAGMENT.sub("#…", url, count=1)
+
+
 def is_loopback_host(host: str) -> bool:
     """``localhost``, 127.0.0.0/8 or ``::1`` (``host`` as ``urlsplit`` gives it: lower
     case, no brackets). No other name is resolved to find out: ``foo.localhost`` maps
@@ -97,8 +111,9 @@ class Options:
 
     def __repr__(self) -> str:
         key = mask_key(self.public_key) if isinstance(self.public_key, str) else "?"
+        endpoint = mask_url(self.endpoint) if isinstance(self.endpoint, str) else self.endpoint
         return (
-            f"Options(public_key={key!r}, geo={self.geo!r}, endpoint={self.endpoint!r}, "
+            f"Options(public_key={key!r}, geo={self.geo!r}, endpoint={endpoint!r}, "
             f"delivery={self.delivery!r}, disabled={self.disabled!r})"
         )
 
@@ -230,21 +245,28 @@ def validate_options(options: Options) -> str:
 def _validate_endpoint(endpoint: str, allow_insecure_http: bool) -> str:
     if not isinstance(endpoint, str):
         raise TypeError(f"endpoint must be a str, got {type(endpoint).__name__}")
+    shown = mask_url(endpoint)
     if any(ord(ch) < 33 or ord(ch) == 127 for ch in endpoint):
-        raise ValueError(f"endpoint {endpoint!r} contains whitespace or control characters")
+        raise ValueError(f"endpoint {shown!r} contains whitespace or control characters")
+    if not endpoint.isascii():
+        # Neither transport takes one: every call would fail in the background.
+        raise ValueError(
+            f"endpoint {shown!r} must be ASCII: percent-encode its path (%C3%A4 for ä) and "
+            "give a host name in its IDNA form (xn--...)"
+        )
     try:
         parts = urlsplit(endpoint)
         host = parts.hostname
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError as exc:
-        raise ValueError(f"endpoint {endpoint!r} is not a valid URL: {exc}") from None
+        raise ValueError(f"endpoint {shown!r} is not a valid URL: {exc}") from None
     if parts.scheme not in ("http", "https") or not host:
-        raise ValueError(f"endpoint {endpoint!r} must be an http(s) URL with a host")
+        raise ValueError(f"endpoint {shown!r} must be an http(s) URL with a host")
     if parts.query or parts.fragment or parts.username or parts.password:
-        raise ValueError(f"endpoint {endpoint!r} must not carry a query, fragment or credentials")
+        raise ValueError(f"endpoint {shown!r} must not carry a query, fragment or credentials")
     if parts.scheme == "http" and not allow_insecure_http and not is_loopback_host(host):
         raise ValueError(
-            f"endpoint {endpoint!r} uses plain http to a non-loopback host; the public key "
+            f"endpoint {shown!r} uses plain http to a non-loopback host; the public key "
             "would travel in clear text. Use https, or allow it: allow_insecure_http=True, "
             "ATRACK_ALLOW_INSECURE_HTTP=1 in the environment, or the integration setting "
             "allow_insecure_http (Django ATRACK['ALLOW_INSECURE_HTTP'], Flask "

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from . import _fork
+from . import _fork, _threads
 from ._call import Call
 from ._errors import ATrackError, DeliveryError, KeyRejectedError, QueueFullError
 from ._options import mask_key
@@ -237,3 +237,15 @@ class Reporter:
             on_error(call, error)
         except Exception:
             logger.exception("A-Track on_error hook raised")
+        except (SystemExit, KeyboardInterrupt):
+            # In a caller's thread (sync mode, a drop) it is the caller's. In an SDK
+            # thread it could only end that thread (signals reach the main thread; no
+            # sys.exit() elsewhere ends a process), the libcurl transport's only sender
+            # included: nothing would be delivered any more. Under gevent an SDK
+            # greenlet passes it on to the main greenlet (_threads.quiet).
+            if not _threads.in_sdk_thread() or _threads.green():
+                raise
+            logger.exception(
+                "A-Track on_error hook raised in a delivery thread, where that cannot end "
+                "the process; ignored"
+            )

@@ -181,6 +181,7 @@ class BackgroundDelivery:
         self._cpu_avg = 0.0
         self._wall_min = self._wall_min_prev = math.inf
         self._threads: set[threading.Thread] = set()
+        self._flush_in_hook_said = False
         self._timer = False  # the retry timer thread runs (or is about to start)
         # Threads to start once the lock is released ("sender", "timer", "store": the
         # store's own, see StoreHooks): Thread.start()
@@ -322,6 +323,19 @@ class BackgroundDelivery:
         with self._lock:
             if self._outstanding == 0:
                 return True
+            if threading.current_thread() in self._threads:
+                # A delivery thread: user code runs here only in on_error (or a
+                # transport of one's own), whose call stays outstanding until the hook
+                # returns. Waiting would wait for itself (for ever with timeout=None,
+                # with this sender stalled), so it does not wait. Said once: a hook that
+                # flushes does so for every failure.
+                if not self._flush_in_hook_said:
+                    self._flush_in_hook_said = True
+                    logger.warning(
+                        "A-Track flush() or shutdown() called from on_error cannot wait "
+                        "for the call being reported; it returns without waiting"
+                    )
+                return False
             # Every outstanding call has a seq below self._seq, and every later call a
             # seq at or above it: the waiter counts down only for the former.
             waiter = _FlushWaiter(self._seq, self._outstanding)
@@ -375,11 +389,13 @@ class BackgroundDelivery:
             bound = budget if budget is not None else timeout
             logger.warning(
                 "A-Track shut down with %d calls not delivered to %s (shutdown timeout "
-                "%s s, waited %.2f s)%s",
+                "%s s, waited %.2f s%s)%s",
                 left,
                 self._endpoint.base_url,
                 "none" if bound is None else f"{bound:g}",
                 time.monotonic() - (start if since is None else min(since, start)),
+                # Not lost: the next process using the directory adopts and sends them.
+                "" if self.hooks is None else "; the outbox keeps those it wrote",
                 "" if last_failure is None else f"; the last failed attempt: {last_failure}",
             )
         # After a flush the senders are idle and exit at once. After a timeout some are
@@ -388,8 +404,9 @@ class BackgroundDelivery:
         deadline = time.monotonic() + 0.5 if flushed else start + (timeout or 0.0)
         for thread in threads:
             # A thread is listed before it is started (see _start_pending): join() of
-            # one not started yet raises.
-            if thread.is_alive():
+            # one not started yet raises, as does joining itself (shutdown() called
+            # from on_error).
+            if thread.is_alive() and thread is not threading.current_thread():
                 thread.join(max(0.0, deadline - time.monotonic()))
 
     # -- scheduling (all *_locked methods run with self._lock held) ---------------------

@@ -133,6 +133,17 @@ def server_stop_flushed() -> None:
     _server_stop = None
 
 
+def warn_stop_flush_timed_out(sdk: ATrackSdk, stop: str, timeout: float) -> None:
+    """The warning of a server stop's flush that ran out (``stop``: "shutdown" for the
+    ASGI lifespan, "cleanup" for aiohttp, "worker shutdown" for Celery), saying where
+    the calls not delivered go: with an outbox they are not dropped."""
+    if sdk.options.outbox is not None and not sdk.options.disabled:
+        fate = "the calls the outbox wrote stay in it for the next process"
+    else:
+        fate = "undelivered calls are dropped"
+    logger.warning("A-Track flush at %s timed out after %ss; %s", stop, timeout, fate)
+
+
 def time_left(end: float) -> float:
     """Seconds until the ``time.monotonic()`` instant ``end``, never negative."""
     return max(0.0, end - time.monotonic())

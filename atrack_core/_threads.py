@@ -48,10 +48,20 @@ def green_spawn() -> Callable[..., object] | None:
     return spawn
 
 
+# Marks the SDK's own threads (those run through quiet()).
+_local = threading.local()
+
+
+def in_sdk_thread() -> bool:
+    """Whether the current thread is one the SDK started (a sender, the writer ...)."""
+    return getattr(_local, "sdk", False)
+
+
 def quiet(target: Callable[[], None]) -> Callable[[], None]:
     """``target``, run with SIGTERM and SIGINT blocked in its (real OS) thread."""
 
     def run() -> None:
+        _local.sdk = True
         if (
             _BLOCKED
             and hasattr(signal, "pthread_sigmask")

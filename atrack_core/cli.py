@@ -524,6 +524,13 @@ def _outbox_inspect(args: argparse.Namespace) -> int:
         return 0
     total = 0
     for entry in files:
+        if entry.get("corrupt"):
+            rest = ", the rest cannot be read" if "error" in entry else ""
+            print(
+                f"{entry['file']}  (moved aside: could not be used)  {entry['readable']} "
+                f"calls readable, adopted when it was moved aside{rest}"
+            )
+            continue
         alive = entry["owner_alive"]
         owner = "process alive" if alive else "process gone"
         if "error" in entry:

@@ -20,8 +20,9 @@ from __future__ import annotations
 import logging
 import math
 import os
-import time
 from typing import Any
+
+from ._resting import DEFAULT_INTERVAL, Resting
 
 try:
     import redis as _redis
@@ -38,7 +39,7 @@ logger = logging.getLogger("atrack.redis")
 
 DEFAULT_SOCKET_TIMEOUT = 0.25
 """Seconds for connecting and for each reply."""
-DEFAULT_RETRY_INTERVAL = 1.0
+DEFAULT_RETRY_INTERVAL = DEFAULT_INTERVAL
 """Seconds during which Redis is not asked again after a failure."""
 # A given client waiting longer than this for a reply is worth a warning.
 _LONG_TIMEOUT = 1.0
@@ -94,15 +95,22 @@ class RedisStorage:
         self._url = url
         self.prefix = prefix
         self.socket_timeout = float(socket_timeout)
-        self.retry_interval = float(retry_interval)
+        # After a failure Redis is not asked for retry_interval; an outage logs once.
+        self._resting = Resting("Redis", float(retry_interval), logger)
         # (pid, client): one attribute, replaced whole, so a thread never sees a client
         # with another process's pid. No lock: a lock held by another thread at fork
         # time would stay locked forever in the child.
         self._bound: tuple[int, Any] = (-1, client)
         self._given = client is not None
-        # Monotonic time before which Redis is not asked (after a failure).
-        self._down_until = 0.0
-        self._failing = False
+
+    @property
+    def retry_interval(self) -> float:
+        """Seconds during which Redis is not asked again after a failure (settable)."""
+        return self._resting.interval
+
+    @retry_interval.setter
+    def retry_interval(self, value: float) -> None:
+        self._resting.interval = float(value)
 
     def __repr__(self) -> str:
         where = "client" if self._url is None else _redact(self._url)
@@ -129,31 +137,12 @@ class RedisStorage:
         self._bound = (pid, client)
         return client
 
-    def _call(self, what: str, op: str, *args: Any, **kwargs: Any) -> tuple[bool, Any]:
-        """``(True, result)``, or ``(False, None)`` when Redis failed or is resting."""
-        if self._down_until and time.monotonic() < self._down_until:
-            return False, None
-        try:
-            result = getattr(self._client(), op)(*args, **kwargs)
-        except Exception as exc:
-            self._down_until = time.monotonic() + self.retry_interval
-            if self._failing:
-                logger.debug("Redis %s failed again: %r", what, exc)
-            else:
-                self._failing = True
-                logger.warning(
-                    "Redis %s failed; treating it as a miss, and every operation for the "
-                    "next %.1f s too (logged once per outage)",
-                    what,
-                    self.retry_interval,
-                    exc_info=True,
-                )
-            return False, None
-        if self._failing:
-            self._failing = False
-            self._down_until = 0.0
-            logger.warning("Redis is reachable again")
-        return True, result
+    def _call(self, what: str, op: str, key: str, *args: Any, **kwargs: Any) -> tuple[bool, Any]:
+        """``(True, result)``, or ``(False, None)`` when Redis failed or is resting (a
+        DEBUG line names ``key`` then)."""
+        return self._resting.call(
+            what, lambda: getattr(self._client(), op)(key, *args, **kwargs), key
+        )
 
     def get(self, key: str) -> str | None:
         ok, value = self._call("get", "get", self.prefix + key)

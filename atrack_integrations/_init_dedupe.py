@@ -6,7 +6,7 @@ process-local memory of recent inits (uuid -> monotonic deadline) saves the stor
 round trip on every request of a returning user.
 
 A failing storage is a miss, never an error: better a duplicate ``/init`` than a lost
-user. Its warning is rate-limited.
+user. Its warning is rate-limited; each failure is a DEBUG line naming the key.
 """
 
 from __future__ import annotations
@@ -80,7 +80,15 @@ class InitDedupe:
             return
         try:
             added = self._sdk.storage.add(INIT_KEY_PREFIX + uuid, "1", self.ttl)
-        except Exception:  # noqa: BLE001 - logged (rate-limited) by _warn_storage
+        except Exception as exc:  # noqa: BLE001 - logged (rate-limited) by _warn_storage
+            # Each one at DEBUG with the key (it names the user): a duplicate /init
+            # can be traced to the failure that let it through.
+            logger.debug(
+                "A-Track storage add %s%s failed (%r): treated as a miss, /init sent",
+                INIT_KEY_PREFIX,
+                uuid,
+                exc,
+            )
             self._warn_storage()
             added = True
         if len(self._seen) >= _LOCAL_SEEN_MAX:

@@ -471,7 +471,7 @@ class IntegrationConfig:
     def _dnt(self, view: RequestView, cookies: Mapping[str, str] | None) -> RequestTracker | None:
         """Step 7 (``respect_dnt``): a no-op tracker when the browser asks, else ``None``."""
         headers = view.headers
-        if headers.get("dnt", "").strip() == "1" or headers.get("sec-gpc", "").strip() == "1":
+        if _asks(headers.get("dnt")) or _asks(headers.get("sec-gpc")):
             uuid, timezone = self._read_cookies(view, cookies)
             tracker = RequestTracker(self, view, uuid, False, None, True, timezone)
             tracker.enabled = False
@@ -528,6 +528,15 @@ class IntegrationConfig:
                 result = await result
             return _check_identified(result)
         return None
+
+
+def _asks(value: str | None) -> bool:
+    """A ``DNT`` or ``Sec-GPC`` value that says "1". A header sent twice reaches the
+    view joined ("1, 1"; gunicorn and Django join with ","): any "1" in it counts."""
+    if not value:
+        return False
+    value = value.strip()
+    return value == "1" or ("," in value and any(p.strip() == "1" for p in value.split(",")))
 
 
 def _is_async_callable(fn: object) -> bool:

@@ -13,10 +13,10 @@ follows the task and the task's ``track()`` calls neither send nor raise.
 The context is the wire form the request's events carry (section 5 of the spec). JSON
 only (any Celery serializer carries it). Whoever can publish to the broker can write
 this header, so :func:`decode` accepts what :func:`encode` makes and nothing else: each
-context value as the request side makes it (its length bound, no control characters, a
-real IP address, a locale and a time zone as the request side normalises them). Anything
-else raises :class:`HeaderError`, whose message says what was wrong without repeating
-the value.
+context value as the request side makes it (its length bound, no control characters nor
+lone surrogates, a real IP address, a locale and a time zone as the request side
+normalises them). Anything else raises :class:`HeaderError`, whose message says what
+was wrong without repeating the value.
 """
 
 from __future__ import annotations
@@ -58,7 +58,20 @@ def _url(limit: int) -> Callable[[str], bool]:
 
 
 def _text(value: str) -> bool:
-    return len(value) <= MAX_USER_AGENT_LENGTH and _CONTROLS.isdisjoint(value)
+    # No lone surrogate either (the request side removes them, as controls).
+    return (
+        len(value) <= MAX_USER_AGENT_LENGTH
+        and _CONTROLS.isdisjoint(value)
+        and (value.isascii() or _encodable(value))
+    )
+
+
+def _encodable(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _ip(value: str) -> bool:

@@ -157,10 +157,7 @@ def _flush_hook(config: IntegrationConfig) -> Callable[[web.Application], Awaita
             # Work handed to the background threads (a storage round trip) first.
             await _in_thread(lambda: config.drain(_shutdown.time_left(end)))
             if not await sdk.aflush(_shutdown.time_left(end)):
-                logger.warning(
-                    "A-Track flush at cleanup timed out after %ss; undelivered calls are dropped",
-                    timeout,
-                )
+                _shutdown.warn_stop_flush_timed_out(sdk, "cleanup", timeout)
             else:
                 _shutdown.server_stop_flushed()
 

@@ -47,7 +47,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "atrack_integrations.celery needs Celery: pip install 'a-track-sdk[celery]'"
     ) from exc
 
-from atrack_core import ATrackSdk
+from atrack_core import ATrackSdk, _shutdown
 from atrack_core._request import RequestView
 from atrack_core._wire import WireContext
 
@@ -195,8 +195,4 @@ class ATrackCelery:
         with _FLUSH_FAILED:
             timeout = sdk.options.shutdown_timeout
             if not sdk.flush(timeout):
-                logger.warning(
-                    "A-Track flush at worker shutdown timed out after %ss; undelivered "
-                    "calls are dropped",
-                    timeout,
-                )
+                _shutdown.warn_stop_flush_timed_out(sdk, "worker shutdown", timeout)

@@ -60,6 +60,8 @@ class Plan:
     # Announce a body this many bytes longer than the one written, then close: an
     # answer cut short (a proxy or load balancer closing the connection mid-body).
     cut: int = 0
+    # Answer bytes that are no HTTP at all, then close (a broken middlebox).
+    garbage: bool = False
 
 
 class FakeApi:
@@ -97,7 +99,8 @@ class FakeApi:
                     return
                 rec = Received(self.path, {k.lower(): v for k, v in self.headers.items()}, raw)
                 plan = api._next_plan(rec)
-                rec.status = 0 if plan.drop or plan.hang or plan.trickle else plan.status
+                lost = plan.drop or plan.hang or plan.trickle or plan.garbage
+                rec.status = 0 if lost else plan.status
                 # Recorded on arrival, before any delay or answer: a client that got its
                 # response, or gave up waiting for it, finds its request recorded.
                 api._record(rec)
@@ -116,6 +119,11 @@ class FakeApi:
                     # Before the client can learn of the answer (or the drop), so the
                     # request it sends next never overlaps this one in the count.
                     api._answered()
+                if plan.garbage:
+                    self.close_connection = True
+                    self.wfile.write(b"\x00\xffNOT HTTP AT ALL\r\n\r\n")
+                    self.wfile.flush()
+                    return
                 if plan.drop:
                     # Close without answering: the client sees a connection error.
                     self.close_connection = True

@@ -175,6 +175,36 @@ def all_rows(db: sqlite3.Connection) -> list[Row]:
     return db.execute(f"SELECT {COLUMNS} FROM calls ORDER BY id").fetchall()
 
 
+# A row read back from a file SQLite failed on: a :data:`Row`, then ``held`` and ``due``.
+Salvaged = tuple[int, str, str, bytes, str, float, int, float]
+
+
+def salvage(path: Path, owner: str | None) -> tuple[list[Salvaged], bool] | None:
+    """The rows that can still be read from a file SQLite failed on (a corrupt page, an
+    I/O error), in id order, and whether that is all of them: reading stops at the
+    first error (a file whose owner cannot be read gives none). ``None`` when the file
+    is another key's than ``owner`` (``None``: anyone's): its calls are not ours to send."""
+    rows: list[Salvaged] = []
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+    except sqlite3.Error:
+        return rows, False
+    try:
+        # A file cut short (its header counts more pages than it has) is refused
+        # whole, as corrupt, unless the schema is "writable"; nothing is written here.
+        db.execute("PRAGMA writable_schema = ON")
+        recorded = owner_of(db)
+        if owner is not None and recorded not in (None, owner):
+            return None
+        # One row at a time: a failing fetch of several loses those it had read.
+        rows.extend(db.execute(f"SELECT {COLUMNS}, held, due FROM calls ORDER BY id"))
+        return rows, True
+    except sqlite3.Error:
+        return rows, False
+    finally:
+        db.close()
+
+
 def max_id(db: sqlite3.Connection) -> int:
     return int(db.execute("SELECT coalesce(max(id), 0) FROM calls").fetchone()[0])
 

@@ -30,6 +30,7 @@ except ImportError:  # Windows: no flock; the outbox is refused when the SDK is 
 PREFIX = "atrack-"
 SUFFIX = ".db"
 SIDE_FILES = ("-wal", "-shm", "-journal")
+CORRUPT = ".corrupt-"  # a file moved aside: ``<name>.corrupt-<unix time>``
 
 
 class OutboxDirError(ValueError):
@@ -76,6 +77,22 @@ def outbox_files(directory: Path) -> list[Path]:
         return []
     return sorted(
         directory / name for name in names if name.startswith(PREFIX) and name.endswith(SUFFIX)
+    )
+
+
+def corrupt_files(directory: Path) -> list[Path]:
+    """The files moved aside as unreadable (:func:`move_aside`), without side files."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    return sorted(
+        directory / name
+        for name in names
+        if name.startswith(PREFIX)
+        and CORRUPT in name
+        and name.rpartition(CORRUPT)[2].isdigit()
+        and name.partition(CORRUPT)[0].endswith(SUFFIX)
     )
 
 
@@ -139,7 +156,7 @@ def remove(path: Path) -> None:
 
 def move_aside(path: Path) -> Path:
     """Rename a corrupt file (and its side files) out of the outbox's way."""
-    target = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+    target = path.with_name(f"{path.name}{CORRUPT}{int(time.time())}")
     for side in ("", *SIDE_FILES):
         with contextlib.suppress(FileNotFoundError):
             os.replace(str(path) + side, str(target) + side)

@@ -170,6 +170,11 @@ class Outbox:
         self._path: Path | None = None
         self._fd: int | None = None
         self._next_id = 1
+        # Row ids below this are in a file that failed (see _recover); the rows carried
+        # over from it to the current file, by their old id, for the calls still in the
+        # scheduler's hands (settled, parked or bounced back under their old id).
+        self._first_id = 1
+        self._moved: dict[int, int] = {}
         self._next_due = 0.0  # when a waiting row may next be due (0: check now)
         self._delete_due = 0.0  # when settled calls' rows are next deleted
         self._full_logged = -10.0
@@ -242,6 +247,10 @@ class Outbox:
     def settled(self, call: Call, delivered: bool) -> None:
         stored = call.stored
         if stored > 0:
+            if stored < self._first_id:  # in a file that failed: carried over, or lost
+                stored = self._moved.pop(stored, 0)
+                if not stored:
+                    return
             self._removed.append((stored, len(call.body) + len(call.uuid) + _ROW_OVERHEAD))
         elif stored == 0:
             call.stored = _SETTLED
@@ -260,6 +269,10 @@ class Outbox:
             # Its row is in the file even when the writer has stopped (a call in flight
             # at close): the next process adopts it. Refused, the call was reported
             # failed here and delivered by the next process all the same.
+            if stored < self._first_id:  # in a file that failed (see _recover)
+                stored = call.stored = self._moved.pop(stored, 0)
+                if not stored:
+                    return False  # its row could not be read back
             self._parked.append(stored)
         elif not self._usable():
             return False
@@ -435,45 +448,145 @@ class Outbox:
         _db.set_owner(self._db, self._owner)
         if not self._stop:  # closing already (see close): the next process adopts
             self._adopt_all()
+        corrupt = _files.corrupt_files(self.directory)
+        if corrupt:
+            logger.warning(
+                "A-Track outbox in %s holds %d files moved aside as unreadable (%s): the "
+                "calls that could be read from them were adopted when they were moved "
+                "aside, the others are not delivered. 'atrack outbox inspect' lists them; "
+                "remove them once looked at",
+                self.directory,
+                len(corrupt),
+                ", ".join(path.name for path in corrupt),
+            )
 
     def _recover(self) -> None:
-        """A SQLite error on our own file: move it aside and start a fresh one. The
-        calls that only it holds (waiting rows, parked rows not yet marked) are not
-        delivered: counted in ``outbox_dropped``, and the line says how many."""
+        """A SQLite error on our own file: a fresh file takes over every row of the old
+        one that can still be read (see _carry_over), then the old one is removed, or
+        moved aside (``*.corrupt-<time>``) when not all of it could be read; the
+        waiting calls lost with the unread part are counted in ``outbox_dropped``.
+        Without a fresh file the old one stays where it is, for the next process."""
         old_db, old_fd, old_path = self._db, self._fd, self._path
         self._db = None
-        lost = len(self._parked)
+        waiting: int | None = None
         if old_db is not None:
             with contextlib.suppress(sqlite3.Error):  # best effort: the file failed
-                lost += old_db.execute("SELECT count(*) FROM calls WHERE held = 0").fetchone()[0]
-        logger.exception(
-            "A-Track outbox file %s failed; moving it aside (%d calls waiting in it are "
-            "not delivered, see stats()['outbox_dropped'])",
-            self._path,
-            lost,
-        )
-        self.counts["dropped"] += lost
-        self._dropped_logged += lost  # said here, not again by _log_dropped
-        if old_db is not None:
+                waiting = old_db.execute("SELECT count(*) FROM calls WHERE held = 0").fetchone()[0]
             with contextlib.suppress(sqlite3.Error):
                 old_db.close()
-        if old_path is not None:
-            _files.move_aside(old_path)
-        if old_fd is not None:
-            os.close(old_fd)
-        with self._delivery.lock:
-            self.counts["rows"] = self.counts["bytes"] = 0
-            self._removed.clear()
-            self._parked.clear()
         try:
             self._path, self._fd = _files.create_own(self.directory)
             self._db = _db.connect(self._path)
             _db.set_owner(self._db, self._owner)
         except Exception:
-            logger.exception("A-Track outbox cannot start a fresh file; memory only")
+            logger.exception(
+                "A-Track outbox file %s failed, and a fresh file cannot be started; calls "
+                "are kept in memory only (the failed file is left for the next process)",
+                old_path,
+            )
+            if self._db is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.close()
+                self._db = None
+            if self._fd is not None and self._fd != old_fd:
+                os.close(self._fd)
+                if self._path is not None:
+                    _files.remove(self._path)
+            self._fd = self._path = None
+            if old_fd is not None:
+                os.close(old_fd)
             self._stop = True
             self.accepted = _discard
             self._detach()
+            return
+        carried, carried_waiting, complete = 0, 0, False
+        if old_path is not None:
+            try:
+                carried, carried_waiting, complete = self._carry_over(old_path)
+            except sqlite3.Error:
+                logger.exception("A-Track outbox could not carry over the rows of %s", old_path)
+        lost = 0 if complete or waiting is None else max(0, waiting - carried_waiting)
+        self.counts["dropped"] += lost
+        self._dropped_logged += lost  # said here, not again by _log_dropped
+        where = ""
+        if old_path is not None:
+            if complete:
+                _files.remove(old_path)  # every row is in the fresh file
+                where = "; it was removed"
+            else:
+                where = f"; moved aside to {_files.move_aside(old_path).name}"
+        if old_fd is not None:
+            os.close(old_fd)
+        assert self._path is not None
+        logger.error(
+            "A-Track outbox file %s failed; %d calls read from it were carried over to a "
+            "fresh file %s%s%s",
+            old_path,
+            carried,
+            self._path.name,
+            ""
+            if complete
+            else ", the rest could not be read ("
+            + (f"{lost} calls" if waiting is not None else "an unknown number of calls")
+            + " waiting in it are not delivered, see stats()['outbox_dropped'])",
+            where,
+            exc_info=True,
+        )
+
+    def _carry_over(self, old: Path) -> tuple[int, int, bool]:
+        """The rows of the failed file ``old`` that can be read, into the fresh one:
+        waiting rows (and parked ones) as waiting, rows of calls in the scheduler's hands
+        as such, mapped from their old id (see ``_moved``), rows of calls settled
+        meanwhile not at all. Returns (rows carried, waiting ones, all of it read)."""
+        db = self._db
+        assert db is not None
+        got = _db.salvage(old, self._owner)
+        rows, complete = got if got is not None else ([], False)
+        now = time.time()
+        values: list[Any] = []
+        size = waiting = 0
+        with self._delivery.lock:  # where ``stored``, ``_moved`` and ``_first_id`` are read
+            removed = {rowid for rowid, _ in self._removed}
+            parked = set(self._parked)
+            self._removed.clear()
+            self._parked.clear()
+            moved: dict[int, int] = {}
+            next_id = self._first_id = self._next_id
+            for rowid, path, uuid, body, rid, created, was_held, was_due in rows:
+                if rowid in removed:
+                    continue  # delivered or rejected meanwhile
+                held, due = (0, now + PARK_DELAY) if rowid in parked else (was_held, was_due)
+                if held:
+                    moved[rowid] = next_id
+                else:
+                    waiting += 1
+                values += (next_id, path, uuid, body, rid, created, held, due)
+                size += len(body) + len(uuid) + _ROW_OVERHEAD
+                next_id += 1
+            # Calls still known by an id of an earlier failed file follow their row.
+            for first, then in self._moved.items():
+                if then in moved:
+                    moved[first] = moved[then]
+            self._moved = moved
+            self._next_id = next_id
+            self.counts["rows"] = self.counts["bytes"] = 0
+        if values:
+            db.execute("BEGIN")
+            try:
+                _db.insert(db, values)
+                db.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+                with self._delivery.lock:
+                    self._moved = {}
+                raise
+        self.counts["rows"] += len(values) // _db.ROW_FIELDS
+        self.counts["bytes"] += size
+        if waiting:
+            self._next_due = 0.0
+            self.spilling = True  # new calls queue up behind the waiting ones
+        return len(values) // _db.ROW_FIELDS, waiting, complete
 
     def _detach(self) -> None:
         """The store cannot be used any more (``_stop`` set): the scheduler goes on as
@@ -534,7 +647,7 @@ class Outbox:
             calls = list(new)
             new.clear()
             parked_new, self._parked_new = self._parked_new, []
-            next_id = self._next_id
+            next_id = first_new = self._next_id
             if calls:
                 # Calls pushed out of the bounded deque left a gap in the numbering.
                 last_seq = calls[-1].seq
@@ -588,11 +701,18 @@ class Outbox:
             while spill:
                 call = spill.popleft()
                 taken.append(call)
-                if call.stored > 0:
-                    put_back.append((call.stored, now + BOUNCE_DELAY))
-                    continue
+                stored = call.stored
                 size = len(call.body) + len(call.uuid) + overhead
-                spilled_bytes += size
+                if stored > 0:  # loaded back, bounced: its row waits again
+                    if stored < self._first_id:  # in a file that failed (see _recover)
+                        stored = call.stored = self._moved.pop(stored, 0)
+                    if stored:
+                        put_back.append((stored, now + BOUNCE_DELAY))
+                        continue
+                    # Its row could not be read back: written anew (no room was
+                    # reserved for it, see overflow).
+                else:
+                    spilled_bytes += size
                 rid = call.request_id
                 if not rid:
                     rid = call.request_id = take_id() if ids else new_request_id()
@@ -635,7 +755,10 @@ class Outbox:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
             self._writing_bytes = self._writing = 0
-            self._take_back(taken)
+            with self._delivery.lock:  # to be carried over, or not (see _recover)
+                self._removed[:0] = removed
+                self._parked[:0] = parked
+            self._take_back(taken, first_new)
             raise
         counts["rows"] += written - len(removed)
         with spill_lock:
@@ -647,18 +770,21 @@ class Outbox:
         if parked or put_back or waiting:
             self._next_due = 0.0  # look for due rows at the next load
 
-    def _take_back(self, taken: list[Call]) -> None:
+    def _take_back(self, taken: list[Call], first_new: int) -> None:
         """A commit failed: the calls it took that nobody else holds (spilled, parked
         before they were written, bounced back after a load) go back to the front of
-        the spill, with their room reserved again, to be written by the next commit
-        (to a fresh file, see _recover). Dropped with the commit, they were lost
-        uncounted."""
+        the spill, to be written by the next commit (to a fresh file, see _recover):
+        those it gave a row id (from ``first_new``) as new calls, their room reserved
+        again; those bounced back keep the row they had. Dropped with the commit, they
+        were lost uncounted."""
         if not taken:
             return
+        size = 0
         with self._delivery.lock:  # where ``stored`` is read (settled, park)
             for call in taken:
-                call.stored = 0  # a row id of the rolled-back transaction
-        size = sum(_db.size_of(call) for call in taken)
+                if call.stored >= first_new:  # a row id of the rolled-back transaction
+                    call.stored = 0
+                    size += _db.size_of(call)
         with self._spill_lock:
             self._spill.extendleft(reversed(taken))
             self._spill_bytes += size
@@ -752,43 +878,83 @@ class Outbox:
             finally:
                 other.close()
         except sqlite3.Error as exc:
-            target = _files.move_aside(path)
-            logger.error(
-                "A-Track outbox file %s cannot be read (%s); moved aside to %s, its calls "
-                "are not delivered",
-                path,
-                exc,
-                target.name,
-            )
+            self._adopt_unreadable(path, exc)
             return
         if rows is None:
             logger.debug("A-Track outbox leaves %s: calls of another public key", path.name)
             return
         if rows:
-            calls: list[Call] = []
-            values: list[Any] = []
-            with self._delivery.lock:
-                for row in rows:
-                    call = _db.call_of(row)
-                    call.stored = self._next_id
-                    self._next_id += 1
-                    calls.append(call)
-                    values += _db.row_values(call, 0, 0.0)
-            db.execute("BEGIN")
-            try:
-                _db.insert(db, values)
-                db.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")
-                raise
-            self.counts["rows"] += len(calls)
-            self.counts["bytes"] += sum(_db.size_of(c) for c in calls)
-            self.counts["adopted"] += len(calls)
-            self._next_due = 0.0
-            self.spilling = True  # new calls queue up behind the adopted ones
-            logger.info("A-Track outbox adopted %d calls from %s", len(calls), path.name)
+            self._take_rows(rows)
+            logger.info("A-Track outbox adopted %d calls from %s", len(rows), path.name)
         _files.remove(path)
+
+    def _take_rows(self, rows: list[_db.Row]) -> None:
+        """Rows of another file into ours as waiting, in their order (one transaction)."""
+        db = self._db
+        assert db is not None
+        values: list[Any] = []
+        size = 0
+        with self._delivery.lock:
+            for row in rows:
+                call = _db.call_of(row)
+                call.stored = self._next_id
+                self._next_id += 1
+                values += _db.row_values(call, 0, 0.0)
+                size += _db.size_of(call)
+        db.execute("BEGIN")
+        try:
+            _db.insert(db, values)
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
+        self.counts["rows"] += len(rows)
+        self.counts["bytes"] += size
+        self.counts["adopted"] += len(rows)
+        self._next_due = 0.0
+        self.spilling = True  # new calls queue up behind the adopted ones
+
+    def _adopt_unreadable(self, path: Path, exc: sqlite3.Error) -> None:
+        """An orphaned file SQLite cannot use (a corrupt page, not a database at all):
+        the rows that can still be read are adopted, then it is removed if that was all
+        of it, else renamed ``*.corrupt-<time>`` and left for the user to look at
+        (``atrack outbox inspect`` lists it, and each SDK starting says it is there)."""
+        got = _db.salvage(path, self._owner)
+        if got is None:  # another key's: not ours to send
+            target = _files.move_aside(path)
+            logger.error(
+                "A-Track outbox file %s cannot be read (%s); it holds calls of another "
+                "public key; moved aside to %s",
+                path,
+                exc,
+                target.name,
+            )
+            return
+        rows: list[_db.Row] = [row[:6] for row in got[0]]
+        complete = got[1]
+        if rows:
+            self._take_rows(rows)
+        if complete:
+            _files.remove(path)
+            logger.error(
+                "A-Track outbox file %s could not be used (%s); its %d calls were read and "
+                "adopted, and it was removed",
+                path,
+                exc,
+                len(rows),
+            )
+            return
+        target = _files.move_aside(path)
+        logger.error(
+            "A-Track outbox file %s cannot be read (%s); %d calls that could be read were "
+            "adopted, the rest are not delivered; moved aside to %s (see 'atrack outbox "
+            "inspect')",
+            path,
+            exc,
+            len(rows),
+            target.name,
+        )
 
     def _release(self) -> None:
         db, fd, path = self._db, self._fd, self._path
@@ -814,7 +980,10 @@ _NOT_REGULAR = "not a regular file (a symlink, FIFO or device): not read"
 def describe(directory: Path) -> list[dict[str, Any]]:
     """Per file: name, owner alive or not, pending calls and bytes (``atrack outbox
     inspect``). Read-only; a live owner's file is read through SQLite's own locking.
-    What is not a regular file is named with an ``error`` and ``owner_alive`` None."""
+    What is not a regular file is named with an ``error`` and ``owner_alive`` None.
+    Files moved aside as unreadable come last, ``corrupt`` true, with how many calls
+    can still be read from them (``readable``: adopted when they were moved aside)
+    and an ``error`` when not all of it can."""
     result: list[dict[str, Any]] = []
     for path in _files.outbox_files(directory):
         if not _files.is_regular(path):
@@ -837,4 +1006,15 @@ def describe(directory: Path) -> list[dict[str, Any]]:
         except sqlite3.Error as exc:
             entry["error"] = str(exc)
         result.append(entry)
+    for path in _files.corrupt_files(directory):
+        if not _files.is_regular(path):
+            result.append({"file": path.name, "owner_alive": None, "error": _NOT_REGULAR})
+            continue
+        got = _db.salvage(path, None)  # anyone's: never None
+        readable, complete = got if got is not None else ([], False)
+        corrupt: dict[str, Any] = {"file": path.name, "owner_alive": None, "corrupt": True}
+        corrupt["readable"] = len(readable)
+        if not complete:
+            corrupt["error"] = "not all of it can be read"
+        result.append(corrupt)
     return result

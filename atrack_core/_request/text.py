@@ -7,8 +7,11 @@ from urllib.parse import quote
 
 from .limits import _MAX_CACHED_TEXT, MAX_USER_AGENT_LENGTH
 
-# C0 controls, DEL and C1 controls: removed from free-text values (user agent).
-_CONTROL_CHARS = dict.fromkeys([*range(0x20), *range(0x7F, 0xA0)])
+# C0 controls, DEL and C1 controls: removed from free-text values (user agent). And lone
+# surrogates, which UTF-8 cannot carry: a str from a bytes.decode(..., "surrogateescape")
+# (aiohttp's way with header bytes that are not UTF-8) would make every call of the
+# request fail to encode.
+_CONTROL_CHARS = dict.fromkeys([*range(0x20), *range(0x7F, 0xA0), *range(0xD800, 0xE000)])
 
 # Everything printable in ASCII except space and "#": what a raw path or query keeps as
 # it is. Anything else (controls, space, "#", non-ASCII) is percent-encoded as UTF-8.
@@ -42,7 +45,8 @@ def _clean_user_agent_cached(value: str) -> str | None:
 
 
 def _clean_text(value: str, limit: int) -> str | None:
-    """Free text (user agent): cut to ``limit``, control characters removed."""
+    """Free text (user agent): cut to ``limit``, control characters and lone surrogates
+    removed."""
     if len(value) > limit:
         value = value[:limit]
     if not value.isprintable():

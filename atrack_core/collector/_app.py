@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -12,7 +13,7 @@ from typing import Any, Final
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -22,6 +23,8 @@ from ._store import Store, utc_now
 from ._validate import MAX_BODY_BYTES, PATHS, BodyError, parse_body
 
 __all__ = ["create_app"]
+
+logger = logging.getLogger("atrack.collector")
 
 KEY_HEADER: Final = "x-a-track-key"
 REQUEST_ID_HEADER: Final = "x-a-track-request-id"
@@ -95,7 +98,19 @@ def _ingest_endpoint(
         received_at = utc_now()
         key = request.headers.get(KEY_HEADER, "").strip() or None
         request_id = request.headers.get(REQUEST_ID_HEADER, "").strip()[:_MAX_REQUEST_ID] or None
-        raw = await _read_capped(request)
+        try:
+            raw = await _read_capped(request)
+        except ClientDisconnect:
+            # The client went away before its body arrived (a killed process, a
+            # timeout): not an error of the collector, and nothing to record (it was
+            # never a whole call; the client sends it again or never knew).
+            logger.debug(
+                "POST %s (request id %s): the client went away before its body arrived; "
+                "not recorded",
+                path,
+                request_id,
+            )
+            return Response(status_code=400)
         text = raw.decode("utf-8", "replace") if raw is not None else None
         status, message = 200, None
         body: dict[str, Any] | None = None

@@ -15,14 +15,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .._contain import Contain
+from atrack_core._resting import DEFAULT_INTERVAL, Resting
 
 logger = logging.getLogger("atrack.django")
-
-_GET_FAILED = "A-Track: cache %r failed on get; treating as a miss"
-_ADD_FAILED = "A-Track: cache %r failed on add; treating as a miss"
-_SET_FAILED = "A-Track: cache %r failed on set"
-_DELETE_FAILED = "A-Track: cache %r failed on delete"
 
 _MISSING = object()
 
@@ -33,12 +28,21 @@ class DjangoCacheStorage:
     ``add`` is ``cache.add`` (atomic on every shared backend Django ships). A failing
     cache (server down) is logged and treated as a miss: ``get`` returns ``None``,
     ``add`` returns ``True`` (the caller goes ahead, so at worst an ``/init`` is sent
-    twice, never lost) and the request goes on.
+    twice, never lost) and the request goes on. After a failure the cache is not asked
+    for ``retry_interval`` seconds, so an outage does not cost every request the cache
+    client's timeout, and it is logged once (as ``RedisStorage`` does).
     """
 
-    def __init__(self, alias: str = "default", *, key_prefix: str = "atrack:") -> None:
+    def __init__(
+        self,
+        alias: str = "default",
+        *,
+        key_prefix: str = "atrack:",
+        retry_interval: float = DEFAULT_INTERVAL,
+    ) -> None:
         self.alias = alias
         self.key_prefix = key_prefix
+        self._resting = Resting(f"A-Track: Django cache {alias!r}", retry_interval, logger)
 
     def __repr__(self) -> str:
         return f"DjangoCacheStorage(alias={self.alias!r})"
@@ -51,32 +55,31 @@ class DjangoCacheStorage:
 
         return caches[self.alias]
 
-    def _contained(self, message: str) -> Contain:
-        # A failing cache is a miss, logged at WARNING (SPEC: storage never breaks the app).
-        return Contain(message, self.alias, level=logging.WARNING, log=logger)
-
     def get(self, key: str) -> str | None:
-        with self._contained(_GET_FAILED):
-            value = self.cache.get(self.key_prefix + key, _MISSING)
-            return value if isinstance(value, str) else None
-        return None
+        ok, value = self._resting.call(
+            "get", lambda: self.cache.get(self.key_prefix + key, _MISSING), self.key_prefix + key
+        )
+        return value if ok and isinstance(value, str) else None
 
     def set(self, key: str, value: str, ttl: float | None = None) -> None:
-        with Contain(
-            "A-Track: cache %r failed on set", self.alias, level=logging.WARNING, log=logger
-        ):
-            self.cache.set(self.key_prefix + key, value, timeout=_timeout(ttl))
+        self._resting.call(
+            "set",
+            lambda: self.cache.set(self.key_prefix + key, value, timeout=_timeout(ttl)),
+            self.key_prefix + key,
+        )
 
     def add(self, key: str, value: str, ttl: float | None = None) -> bool:
-        with self._contained(_ADD_FAILED):
-            return bool(self.cache.add(self.key_prefix + key, value, timeout=_timeout(ttl)))
-        return True
+        ok, added = self._resting.call(
+            "add",
+            lambda: self.cache.add(self.key_prefix + key, value, timeout=_timeout(ttl)),
+            self.key_prefix + key,
+        )
+        return bool(added) if ok else True
 
     def delete(self, key: str) -> None:
-        with Contain(
-            "A-Track: cache %r failed on delete", self.alias, level=logging.WARNING, log=logger
-        ):
-            self.cache.delete(self.key_prefix + key)
+        self._resting.call(
+            "delete", lambda: self.cache.delete(self.key_prefix + key), self.key_prefix + key
+        )
 
 
 def _timeout(ttl: float | None) -> float | None:

@@ -17,7 +17,7 @@ Point it at the local collector with ``ATRACK_ENDPOINT=http://127.0.0.1:8787`` (
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 
@@ -54,14 +54,20 @@ def landing(tracker: ATrackTracker, source: str | None = None) -> str:
 
 @app.post("/signup")
 def signup(body: Signup, tracker: ATrackTracker) -> dict[str, str]:
-    tracker.set_attributes({"plan": body.plan, "email_domain": body.email.rpartition("@")[2]})
-    tracker.track("signed_up", {"plan": body.plan})
+    try:
+        tracker.set_attributes({"plan": body.plan, "email_domain": body.email.rpartition("@")[2]})
+        tracker.track("signed_up", {"plan": body.plan})
+    except ValueError as exc:  # input A-Track refuses (it says what and where)
+        raise HTTPException(422, str(exc)) from None
     return {"uuid": tracker.uuid, "plan": body.plan}
 
 
 @app.post("/login")
 def login(body: Login, tracker: ATrackTracker) -> dict[str, str]:
-    tracker.identify(body.user_id)
+    try:
+        tracker.identify(body.user_id)
+    except ValueError as exc:  # control characters and the like: no id to track
+        raise HTTPException(422, str(exc)) from None
     tracker.track("logged_in")
     return {"uuid": tracker.uuid}
 

@@ -87,8 +87,11 @@ def signup() -> ResponseReturnValue:
     if not isinstance(email, str) or not 3 <= len(email) <= 254 or not isinstance(plan, str):
         return _bad("expected {email, plan}")
     tracker = request.atrack  # type: ignore[attr-defined]
-    tracker.set_attributes({"plan": plan, "email_domain": email.rpartition("@")[2]})
-    tracker.track("signed_up", {"plan": plan})
+    try:
+        tracker.set_attributes({"plan": plan, "email_domain": email.rpartition("@")[2]})
+        tracker.track("signed_up", {"plan": plan})
+    except ValueError as exc:  # input A-Track refuses (it says what and where)
+        return _bad(str(exc))
     return jsonify(uuid=tracker.uuid, plan=plan)
 
 
@@ -98,7 +101,10 @@ def login() -> ResponseReturnValue:
     if not isinstance(user_id, str) or not 1 <= len(user_id) <= 255:
         return _bad("expected {user_id}")
     tracker = request.atrack  # type: ignore[attr-defined]
-    tracker.identify(user_id)
+    try:
+        tracker.identify(user_id)
+    except ValueError as exc:  # control characters and the like: no id to track
+        return _bad(str(exc))
     tracker.track("logged_in")
     return jsonify(uuid=tracker.uuid)
 

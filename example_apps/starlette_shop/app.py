@@ -47,8 +47,11 @@ async def signup(request: Request) -> Response:
     if not isinstance(email, str) or "@" not in email or not isinstance(plan, str):
         return JSONResponse({"error": "expected {'email': str, 'plan': str}"}, status_code=422)
     tracker = request.state.atrack
-    tracker.set_attributes({"plan": plan, "email_domain": email.rpartition("@")[2]})
-    tracker.track("signed_up", {"plan": plan})
+    try:
+        tracker.set_attributes({"plan": plan, "email_domain": email.rpartition("@")[2]})
+        tracker.track("signed_up", {"plan": plan})
+    except ValueError as exc:  # input A-Track refuses (it says what and where)
+        return JSONResponse({"error": str(exc)}, status_code=422)
     return JSONResponse({"uuid": tracker.uuid, "plan": plan})
 
 
@@ -58,7 +61,10 @@ async def login(request: Request) -> Response:
     if not isinstance(user_id, str) or not user_id:
         return JSONResponse({"error": "expected {'user_id': str}"}, status_code=422)
     tracker = request.state.atrack
-    tracker.identify(user_id)
+    try:
+        tracker.identify(user_id)
+    except ValueError as exc:  # control characters and the like: no id to track
+        return JSONResponse({"error": str(exc)}, status_code=422)
     tracker.track("logged_in")
     return JSONResponse({"uuid": tracker.uuid})
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from atrack_core.collector import Collector, Store, key_id, run_in_thread
+from tests.pause import WAIT
 
 from .conftest import KEY, OTHER_KEY, body, post
 
@@ -299,4 +302,50 @@ def test_create_app_takes_a_path_or_a_store_not_both(tmp_path: Path) -> None:
             create_app(tmp_path / "db.sqlite3", store=store)
         assert create_app(store=store).state.store is store
     finally:
+        store.close()
+
+
+def test_a_read_does_not_hold_ingest_while_it_builds_its_rows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Ingest records on the collector's event loop, under the store's lock: a read
+    # that kept the lock while turning its rows into dicts (10,000 calls: ~135 ms,
+    # 0.3-0.9 s on a loaded machine) held every ingest call that long. A test polling
+    # calls() every 50 ms so slowed the collector that the SDK's calls timed out.
+    from atrack_core.collector import _store
+
+    building = threading.Event()
+    go_on = threading.Event()
+    plain_row = _store._row
+
+    def paused_row(*args: Any) -> dict[str, Any]:
+        building.set()
+        assert go_on.wait(WAIT)
+        return plain_row(*args)
+
+    store = Store()
+    try:
+        store.record(path="/event", key=KEY, request_id="r1", raw_body="{}", status=400)
+        monkeypatch.setattr(_store, "_row", paused_row)
+        reader = threading.Thread(target=store.calls)
+        reader.start()
+        assert building.wait(WAIT)
+        recorded = threading.Event()
+        writer = threading.Thread(
+            target=lambda: (
+                store.record(path="/event", key=KEY, request_id="r2", raw_body="{}", status=400),
+                recorded.set(),
+            )
+        )
+        writer.start()
+        # Recorded while the read is still building its rows (it waits for go_on).
+        done_first = recorded.wait(WAIT)
+        go_on.set()
+        reader.join(WAIT)
+        writer.join(WAIT)
+        assert done_first
+        monkeypatch.setattr(_store, "_row", plain_row)
+        assert [c["request_id"] for c in store.calls()] == ["r1", "r2"]
+    finally:
+        go_on.set()
         store.close()

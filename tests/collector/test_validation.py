@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
+import socket
+import time
 from typing import Any
 
 import httpx
@@ -352,6 +355,38 @@ def test_streamed_body_over_the_limit_is_413(client: httpx.Client) -> None:
     )
     assert "content-length" not in response.request.headers
     assert_rejected(response, 413, "larger than")
+
+
+def test_a_client_gone_before_its_body_is_a_quiet_line_not_an_error(
+    client: httpx.Client, collector: Collector, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A sender killed mid-call (kill -9 of a worker): half a body, then the connection
+    # closes. uvicorn logged each as "Exception in ASGI application" with a traceback.
+    caplog.set_level(logging.DEBUG, logger="atrack.collector")
+    head = (
+        b"POST /event HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nx-a-track-key: %s\r\n"
+        b"x-a-track-request-id: gone-1\r\ncontent-type: application/json\r\n"
+        b"content-length: 500\r\n\r\n" % (collector.port, KEY.encode())
+    )
+    with socket.create_connection(("127.0.0.1", collector.port), timeout=10) as sock:
+        sock.sendall(head + json.dumps(body("/event")).encode()[:50])
+
+    def gone() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if "went away" in r.getMessage()]
+
+    deadline = time.monotonic() + 10
+    while not gone() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert [(r.levelno, r.getMessage()) for r in gone()] == [
+        (
+            logging.DEBUG,
+            "POST /event (request id gone-1): the client went away before its body "
+            "arrived; not recorded",
+        )
+    ], caplog.text
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert collector.store.calls() == []
+    assert post(client, "/event", body("/event")).status_code == 200
 
 
 # -- routing ----------------------------------------------------------------------

@@ -112,6 +112,20 @@ def test_a_success_whose_body_is_cut_short_is_delivered_once(
     assert errors == []
 
 
+@pytest.mark.parametrize("delivery", ["background", "sync"])
+def test_an_answer_that_is_no_http_is_retried(fake_api: FakeApi, make: Any, delivery: str) -> None:
+    # A broken middlebox answering garbage is a protocol error, retried like a dropped
+    # connection. libcurl reports it as "unsupported protocol" (error 1, "Received
+    # HTTP/0.9 when not allowed"), which the curl transport took for a bad URL and
+    # dropped the call at once, where httpx retried it.
+    fake_api.plan("/event", Plan(garbage=True))
+    sdk = make(fake_api.url, delivery=delivery, max_retries=2)
+    sdk.track("e", uuid="u")
+    assert sdk.flush(10) is True
+    assert [r.status for r in fake_api.received] == [0, 200]
+    assert (sdk.stats()["sent"], sdk.stats()["failed"], sdk.stats()["retried"]) == (1, 0, 1)
+
+
 def test_an_endless_body_in_sync_mode_returns_on_time(fake_api: FakeApi, make: Any) -> None:
     fake_api.default = Plan(503, endless=0.05)
     sdk = make(fake_api.url, delivery="sync", timeout=0.5, max_retries=1)

@@ -184,6 +184,44 @@ def test_hooks_must_be_callable_and_storage_a_storage() -> None:
         ATrackSdk("pub_xxxxx")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "https://user:s3cret@proxy.example/atrack",
+        "https://s3cret@proxy.example",
+        "https://proxy.example/atrack?token=s3cret",
+        "https://proxy.example/atrack#s3cret",
+        "http://user:s3cret@example.com:99999",
+        "https://user:s3cret@proxy.example/a b",
+    ],
+)
+def test_an_endpoint_with_a_secret_is_refused_without_showing_it(endpoint: str) -> None:
+    # A mistyped ATRACK_ENDPOINT (a proxy's credentials, a token in the query) was
+    # echoed whole in the ValueError, and by the example apps' "A-Track disabled: ..."
+    # WARNING, and repr(Options) showed it before the SDK refused it.
+    options = Options("pub_live_abcdefgh_1234", endpoint=endpoint)
+    assert "s3cret" not in repr(options)
+    with pytest.raises(ValueError, match=r"endpoint 'https?://") as info:
+        ATrackSdk(options)
+    assert "s3cret" not in str(info.value)
+    assert "proxy.example" in str(info.value) or "example.com" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "https://proxy.example/\u00e4track",
+        "https://b\u00fccher.example",
+        "http://127.0.0.1:8787/\udcff",  # os.environ's reading of a byte that is no UTF-8
+    ],
+)
+def test_an_endpoint_that_is_not_ascii_is_refused_when_the_sdk_is_built(endpoint: str) -> None:
+    # It passed, and every call then failed in the sender (httpx: "url strings may not
+    # include unicode characters", libcurl: UnicodeEncodeError), dropped one by one.
+    with pytest.raises(ValueError, match="must be ASCII: percent-encode"):
+        ATrackSdk(Options("pub_live_abcdefgh_1234", endpoint=endpoint))
+
+
 def test_repr_never_shows_the_key() -> None:
     key = "pub_live_SECRETSECRET_9f3a"
     options = Options(key, disabled=True)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 import atrack_core
 
 # SPEC section 3, plus the additions the README documents.
@@ -68,7 +70,10 @@ def test_import_core_imports_no_framework() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_py_typed_marker_ships() -> None:
+@pytest.mark.parametrize("package", ["atrack_core", "atrack_integrations"])
+def test_py_typed_marker_ships(package: str) -> None:
+    # SPEC 1: the distribution is typed; both import packages carry the PEP 561 marker,
+    # else type checkers treat `from atrack_integrations.asgi import ...` as untyped.
     from importlib.resources import files
 
-    assert files("atrack_core").joinpath("py.typed").is_file()
+    assert files(package).joinpath("py.typed").is_file()

@@ -144,7 +144,32 @@ def test_failures_never_raise_and_log_once_per_outage(caplog: pytest.LogCaptureF
     # One line with the exception for the whole outage, not one per operation.
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
     assert warnings[0].exc_info is not None
-    assert len([r for r in caplog.records if r.levelno == logging.DEBUG]) == 79
+    debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert len([m for m in debug if " failed again: " in m]) == 79
+    # And one per operation naming its key.
+    assert len([m for m in debug if " atrack:k: a miss (failed: " in m]) == 80
+
+
+def test_each_miss_names_its_key_at_debug(caplog: pytest.LogCaptureFixture) -> None:
+    """The init dedupe's key names the user: a duplicate /init (a miss of add is sent
+    as added) can be traced to the miss in a DEBUG log, failed or not asked."""
+    from atrack_core.redis import RedisStorage
+    from tests.redis_server import free_port
+
+    caplog.set_level(logging.DEBUG, "atrack")
+    storage = RedisStorage(f"redis://127.0.0.1:{free_port()}/0", retry_interval=600)
+    assert storage.add("init:user-1", "1", 60) is True  # fails: resting from now on
+    assert storage.add("init:user-2", "1", 60) is True  # not asked
+    misses = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.DEBUG and "a miss" in r.getMessage()
+    ]
+    assert len(misses) == 2, misses
+    assert misses[0].startswith("Redis add atrack:init:user-1: a miss (failed: ")
+    assert misses[1] == "Redis add atrack:init:user-2: a miss (not asked, resting after a failure)"
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "user-" not in warnings[0].getMessage()
 
 
 def test_resting_after_a_failure_costs_nothing(own_redis: RedisServer) -> None:

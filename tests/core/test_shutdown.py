@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from atrack_core import ATrackSdk, Options
 from tests.fake_api import FakeApi, blackhole_url, closed_port_url
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
@@ -209,6 +210,58 @@ def test_the_exit_flush_after_a_lifespan_flush_that_delivered_all_gets_a_whole_d
     assert 0.9 * 1.5 < took < 1.8 * 1.5, took
     assert "flush at shutdown timed out" not in err, err
     assert "5 calls not delivered" in err, err
+
+
+LIFESPAN_WITH_OUTBOX = textwrap.dedent(
+    """
+    import asyncio, sys
+    from atrack_core import ATrackSdk, Options
+    from atrack_integrations.asgi import ATrackMiddleware
+
+    url, transport, outbox = sys.argv[1], sys.argv[2], sys.argv[3]
+    sdk = ATrackSdk(
+        Options(@KEY@, endpoint=url, shutdown_timeout=0.5, transport=transport, outbox=outbox)
+    )
+
+    async def app(scope, receive, send):
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+
+    async def lifespan():
+        messages = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+        async def receive():
+            return messages.pop(0)
+        async def send(message):
+            pass
+        await ATrackMiddleware(app, sdk=sdk)({"type": "lifespan"}, receive, send)
+
+    for i in range(5):
+        sdk.track("e", {"i": i}, uuid=f"u{i}")
+    asyncio.run(lifespan())
+    """
+).replace("@KEY@", repr(KEY))
+
+
+def test_a_stop_that_runs_out_with_an_outbox_does_not_say_the_calls_are_dropped(
+    transport: str, fake_api: FakeApi, tmp_path: Path
+) -> None:
+    # uvicorn stopped with the API down and ATRACK_OUTBOX set logged "undelivered calls
+    # are dropped" and "5 calls not delivered": an operator went looking for lost data
+    # that the next process delivered.
+    outbox = str(tmp_path / "outbox")
+    with blackhole_url() as url:
+        _, _, err = run(LIFESPAN_WITH_OUTBOX, url, transport, outbox)
+    [stop] = [line for line in err.splitlines() if "flush at shutdown timed out" in line]
+    assert "dropped" not in stop and "stay in it for the next process" in stop, stop
+    [line] = [line for line in err.splitlines() if "not delivered" in line]
+    assert "5 calls not delivered" in line and "; the outbox keeps those it wrote" in line
+    # What the lines say: the next SDK using the directory sends them.
+    with ATrackSdk(Options(KEY, endpoint=fake_api.url, outbox=outbox)) as sdk:
+        assert sdk.flush(10) is True
+    assert sorted(r.body["uuid"] for r in fake_api.received if r.path == "/event") == [
+        f"u{i}" for i in range(5)
+    ]
 
 
 SIGTERM_SCRIPT = textwrap.dedent(

@@ -4,6 +4,8 @@ testing helper, against the loopback fake API."""
 from __future__ import annotations
 
 import logging
+import sys
+import threading
 from typing import Any
 
 import pytest
@@ -126,6 +128,65 @@ def test_a_failing_on_error_hook_is_logged_not_raised(
     with sync_sdk(fake_api.url, on_error=hook) as sdk, pytest.raises(DeliveryError):
         sdk.track("e", uuid="u")
     assert any("on_error hook raised" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("method", ["flush", "shutdown"])
+def test_flush_or_shutdown_from_on_error_returns(fake_api: FakeApi, method: str) -> None:
+    # on_error runs in a delivery thread, and its call counts as not done until the
+    # hook returns: flush(None) there waited for itself for ever (that sender stalled,
+    # libcurl's only one included), shutdown() waited its whole timeout and then raised
+    # RuntimeError ("cannot join current thread") into the hook.
+    returned = threading.Event()
+    outcome: list[object] = []
+
+    def hook(call: Call, exc: BaseException) -> None:
+        try:
+            outcome.append(sdk.flush(None) if method == "flush" else sdk.shutdown())
+        except Exception as error:
+            outcome.append(error)
+        returned.set()
+
+    fake_api.plan("/event", 400)
+    options = Options(KEY, endpoint=fake_api.url, transport=_transport["name"], on_error=hook)
+    with ATrackSdk(options) as sdk:
+        sdk.track("e", uuid="u")
+        assert returned.wait(30), f"{method}() inside on_error did not return"
+        assert outcome == ([False] if method == "flush" else [None])
+        sdk.track("after", uuid="u")  # delivered by the flush below, or dropped once shut
+        assert sdk.flush(10) is True
+    received = [r.body["event"] for r in fake_api.received]
+    assert received == (["e", "after"] if method == "flush" else ["e"])
+
+
+def test_an_on_error_hook_that_exits_does_not_end_delivery(
+    fake_api: FakeApi, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A hook meant to stop the app on a failure: in a delivery thread sys.exit() only
+    # ended that thread, with the libcurl transport the only sender: its call never
+    # settled and nothing was delivered any more.
+    seen: list[str] = []
+
+    def hook(call: Call, exc: BaseException) -> None:
+        seen.append(call.uuid)
+        sys.exit(1)
+
+    fake_api.plan("/event", 400)
+    options = Options(KEY, endpoint=fake_api.url, transport=_transport["name"], on_error=hook)
+    with ATrackSdk(options) as sdk:
+        sdk.track("e", uuid="first")
+        assert sdk.flush(10) is True
+        sdk.track("e", uuid="second")
+        assert sdk.flush(10) is True
+    assert seen == ["first"]
+    assert [(r.body["uuid"], r.status) for r in fake_api.received] == [
+        ("first", 400),
+        ("second", 200),
+    ]
+    assert any("raised in a delivery thread" in r.getMessage() for r in caplog.records)
+    # In the caller's thread (sync mode) it is the caller's, as always.
+    fake_api.plan("/event", 400)
+    with sync_sdk(fake_api.url, on_error=hook) as sdk, pytest.raises(SystemExit):
+        sdk.track("e", uuid="third")
 
 
 def test_before_send_can_scrub_filter_and_fail(

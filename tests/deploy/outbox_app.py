@@ -1,5 +1,6 @@
 """A WSGI app for the outbox's kill -9 test: ``/burst?n=N`` tracks N events at once,
-``/stats`` shows the SDK's counters, ``/health`` says it is up. The SDK comes from the
+``/stats`` shows the SDK's counters, ``/written`` too once the writer has committed
+every call it had taken when they were read, ``/health`` says it is up. The SDK comes from the
 environment (``ATRACK_ENDPOINT``, ``ATRACK_OUTBOX``...)."""
 
 from __future__ import annotations
@@ -25,6 +26,14 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
         body: Any = {"pid": os.getpid()}
     elif path == "/stats":
         body = {"pid": os.getpid(), **sdk.stats()}
+    elif path == "/written":
+        body = {"pid": os.getpid(), **sdk.stats()}
+        # outbox_unwritten counts the calls the next commit takes; those the writer
+        # took are committed when the commit holding its I/O lock returns.
+        outbox = sdk._outbox
+        assert outbox is not None
+        with outbox._io:
+            pass
     else:
         body = {"ok": True}
     data = json.dumps(body).encode()

@@ -5,7 +5,10 @@ uvicorn, with 4 worker processes sharing a RedisStorage.
 jar, against a real gunicorn (or uvicorn) master; the SDK sends to a local collector with 50 ms of
 added latency, so calls are still queued when the master gets SIGTERM. Then:
 
-- exactly one ``/init`` per user across all the workers (deduplicated through Redis);
+- exactly one ``/init`` per user across all the workers (deduplicated through Redis),
+  but for one more per miss of Redis on that user's key that the workers' DEBUG log
+  shows (a reply later than the 0.25 s timeout on a loaded machine: by design, a
+  duplicate ``/init`` rather than a lost user);
 - every event delivered, once as the API keeps it: a call may arrive more than once
   only as a retry under the same request id (a timeout on a loaded machine), never as a
   different call, and the copies may not outnumber the retries the workers' SDKs
@@ -118,6 +121,17 @@ def delivery_records(log: Path) -> tuple[int, int, int]:
     return len(last), sum(s for s, _ in last.values()), sum(r for _, r in last.values())
 
 
+def storage_misses(log: Path) -> collections.Counter[str]:
+    """uuid -> how many times the storage missed on ``add`` of that user's init dedupe
+    key (failed, e.g. a Redis reply later than its 0.25 s timeout on a loaded machine,
+    or not asked while resting after a failure), from the DEBUG lines the workers wrote
+    (``atrack_core/_resting.py``, ``_init_dedupe``). Each such miss may send one more
+    ``/init``: by design, a duplicate rather than a user never initialised."""
+    text = log.read_text() if log.exists() else ""
+    found = re.findall(r"\badd (?:\S*:)?init:([0-9a-f-]{36})(?::| failed)", text)
+    return collections.Counter(found)
+
+
 def check_deployment(
     server: Server, collector: Any, redis: RedisServer, report: dict[str, Any]
 ) -> None:
@@ -177,15 +191,27 @@ def check_deployment(
 
     inits = [c for c in calls if c["path"] == "/init"]
     init_counts = collections.Counter(c["uuid"] for c in inits)
-    if set(init_counts) != set(uuids) or any(n != 1 for n in init_counts.values()):
-        extra = {u: n for u, n in init_counts.items() if n != 1}
-        missing = set(uuids) - set(init_counts)
+    # One /init per user, but for one more per storage miss on that user's key (the
+    # dedupe then sends it; SPEC: a failing storage is treated as a miss).
+    misses = storage_misses(log)
+    extra = {u: n for u, n in init_counts.items() if n > 1}
+    unexplained = {u: n for u, n in extra.items() if n - 1 > misses[u]}
+    report.update(extra_inits=sum(n - 1 for n in extra.values()), storage_misses=len(misses))
+    missing = set(uuids) - set(init_counts)
+    if missing or set(init_counts) != set(uuids) or unexplained:
         fail(
             f"expected one /init per user, got {len(inits)} for {len(init_counts)} uuids: "
-            f"{len(missing)} users without one, {len(extra)} with more than one {extra}"
+            f"{len(missing)} users without one, {len(extra)} with more than one {extra}; "
+            f"storage misses on add in the workers' debug log for those: "
+            f"{ {u: misses[u] for u in extra} } (an extra /init is allowed only per miss); "
+            f"unexplained: {unexplained}"
         )
-    if not all(json.loads(c["body"])["isNewUser"] for c in inits):
-        fail("an /init of a first visit is not isNewUser")
+    # The first visit's /init says isNewUser; an extra one (sent for a later request,
+    # which came with the cookie) does not.
+    new_users = collections.Counter(c["uuid"] for c in inits if json.loads(c["body"])["isNewUser"])
+    wrong_new = {u: new_users[u] for u in uuids if new_users[u] != 1}
+    if wrong_new:
+        fail(f"expected one /init with isNewUser per user, got (uuid: how many) {wrong_new}")
 
     events = [json.loads(c["body"]) for c in calls if c["path"] == "/event"]
     expected_events = USERS * (1 + ORDERS)

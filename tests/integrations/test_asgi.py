@@ -766,16 +766,20 @@ def run_lifespan(app: Any, *, complete: bool = True) -> list[str]:
         events.append("server got " + message["type"])
 
     try:
-        asyncio.run(ATrackMiddleware(app(complete), sdk=sdk)({"type": "lifespan"}, receive, send))
+        asyncio.run(
+            ATrackMiddleware(app(complete, events), sdk=sdk)({"type": "lifespan"}, receive, send)
+        )
     finally:
         sdk.shutdown()
     return events
 
 
-def lifespan_app(complete: bool) -> Any:
+def lifespan_app(complete: bool, events: list[str] | None = None) -> Any:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         while True:
             message = await receive()
+            if events is not None:
+                events.append("app got " + message["type"])
             if message["type"] == "lifespan.startup":
                 await send({"type": "lifespan.startup.complete"})
             else:
@@ -786,11 +790,16 @@ def lifespan_app(complete: bool) -> Any:
     return app
 
 
-def test_lifespan_flushes_after_the_app_shut_down_before_the_server_hears() -> None:
+def test_lifespan_flushes_before_the_app_and_again_before_the_server_hears() -> None:
+    # SPEC 6: "on lifespan.shutdown flushes the SDK (bounded) before passing the message
+    # on"; the second flush takes what the app's shutdown handlers tracked.
     assert run_lifespan(lifespan_app) == [
         "lifespan.startup",
+        "app got lifespan.startup",
         "server got lifespan.startup.complete",
         "lifespan.shutdown",
+        "flush(2.0)",
+        "app got lifespan.shutdown",
         "flush(2.0)",
         "server got lifespan.shutdown.complete",
     ]
@@ -798,7 +807,43 @@ def test_lifespan_flushes_after_the_app_shut_down_before_the_server_hears() -> N
 
 def test_lifespan_flushes_even_when_the_app_does_not_answer_shutdown() -> None:
     events = run_lifespan(lifespan_app, complete=False)
-    assert events[-2:] == ["lifespan.shutdown", "flush(2.0)"]
+    assert events[-4:] == [
+        "lifespan.shutdown",
+        "flush(2.0)",
+        "app got lifespan.shutdown",
+        "flush(2.0)",
+    ]
+
+
+def test_lifespan_flush_that_runs_out_of_time_is_not_repeated() -> None:
+    events: list[str] = []
+
+    class Unreachable(SpySdk):
+        async def aflush(self, timeout: float | None = 5.0) -> bool:
+            events.append("flush")
+            return False  # the API did not take everything within shutdown_timeout
+
+    sdk = Unreachable(events)
+    messages = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        events.append("server got " + message["type"])
+
+    try:
+        mw = ATrackMiddleware(lifespan_app(True, events), sdk=sdk)
+        asyncio.run(mw({"type": "lifespan"}, receive, send))
+    finally:
+        sdk.shutdown()
+    assert events == [
+        "app got lifespan.startup",
+        "server got lifespan.startup.complete",
+        "flush",
+        "app got lifespan.shutdown",
+        "server got lifespan.shutdown.complete",
+    ]
 
 
 def test_lifespan_flush_failure_is_contained(logs: LogRecorder) -> None:
@@ -915,3 +960,32 @@ def test_get_tracker_without_the_middleware_names_the_asgi_import() -> None:
     with pytest.raises(RuntimeError, match="no A-Track tracker") as missing:
         call(app)
     assert "(from atrack_integrations.asgi import ATrackMiddleware)" in str(missing.value)
+
+
+def test_repeated_headers_are_read_joined_in_order(sdk: ATrackSdk, calls: CapturedCalls) -> None:
+    # Read in one join at the end (repeated lines used to be appended one by one, a
+    # quadratic cost a client controls); what is read is unchanged: Cookie lines joined
+    # with "; ", other headers with ", ", in their order.
+    app = make_app(sdk, trusted_proxies=["127.0.0.1"])
+    headers = (
+        [
+            ("cookie", "a=1"),
+            ("x-forwarded-for", "203.0.113.9"),
+            ("cookie", "b=2"),
+            ("x-forwarded-for", "127.0.0.1"),
+            ("cookie", f"atrack_uuid={KNOWN}"),
+        ]
+        + [("accept-language", "fr;q=0.5")] * 3
+        + [("accept-language", "de;q=0.9")]
+    )
+
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 50000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://shop.example") as http:
+            return await http.get("/", headers=headers)
+
+    response = asyncio.run(go())
+    assert response.text == KNOWN  # the uuid cookie of the third Cookie line
+    [event] = calls.events
+    assert event["context"]["ipAddress"] == "203.0.113.9"
+    assert event["context"]["locale"] == "de", event["context"]

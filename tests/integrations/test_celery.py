@@ -243,6 +243,10 @@ FORGED = [
     {"v": 1, "uuid": "u", "context": {"ipAddress": f"not an ip {SECRET}"}},
     {"v": 1, "uuid": "u", "context": {"userAgent": "A" * 8000}},
     {"v": 1, "uuid": "u", "context": {"userAgent": f"A\x85{SECRET}"}},
+    # A lone surrogate ('"\\udcff"' in the JSON): the request side removes them, and a
+    # context holding one made every call of the task fail to encode.
+    {"v": 1, "uuid": "u", "context": {"userAgent": f"A\udcff{SECRET}"}},
+    {"v": 1, "uuid": "u\ud800", "context": {}},
     {"v": 1, "uuid": "u", "context": {"locale": f"<script>{SECRET}"}},
     {"v": 1, "uuid": "u", "context": {"locale": "en-us"}},  # not normalised
     {"v": 1, "uuid": "u", "context": {"timezone": f"Mars/{SECRET}"}},

@@ -66,6 +66,19 @@ def test_visit_signup_order_login(shop: Any, calls: CapturedCalls) -> None:
     assert calls.inits[-1]["uuid"] == "customer-42"
 
 
+def test_input_the_sdk_refuses_is_the_clients_error(shop: Any, calls: CapturedCalls) -> None:
+    # A login id with a control character, a plan past the 256 KiB body limit: the
+    # SDK's ValueError becomes a 422 naming the problem, not a 500.
+    login = call(shop, "POST", "/login", json={"user_id": "customer\x0042"})
+    assert login.status_code == 422
+    assert "control characters" in login.text
+    signup = call(shop, "POST", "/signup", json={"email": "ada@example.com", "plan": "x" * 300_000})
+    assert signup.status_code == 422
+    assert "limit is 262144" in signup.text
+    # The signup visitor's /init (it goes before the attributes); nothing refused went out.
+    assert [c.path for c in calls] == ["/init"]
+
+
 def test_health_is_not_tracked(shop: Any, calls: CapturedCalls) -> None:
     response = call(shop, "GET", "/health")
     assert response.json() == {"status": "ok"}

@@ -45,6 +45,21 @@ def test_shop_flow(client: Any) -> None:
     check_flow(calls, uuid)
 
 
+def test_input_the_sdk_refuses_is_the_clients_error(client: Any) -> None:
+    # A login id with a control character or a lone surrogate (a body's "\\ud800"): the
+    # SDK's ValueError becomes a 400 naming the problem, not a 500.
+    with capture_calls() as calls:
+        for user_id in ("customer\x0042", "customer\ud800"):
+            login = client.post("/login", json={"user_id": user_id})
+            assert login.status_code == 400
+            assert "control characters" in login.json["error"] or "surrogate" in login.json["error"]
+        signup = client.post("/signup", json={"email": "ada@example.com", "plan": "\udc80"})
+        assert signup.status_code == 400
+        assert "lone surrogate" in signup.json["error"]
+    # The signup visitor's /init (it goes before the attributes); nothing refused went out.
+    assert [c.path for c in calls] == ["/init"]
+
+
 def check_flow(calls: CapturedCalls, uuid: str) -> None:
     assert [b["uuid"] for b in calls.inits] == [uuid]
     assert calls.inits[0]["context"]["url"] == "/?source=newsletter"

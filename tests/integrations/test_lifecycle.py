@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from collections.abc import Iterator
 from threading import Condition
@@ -313,6 +314,44 @@ def test_identify_refuses_a_uuid_utf8_cannot_carry_and_keeps_the_user(
     ]
 
 
+def test_a_header_utf8_cannot_carry_does_not_fail_the_views_calls(
+    sdk: ATrackSdk, calls: CapturedCalls
+) -> None:
+    # A RequestView from an adapter that decoded header bytes with "surrogateescape":
+    # the user agent held a lone surrogate, and the view's track() raised ValueError (a
+    # hostile client's header made the host request fail) while the /init was lost.
+    config = IntegrationConfig(sdk=sdk)
+    tracker = config.begin(view("/", user_agent="Mozilla\udcff/5.0"))
+    tracker.track("landing_viewed")
+    config.finish(tracker, 200)
+    assert [c.path for c in calls.calls] == ["/init", "/event"]
+    assert {c.body["context"]["userAgent"] for c in calls.calls} == {"Mozilla/5.0"}
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"dnt": "1"}, {"dnt": " 1 "}, {"dnt": "1, 1"}, {"dnt": "1,1"}, {"sec_gpc": "1, 1"}],
+)
+def test_respect_dnt_reads_a_header_sent_twice(
+    sdk: ATrackSdk, calls: CapturedCalls, headers: dict[str, str]
+) -> None:
+    # Sent twice, DNT reaches the view joined ("1, 1"; "1,1" from gunicorn): the
+    # visitor who asked twice was tracked.
+    config = IntegrationConfig(sdk=sdk, respect_dnt=True)
+    tracker = config.begin(view("/", **headers))
+    assert tracker.enabled is False
+    tracker.track("landing_viewed")
+    assert config.finish(tracker, 200) is None
+    assert calls.calls == []
+
+
+def test_respect_dnt_tracks_a_visitor_who_did_not_ask(sdk: ATrackSdk, calls: CapturedCalls) -> None:
+    config = IntegrationConfig(sdk=sdk, respect_dnt=True)
+    for value in ("0", "0, 0", "10", ""):
+        tracker = config.begin(view("/", dnt=value))
+        assert tracker.enabled is True, value
+
+
 def test_set_attributes_replace(sdk: ATrackSdk, calls: CapturedCalls) -> None:
     tracker = IntegrationConfig(sdk=sdk, init="off").begin(view("/"))
     tracker.set_attributes({"plan": "pro"}, replace=True)
@@ -540,3 +579,31 @@ def test_a_hook_that_uses_the_tracker_is_asked_once(sdk: ATrackSdk, calls: Captu
         ("from_hook", KNOWN),
         ("from_view", "user-7"),
     ]
+
+
+def test_each_storage_failure_on_add_names_the_user_at_debug(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A failing add is sent as added (a duplicate /init rather than a lost user): each
+    # one is a DEBUG line naming the key, so such a duplicate can be traced to it; the
+    # WARNING stays once a minute.
+    class FailingAdd(MemoryStorage):
+        def add(self, key: str, value: str, ttl: float | None = None) -> bool:
+            raise ConnectionError("down")
+
+    caplog.set_level(logging.DEBUG, "atrack")
+    sdk = ATrackSdk(Options("pub_test_1234", disabled=True, storage=FailingAdd()))
+    try:
+        config = IntegrationConfig(sdk=sdk, init="lazy")
+        for uuid in (KNOWN, "0b5a4e5e-7c1d-4c61-9a52-3a2f3f1d9c10"):
+            config.begin(view("/", cookie=f"atrack_uuid={uuid}")).track("e")
+    finally:
+        sdk.shutdown()
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert [m for m in lines if m.startswith("A-Track storage add ")] == [
+        f"A-Track storage add init:{uuid} failed (ConnectionError('down')): treated as a "
+        "miss, /init sent"
+        for uuid in (KNOWN, "0b5a4e5e-7c1d-4c61-9a52-3a2f3f1d9c10")
+    ]
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.getMessage()[:40] for r in warnings] == ["A-Track storage failed on add (init dedu"]

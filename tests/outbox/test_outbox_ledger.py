@@ -136,17 +136,28 @@ if pid:
     outbox.unlink()  # the parent's own file back in place for its exit
     os.rename(outbox.with_name("moved"), outbox)
     sys.exit(os.waitstatus_to_exitcode(status))
-# The child: its outbox starts a writer of its own with its first call, which opens a
-# file of its own holding this lock (taken here the way a fork takes it): the calls
-# below spill while it has not yet found that it cannot (the directory is replaced by
-# a plain file after the SDK checked it).
-store = sdk._outbox
-with store._io:
-    os.rename(outbox, outbox.with_name("moved"))
-    outbox.write_text("not a directory")
-    for n in range(20):
-        sdk.track("burst", {"n": n}, uuid=f"u{n}")
-    spilled = sdk.stats()["outbox_spilled"]
+# The child: its outbox starts a writer of its own with its first call; that writer
+# cannot open a file (the directory is replaced by a plain file after the SDK checked
+# it). The calls after the first are made while the writer is published and not yet
+# running (the moment a thread start takes, held open here), so that those beyond the
+# queue spill to it before it finds that it cannot.
+start = threading.Thread.start
+spilled = []
+
+
+def start_late(thread):
+    if thread.name == "atrack-outbox" and not spilled:
+        os.rename(outbox, outbox.with_name("moved"))
+        outbox.write_text("not a directory")
+        for n in range(1, 20):
+            sdk.track("burst", {"n": n}, uuid=f"u{n}")
+        spilled.append(sdk.stats()["outbox_spilled"])
+    start(thread)
+
+
+threading.Thread.start = start_late
+sdk.track("burst", {"n": 0}, uuid="u0")
+spilled = spilled[0]
 if sys.argv[3] == "flush":
     flushed = sdk.flush(5)
     stats = sdk.stats()
@@ -205,8 +216,6 @@ def test_a_shutdown_the_stalled_writer_outlasts_says_how_many_calls_are_not_writ
         sdk = ATrackSdk(
             Options(KEY, endpoint=api.url, outbox=outbox, max_queue_size=5, shutdown_timeout=0.1)
         )
-        store = sdk._outbox
-        assert store is not None and store._thread is not None
         sdk.track("before", uuid="u0")
         wait_until(lambda: sdk.stats()["outbox_pending"] == 1, 5, "the first commit")
         (path,) = outbox.glob("*.db")
@@ -217,18 +226,18 @@ def test_a_shutdown_the_stalled_writer_outlasts_says_how_many_calls_are_not_writ
                 sdk.track("burst", {"n": n}, uuid=f"u{n}")
             # The writer took calls (all, or the first of them: the others wait behind)
             # and is stuck inside SQLite with them.
-            wait_until(lambda: store._writing > 0, 5, "the writer to take some")
+            wait_until(lambda: sdk.stats()["outbox_unwritten"] < 20, 5, "the writer to take some")
             sdk.shutdown()
-            assert store._thread.is_alive()  # still inside SQLite
+            written = on_disk(outbox)  # the lock still held: not yet
         finally:
             other.execute("ROLLBACK")
             other.close()
             answer.set()
-        store._thread.join(5)
-        assert not store._thread.is_alive()
-        sent = delivered(api)
-    # Written once the lock went: nothing was lost in this process, which lived on.
-    assert sent | on_disk(outbox) == set(range(21))
+        # Written once the lock went: nothing was lost in this process, which lived on.
+        wait_until(
+            lambda: delivered(api) | on_disk(outbox) == set(range(21)), 10, "the writer to finish"
+        )
+    assert written == {0}
     lines = [r.getMessage() for r in caplog.records if "not yet written" in r.getMessage()]
     assert len(lines) == 1, caplog.text
     assert "20 calls" in lines[0]
@@ -239,10 +248,12 @@ def test_a_commit_that_fails_loses_none_of_the_spilled_calls_it_took(
 ) -> None:
     """The writer's commit fails (here: a trigger another connection put on the file
     aborts every insert, a real SQLite error at once where a held write lock made the
-    writer wait out SQLite's 5 s busy timeout first); the file is moved aside and a
-    fresh one started. The spilled calls that commit had taken, which nobody else
-    holds, are written to the fresh file; the calls that waited in the old one are
-    counted in outbox_dropped with the line that says it was moved aside."""
+    writer wait out SQLite's 5 s busy timeout first); a fresh file is started. The
+    spilled calls that commit had taken, which nobody else holds, are written to the
+    fresh file; every row of the old file, which can still be read, is carried over to
+    it: those waiting there, and those of calls in the scheduler's hands (which were
+    in memory only until they settled: a crash lost them, and the waiting ones were
+    counted in outbox_dropped). The old file, all of it read, is removed."""
     caplog.set_level(logging.WARNING, logger="atrack")
     outbox = tmp_path / "ob"
     with FakeApi() as api:
@@ -270,21 +281,24 @@ def test_a_commit_that_fails_loses_none_of_the_spilled_calls_it_took(
             )
         for n in range(10, 30):  # spilled too: the commit failing takes them
             sdk.track("burst", {"n": n}, uuid=f"u{n}")
-        wait_until(lambda: "moving it aside" in caplog.text, 10, "the commit to fail")
-        wait_until(lambda: sdk.stats()["outbox_unwritten"] == 0, 5, "the next commit")
+        wait_until(lambda: "carried over" in caplog.text, 10, "the commit to fail")
+        wait_until(lambda: sdk.stats()["outbox_pending"] == 30, 5, "the next commit")
         stats = sdk.stats()
-        sdk.shutdown(0.1)
+        kept = on_disk(outbox)  # what a crash now would leave to the next process
+        (fresh,) = outbox.glob("*.db")
+        # Every call delivered, and with it every row deleted: the carried-over rows of
+        # the calls the scheduler held (u0-u5) under their new row ids too.
         answer.set()
-    (fresh,) = outbox.glob("*.db")
+        assert sdk.flush(10)
+        wait_until(lambda: sdk.stats()["outbox_pending"] == 0, 5, "every row deleted")
+        sdk.shutdown()
+        assert delivered(api) == set(range(30))
     assert fresh != path
-    kept = on_disk(outbox)
-    assert set(range(10, 30)) <= kept, (sorted(kept), stats)
-    # The calls waiting in the file moved aside (u6-u9, less any loaded back into the
-    # scheduler meanwhile) are counted, and the line says how many.
-    (line,) = [r.getMessage() for r in caplog.records if "moving it aside" in r.getMessage()]
-    lost = int(line.split("aside (")[1].split()[0])
-    assert 1 <= lost <= 4, line
-    assert stats["outbox_dropped"] == lost, stats
+    assert kept == set(range(30)), (sorted(kept), stats)
+    (line,) = [r.getMessage() for r in caplog.records if "carried over" in r.getMessage()]
+    assert "10 calls read from it" in line and "it was removed" in line, line
+    assert stats["outbox_dropped"] == 0, stats
+    assert list(outbox.iterdir()) == []  # the old file removed, the fresh one empty
 
 
 FORK_MID_BURST = """

@@ -3,9 +3,11 @@ inspect``/``flush`` on the files of a killed process, the integrations' settings
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -166,3 +168,47 @@ def test_flask_config_turns_the_outbox_on(tmp_path: Path, collector: Any) -> Non
         assert "outbox_pending" in sdk.stats()
     finally:
         sdk.shutdown()
+
+
+def test_a_partly_readable_file_is_adopted_as_far_as_it_reads_and_listed(
+    tmp_path: Path, collector: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A dead process's file cut short (a torn copy, a full disk): the next SDK adopts
+    and delivers the calls that can still be read, moves the file aside with an ERROR
+    line saying how many, and `atrack outbox inspect` lists it; an SDK starting later
+    says it is there. Its calls were all lost before, with a line saying none."""
+    outbox = tmp_path / "ob"
+    sdk = ATrackSdk(Options(KEY, endpoint="http://127.0.0.1:9", outbox=outbox, max_retries=0))
+    for i in range(600):
+        sdk.track("left", {"i": i, "pad": "x" * 300}, uuid=f"user-{i % 5}")
+    wait_until(lambda: sdk.stats()["outbox_pending"] == 600, 30, "600 calls on disk")
+    sdk.shutdown(0.1)
+    (path,) = outbox.glob("*.db")
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    os.truncate(path, path.stat().st_size // 2)
+
+    sdk = ATrackSdk(Options(KEY, endpoint=collector.url, outbox=outbox))
+    assert sdk.flush(20)
+    adopted = sdk.stats()["outbox_adopted"]
+    sdk.shutdown()
+    assert 0 < adopted < 600
+    assert len(unique_calls(collector)) == adopted
+    (aside,) = [  # its side files (-wal, -shm) are moved with it
+        p
+        for p in outbox.iterdir()
+        if p.name.startswith(path.name + ".corrupt-") and p.name[-1].isdigit()
+    ]
+    (line,) = [r.getMessage() for r in caplog.records if "cannot be read" in r.getMessage()]
+    assert f"{adopted} calls that could be read were adopted" in line, line
+    assert aside.name in line
+
+    listed = atrack("outbox", "inspect", str(outbox))
+    assert listed.returncode == 0, listed.stderr
+    assert (
+        f"{aside.name}  (moved aside: could not be used)  {adopted} calls readable, adopted "
+        "when it was moved aside, the rest cannot be read"
+    ) in listed.stdout.splitlines(), listed.stdout
+    caplog.clear()
+    ATrackSdk(Options(KEY, endpoint=collector.url, outbox=outbox)).shutdown()
+    assert f"holds 1 files moved aside as unreadable ({aside.name})" in caplog.text

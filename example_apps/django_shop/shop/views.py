@@ -68,8 +68,11 @@ def signup(request: HttpRequest) -> HttpResponse:
     if not isinstance(email, str) or not 3 <= len(email) <= 254 or not isinstance(plan, str):
         return _bad("expected {email, plan}")
     tracker = request.atrack
-    tracker.set_attributes({"plan": plan, "email_domain": email.rpartition("@")[2]})
-    tracker.track("signed_up", {"plan": plan})
+    try:
+        tracker.set_attributes({"plan": plan, "email_domain": email.rpartition("@")[2]})
+        tracker.track("signed_up", {"plan": plan})
+    except ValueError as exc:  # input A-Track refuses (it says what and where)
+        return _bad(str(exc))
     return JsonResponse({"uuid": tracker.uuid, "plan": plan})
 
 
@@ -80,7 +83,10 @@ def login(request: HttpRequest) -> HttpResponse:
     if not isinstance(user_id, str) or not 1 <= len(user_id) <= 255:
         return _bad("expected {user_id}")
     tracker = request.atrack
-    tracker.identify(user_id)
+    try:
+        tracker.identify(user_id)
+    except ValueError as exc:  # control characters and the like: no id to track
+        return _bad(str(exc))
     tracker.track("logged_in")
     return JsonResponse({"uuid": tracker.uuid})
 

@@ -99,6 +99,10 @@ def test_user_agent_cut_and_cleaned() -> None:
     assert ctx.user_agent is None
     ctx = build_request_context(view(headers={"user-agent": "caf\u00e9 \u00a0bot"}), DEFAULT)
     assert ctx.user_agent == "caf\u00e9 \u00a0bot"  # printable non-ASCII kept
+    # A lone surrogate (bytes decoded with "surrogateescape", as aiohttp decodes header
+    # bytes that are not UTF-8, or an adapter of one's own): UTF-8 cannot carry it.
+    ctx = build_request_context(view(headers={"user-agent": "Mozilla\udcff/5.0"}), DEFAULT)
+    assert ctx.user_agent == "Mozilla/5.0"
 
 
 # --------------------------------------------------------------------------- properties
@@ -163,6 +167,7 @@ def _check_context(ctx: RequestContextInput) -> None:
     if ctx.user_agent is not None:
         assert 0 < len(ctx.user_agent) <= MAX_USER_AGENT_LENGTH
         assert not any(ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 for ch in ctx.user_agent)
+        ctx.user_agent.encode("utf-8")  # no lone surrogate: every call would fail
     if ctx.locale is not None:
         assert 0 < len(ctx.locale) <= MAX_LOCALE_LENGTH
         assert ctx.locale.isascii()

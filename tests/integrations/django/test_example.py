@@ -42,6 +42,12 @@ def test_shop_flow(fake_api: FakeApi, kind: str, target: str, args: tuple[str, .
         assert post("/signup", {"email": "ada@example.com", "plan": "pro"})[0] == 200
         assert post("/orders", {"amount": 42.5})[0] == 201
         assert post("/orders", {"amount": "lots"})[0] == 400
+        # Input the SDK refuses is the client's error (400 naming it), not a 500, and
+        # sends nothing.
+        status, body = post("/login", {"user_id": "customer\x0042"})
+        assert (status, b"control characters" in body) == (400, True), body
+        status, body = post("/signup", {"email": "ada@example.com", "plan": "\ud800"})
+        assert (status, b"lone surrogate" in body) == (400, True), body
         assert request(port, "/health")[0] == 200
         received = fake_api.wait_for(5)
     assert sorted(r.path for r in received) == [

@@ -42,24 +42,69 @@ def test_storage_uses_the_named_alias() -> None:
 
 
 class BrokenCache:
+    """A cache server that is down: every operation raises (after the client's timeout,
+    in life), and is counted."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+        self.down = True
+
     def __getattr__(self, name: str) -> Any:
-        def fail(*args: Any, **kwargs: Any) -> Any:
-            raise ConnectionError("cache server down")
+        def operation(*args: Any, **kwargs: Any) -> Any:
+            self.asked += 1
+            if self.down:
+                raise ConnectionError("cache server down")
+            return True if name == "add" else None
 
-        return fail
+        return operation
 
 
-def test_failing_cache_is_a_logged_miss(
+def test_a_failing_cache_is_a_miss_asked_once_per_retry_interval(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    storage = DjangoCacheStorage()
-    monkeypatch.setattr(DjangoCacheStorage, "cache", property(lambda self: BrokenCache()))
-    with caplog.at_level(logging.WARNING, logger="atrack"):
-        assert storage.get("k") is None
-        assert storage.add("k", "v") is True  # a miss: the caller goes ahead
-        storage.set("k", "v")
-        storage.delete("k")
-    assert len([r for r in caplog.records if r.name == "atrack.django"]) == 4
+    # Every request asks the storage: it asked the cache each time (each paying the
+    # cache client's timeout during an outage) and logged a WARNING with a traceback
+    # each time. Now, as RedisStorage: asked once, then left alone for retry_interval.
+    broken = BrokenCache()
+    storage = DjangoCacheStorage(retry_interval=3600)
+    monkeypatch.setattr(DjangoCacheStorage, "cache", property(lambda self: broken))
+    with caplog.at_level(logging.DEBUG, logger="atrack"):
+        for _ in range(50):  # fifty requests during the outage
+            assert storage.get("k") is None
+            assert storage.add("k", "v") is True  # a miss: the caller goes ahead
+            storage.set("k", "v")
+            storage.delete("k")
+    assert broken.asked == 1
+    records = [r for r in caplog.records if r.name == "atrack.django"]
+    [warning] = [r for r in records if r.levelno >= logging.WARNING]
+    assert warning.levelno == logging.WARNING and warning.exc_info is not None
+    # Each miss is a DEBUG line naming its key (a duplicate /init is traced to it).
+    debug = [r.getMessage() for r in records if r.levelno == logging.DEBUG]
+    assert len(debug) == 200
+    assert all(":k: a miss (" in m for m in debug), debug[:3]
+    assert sum("(not asked, resting after a failure)" in m for m in debug) == 199
+    assert "Django cache 'default' get failed; treating it as a miss" in warning.getMessage()
+
+
+def test_a_cache_outage_is_logged_once_and_its_end_too(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    broken = BrokenCache()
+    storage = DjangoCacheStorage(retry_interval=0)  # asked every time
+    monkeypatch.setattr(DjangoCacheStorage, "cache", property(lambda self: broken))
+    with caplog.at_level(logging.DEBUG, logger="atrack"):
+        for _ in range(20):
+            assert storage.add("k", "v") is True
+        broken.down = False
+        assert storage.add("k", "v") is True
+    assert broken.asked == 21
+    records = [r for r in caplog.records if r.name == "atrack.django"]
+    warnings = [r.getMessage() for r in records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 2, warnings
+    assert "reachable again" in warnings[1]
+    debug = [r.getMessage() for r in records if r.levelno == logging.DEBUG]
+    assert len([m for m in debug if " failed again: " in m]) == 19
+    assert len([m for m in debug if ":k: a miss (failed: " in m]) == 20
 
 
 def run_python(code: str) -> subprocess.CompletedProcess[str]:
