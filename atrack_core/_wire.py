@@ -297,6 +297,14 @@ _MS_SUFFIX = tuple(f".{ms:03d}Z" for ms in range(1000))
 EVENT_FRAME = len(_EVENT_HEAD) + 96
 
 
+# Ints of at most this many bits (at most 603 digits) are below the interpreter's
+# int-to-str check threshold (sys.int_info.str_digits_check_threshold, 640 digits; the
+# lowest limit sys.set_int_max_str_digits() or PYTHONINTMAXSTRDIGITS accepts): they
+# encode whatever the limit is, then or later. A wider int (validation allows 4,300
+# digits) fails to encode under a lower limit, so it is encoded at the call.
+_SURE_INT_BITS = 2000
+
+
 def text_bound(text: str) -> int:
     """The most bytes ``text`` takes in a body's JSON (every character a six-byte
     escape), or ``-1`` when it is not ASCII (it could hold a lone surrogate, which only
@@ -308,10 +316,11 @@ def attributes_bound(attributes: dict[str, Any], size: int) -> int:
     """``size`` plus the most bytes validated, flat ``attributes`` take in a body's JSON
     when that is sure to encode within :data:`MAX_BODY_BYTES`, else ``-1``.
 
-    Sure means: ASCII text (nothing UTF-8 could refuse) and values of str, int, float,
-    bool or None, short enough even if every character needed a six-byte escape. An
-    event body known sure to encode can be encoded later, off the caller's thread
-    (``EventCall``); any other is encoded at once, where a failure reaches the caller.
+    Sure means: ASCII text (nothing UTF-8 could refuse) and values of str, int (of at
+    most 603 digits), float, bool or None, short enough even if every character needed
+    a six-byte escape. An event body known sure to encode can be encoded later, off the
+    caller's thread (``EventCall``); any other is encoded at once, where a failure
+    reaches the caller.
     ``attributes`` must be validated already (exact types, finite floats, bounded ints).
     """
     for key, value in attributes.items():
@@ -323,8 +332,11 @@ def attributes_bound(attributes: dict[str, Any], size: int) -> int:
                 return -1
             size += 6 * (len(key) + len(value)) + 6
         elif tp is int:
+            bits = value.bit_length()
+            if bits > _SURE_INT_BITS:
+                return -1  # its decimal form depends on sys.set_int_max_str_digits()
             # Decimal digits are at most bits * 0.302 + 1, plus a sign.
-            size += 6 * len(key) + value.bit_length() // 3 + 6
+            size += 6 * len(key) + bits // 3 + 6
         elif tp is bool or tp is float or value is None:
             size += 6 * len(key) + 30  # the longest float repr has 24 characters
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -213,8 +214,8 @@ def test_property_a_deferred_body_is_the_body_and_its_bound_holds(
 @pytest.mark.parametrize(
     "value",
     [
-        10**4299,
-        -(10**4299),
+        2**2000 - 1,  # 603 digits: encodes under any int_max_str_digits limit
+        -(2**2000 - 1),
         -1,
         0,
         -1.7976931348623157e308,
@@ -242,6 +243,8 @@ def test_the_bound_holds_for_the_widest_values(value: Any) -> None:
         ("\ud800", "e", {}, {}),
         (UUID, "e", {}, {"userAgent": "\ud800"}),
         (UUID, "e", {"big": "x" * (MAX_BODY_BYTES // 6)}, {}),  # could exceed the limit
+        (UUID, "e", {"n": 2**2000}, {}),  # 604 digits: a lower int_max_str_digits refuses it
+        (UUID, "e", {"n": -(10**4299)}, {}),
     ],
 )
 def test_bodies_that_could_fail_are_not_deferred(
@@ -259,6 +262,52 @@ def test_a_tracker_event_that_cannot_encode_fails_at_the_call(sdk: ATrackSdk) ->
     tracker.track("order_created", {"note": "x" * 1000})  # deferred, and delivered
     (call,) = recording(sdk).calls
     assert call.body["attributes"] == {"note": "x" * 1000}
+
+
+# A browser whose request context is ASCII: its events can be encoded by the sender.
+ASCII_BROWSER = RequestView(
+    "GET",
+    "https",
+    "shop.example",
+    "/products",
+    "source=google",
+    {"cookie": f"atrack_uuid={UUID}", "user-agent": 'Mozilla/5.0 "Gecko" \\ (X11)'},
+    "134.122.17.144",
+)
+
+
+def test_a_wide_int_fails_at_the_call_under_a_lower_int_digits_limit() -> None:
+    """PYTHONINTMAXSTRDIGITS (or sys.set_int_max_str_digits) may be below the 4,300
+    digits validation allows: such an int fails to encode, and must fail at the call,
+    not in the sender (where it was dropped and the view never told)."""
+    transport = CaptureTransport()
+    failed: list[BaseException] = []
+    sdk = ATrackSdk(
+        Options(
+            "pub_test_1234",
+            endpoint="http://127.0.0.1:9",
+            transport=transport,
+            on_error=lambda call, exc: failed.append(exc),
+        )
+    )
+    limit = sys.get_int_max_str_digits()
+    try:
+        tracker = IntegrationConfig(sdk=sdk, init="off").begin(ASCII_BROWSER)
+        tracker.track("deferred_first", {"n": 1})
+        context = tracker._context
+        assert isinstance(context, WireContext) and context.ascii_size > 0  # deferrable
+        sys.set_int_max_str_digits(1000)
+        with pytest.raises(ValueError, match="digits"):
+            tracker.track("wide", {"n": 10**1500})
+        tracker.track("widest_sure", {"n": -(2**2000 - 1)})  # 603 digits: always encodes
+        assert sdk.flush(10)
+    finally:
+        sys.set_int_max_str_digits(limit)
+        sdk.shutdown()
+    assert failed == [] and sdk.stats()["failed"] == 0
+    bodies = sorted((c.body for c in transport.calls.calls), key=lambda b: b["event"])
+    assert [b["event"] for b in bodies] == ["deferred_first", "widest_sure"]
+    assert bodies[1]["attributes"] == {"n": -(2**2000 - 1)}
 
 
 def test_a_deferred_body_holds_the_values_of_the_call() -> None:
