@@ -12,6 +12,7 @@ it holds.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
@@ -128,6 +129,18 @@ def insert(db: sqlite3.Connection, values: Sequence[Any]) -> None:
     """Rows as :func:`row_values` gives them, one after the other in one flat list."""
     for start, rows in _batches(len(values) // ROW_FIELDS, INSERT_ROWS):
         db.execute(_insert_sql(rows), values[start * ROW_FIELDS : (start + rows) * ROW_FIELDS])
+
+
+def insert_committed(db: sqlite3.Connection, values: Sequence[Any]) -> None:
+    """:func:`insert` in a transaction of its own: committed, or rolled back and raised."""
+    db.execute("BEGIN")
+    try:
+        insert(db, values)
+        db.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+        raise
 
 
 def delete(db: sqlite3.Connection, ids: Sequence[int]) -> None:

@@ -571,13 +571,9 @@ class Outbox:
             self._next_id = next_id
             self.counts["rows"] = self.counts["bytes"] = 0
         if values:
-            db.execute("BEGIN")
             try:
-                _db.insert(db, values)
-                db.execute("COMMIT")
+                _db.insert_committed(db, values)
             except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")
                 with self._delivery.lock:
                     self._moved = {}
                 raise
@@ -901,14 +897,7 @@ class Outbox:
                 self._next_id += 1
                 values += _db.row_values(call, 0, 0.0)
                 size += _db.size_of(call)
-        db.execute("BEGIN")
-        try:
-            _db.insert(db, values)
-            db.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")
-            raise
+        _db.insert_committed(db, values)
         self.counts["rows"] += len(rows)
         self.counts["bytes"] += size
         self.counts["adopted"] += len(rows)
