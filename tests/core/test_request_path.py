@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import Iterator
+import threading
+import tracemalloc
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
@@ -14,13 +16,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from atrack_core import ATrackSdk, EventPayload, Options
-from atrack_core._call import EventCall
+from atrack_core._call import ATTRIBUTE_MEMORY, EventCall
 from atrack_core._request import (
     ContextConfig,
     RequestView,
     build_request_context,
     request_context_dict,
 )
+from atrack_core._scheduler import BackgroundDelivery
+from atrack_core._transport import Connection, Endpoint, Response, Transport
 from atrack_core._validate import MAX_BODY_BYTES
 from atrack_core._wire import (
     EVENT_FRAME,
@@ -205,7 +209,8 @@ def test_property_a_deferred_body_is_the_body_and_its_bound_holds(
         return
     assert bound >= len(expected)
     call = EventCall(uuid, (uuid, event, attributes, TS, wire), bound)
-    assert call.weight == bound and call.path == PATH_EVENT and call.uuid == uuid
+    assert call.weight == bound + ATTRIBUTE_MEMORY * len(attributes)
+    assert call.path == PATH_EVENT and call.uuid == uuid
     assert call.body == expected
     assert call.body is call.body  # made once
     assert call.json()["attributes"] == attributes
@@ -308,6 +313,68 @@ def test_a_wide_int_fails_at_the_call_under_a_lower_int_digits_limit() -> None:
     bodies = sorted((c.body for c in transport.calls.calls), key=lambda b: b["event"])
     assert [b["event"] for b in bodies] == ["deferred_first", "widest_sure"]
     assert bodies[1]["attributes"] == {"n": -(2**2000 - 1)}
+
+
+class _HeldConnection(Connection):
+    def __init__(self, release: threading.Event, taken: threading.Event) -> None:
+        self._release = release
+        self._taken = taken
+
+    def request(self, path: str, headers: Mapping[str, str], body: bytes) -> Response:
+        self._taken.set()
+        self._release.wait()
+        return Response(200)
+
+
+class HeldTransport(Transport):
+    """Answers 200 once ``release`` is set: until then the calls wait in the queue."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.taken = threading.Event()
+
+    def connection(self, endpoint: Endpoint) -> Connection:
+        return _HeldConnection(self.release, self.taken)
+
+
+def test_queued_deferred_events_take_no_more_memory_than_the_queue_counts() -> None:
+    """The queue's byte bound (32 MiB) is what keeps memory bounded while the API is
+    down. A deferred event holds its attributes, not its body: each one a dict entry and
+    often a key made for the call, more than its JSON. Its weight must cover that, as a
+    body's length covers an eagerly encoded event (there: 1.1 times for these)."""
+    transport = HeldTransport()
+    sdk = ATrackSdk(
+        Options(
+            "pub_test_1234",
+            endpoint="http://127.0.0.1:9",
+            transport=transport,
+            max_concurrency=1,
+        )
+    )
+    try:
+        tracker = IntegrationConfig(sdk=sdk, init="off").begin(ASCII_BROWSER)
+        tracker.track("first", {})
+        assert transport.taken.wait(10)  # held in flight: the rest wait in the queue
+        delivery = sdk._delivery
+        assert isinstance(delivery, BackgroundDelivery)
+        counted = delivery._bytes
+        tracemalloc.start()
+        try:
+            for n in range(2000):
+                tracker.track("flags", {f"flag_{i}": (n >> i) & 1 for i in range(100)})
+            used = tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+        counted = delivery._bytes - counted
+        assert all(type(call) is EventCall for call in delivery._ready)  # deferred
+        assert len(delivery._ready) == 2000
+        assert used <= 1.5 * counted, (used, counted)
+        transport.release.set()
+        assert sdk.flush(30)
+    finally:
+        transport.release.set()
+        sdk.shutdown()
+    assert sdk.stats()["sent"] == 2001 and sdk.stats()["failed"] == 0
 
 
 def test_a_deferred_body_holds_the_values_of_the_call() -> None:
