@@ -436,6 +436,29 @@ class ATrackSdk:
         body = event_body(uuid, event, attrs, timestamp, dict(context.data))
         self._dispatch(PATH_EVENT, uuid, body)
 
+    def _check_event_body(
+        self, uuid: str, event: str, attributes: dict[str, Any], context: WireContext
+    ) -> None:
+        """Raise now what encoding this event's body would raise later: for a tracker
+        whose event is validated at the call and made in the ordered worker. A body sure
+        to encode (see ``_event_in_request``) costs the bound only; any other is encoded
+        here once, to be told (a lone surrogate, over the size limit, an int wider than
+        the interpreter's digit limit). With a ``before_send`` hook, as in
+        ``_event_in_request``, what the hook returns is encoded after it, and a failure
+        there is the hook's (counted, logged, ``on_error``)."""
+        if self.options.before_send is not None:
+            return
+        context_size = context.ascii_size
+        if context_size == -2:
+            context.json()
+            context_size = context.ascii_size
+        name_bound = text_bound(event)
+        if context_size >= 0 and name_bound >= 0 and uuid.isascii():
+            size = EVENT_FRAME + context_size + name_bound + 6 * len(uuid)
+            if attributes_bound(attributes, size) > 0:
+                return
+        event_json(uuid, event, attributes, now_timestamp(), context)
+
     def _check_event_name(self, event: object) -> str:
         name = check_name(event, "EventPayload.event")
         if event.__class__ is str:

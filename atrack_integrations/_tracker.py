@@ -242,6 +242,9 @@ class RequestTracker:
             event = check_name(event, "event")
             attrs = to_json_object(attributes, "attributes")
             sdk = self._config.sdk
+            # What only encoding finds (a lone surrogate, the size limit) is found here
+            # too, not in the worker, where it was logged and no one told.
+            sdk._check_event_body(uuid, event, attrs, context)
             self._submit(lambda: sdk._event_in_request(uuid, event, attrs, context))
             return
         try:

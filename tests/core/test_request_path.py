@@ -24,6 +24,7 @@ from atrack_core._request import (
     request_context_dict,
 )
 from atrack_core._scheduler import BackgroundDelivery
+from atrack_core._storage import FileStorage
 from atrack_core._transport import Connection, Endpoint, Response, Transport
 from atrack_core._validate import MAX_BODY_BYTES
 from atrack_core._wire import (
@@ -375,6 +376,40 @@ def test_queued_deferred_events_take_no_more_memory_than_the_queue_counts() -> N
         transport.release.set()
         sdk.shutdown()
     assert sdk.stats()["sent"] == 2001 and sdk.stats()["failed"] == 0
+
+
+def test_an_event_that_cannot_encode_fails_at_the_call_when_sent_by_the_ordered_worker(
+    tmp_path: Any,
+) -> None:
+    """Under an event loop with a storage that does I/O, a tracker's calls go out from
+    the ordered worker (behind the user's /init). Its event used to be validated at the
+    call but encoded in the worker: a lone surrogate in a value or a body over 256 KiB
+    was only logged there, the call site told nothing and no counter moved."""
+    transport = CaptureTransport()
+    sdk = ATrackSdk(
+        Options(
+            "pub_test_1234",
+            endpoint="http://127.0.0.1:9",
+            transport=transport,
+            storage=FileStorage(tmp_path / "atrack.json"),
+        )
+    )
+    try:
+        tracker = IntegrationConfig(sdk=sdk).begin(ASCII_BROWSER, in_event_loop=True)
+        tracker.track("first", {"n": 1})  # the /init goes to the worker: ordered now
+        assert tracker._ordered
+        with pytest.raises(ValueError, match="lone surrogate"):
+            tracker.track("bad_text", {"note": "\ud800"})
+        with pytest.raises(ValueError, match="/event body"):
+            tracker.track("too_big", {"note": "x" * MAX_BODY_BYTES})
+        tracker.track("caf\u00e9", {"city": "Z\u00fcrich"})  # not sure, encodes: sent
+        assert tracker._last is not None
+        tracker._last.result(10)
+        assert sdk.flush(10)
+    finally:
+        sdk.shutdown()
+    events = [c.body["event"] for c in transport.calls.calls if c.path == PATH_EVENT]
+    assert events == ["first", "caf\u00e9"]
 
 
 def test_a_deferred_body_holds_the_values_of_the_call() -> None:
