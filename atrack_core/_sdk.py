@@ -459,6 +459,14 @@ class ATrackSdk:
                 return
         event_json(uuid, event, attributes, now_timestamp(), context)
 
+    def _check_body(self, path: str, body: dict[str, Any]) -> None:
+        """Raise now what serialising ``body`` (made of validated parts) would raise
+        later, in the ordered worker: a lone surrogate, the size limit, an int wider
+        than the interpreter's digit limit. Nothing with a ``before_send`` hook (its
+        result's failure is the hook's, as on the direct path)."""
+        if self.options.before_send is None:
+            serialize(path, body)
+
     def _check_event_name(self, event: object) -> str:
         name = check_name(event, "EventPayload.event")
         if event.__class__ is str:

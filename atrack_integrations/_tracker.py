@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from atrack_core._request import RequestView, request_context_dict
 from atrack_core._validate import check_name, to_json_object
-from atrack_core._wire import WireContext
+from atrack_core._wire import PATH_ATTRIBUTES, WireContext, attributes_body
 
 from ._contain import CALLER_ERRORS, Contain
 from ._cookie import is_canonical_uuid
@@ -393,6 +393,9 @@ class RequestTracker:
         uuid = self.uuid
         sdk = self._config.sdk
         if self._ordered:
+            # What only encoding finds is found here, not in the worker (see track()).
+            mode = "replace" if replace else "merge"
+            sdk._check_body(PATH_ATTRIBUTES, attributes_body(uuid, mode, attrs, {}))
             self._submit(lambda: sdk._attributes_checked(uuid, attrs, replace, {}))
             return
         with _ATTRIBUTES_FAILED:

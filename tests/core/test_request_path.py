@@ -29,6 +29,7 @@ from atrack_core._transport import Connection, Endpoint, Response, Transport
 from atrack_core._validate import MAX_BODY_BYTES
 from atrack_core._wire import (
     EVENT_FRAME,
+    PATH_ATTRIBUTES,
     PATH_EVENT,
     WireContext,
     attributes_bound,
@@ -378,13 +379,14 @@ def test_queued_deferred_events_take_no_more_memory_than_the_queue_counts() -> N
     assert sdk.stats()["sent"] == 2001 and sdk.stats()["failed"] == 0
 
 
-def test_an_event_that_cannot_encode_fails_at_the_call_when_sent_by_the_ordered_worker(
+def test_a_body_that_cannot_encode_fails_at_the_call_when_sent_by_the_ordered_worker(
     tmp_path: Any,
 ) -> None:
     """Under an event loop with a storage that does I/O, a tracker's calls go out from
-    the ordered worker (behind the user's /init). Its event used to be validated at the
-    call but encoded in the worker: a lone surrogate in a value or a body over 256 KiB
-    was only logged there, the call site told nothing and no counter moved."""
+    the ordered worker (behind the user's /init). Its event (or /attributes) used to be
+    validated at the call but encoded in the worker: a lone surrogate in a value or a
+    body over 256 KiB was only logged there, the call site told nothing and no counter
+    moved."""
     transport = CaptureTransport()
     sdk = ATrackSdk(
         Options(
@@ -403,13 +405,20 @@ def test_an_event_that_cannot_encode_fails_at_the_call_when_sent_by_the_ordered_
         with pytest.raises(ValueError, match="/event body"):
             tracker.track("too_big", {"note": "x" * MAX_BODY_BYTES})
         tracker.track("caf\u00e9", {"city": "Z\u00fcrich"})  # not sure, encodes: sent
+        with pytest.raises(ValueError, match="lone surrogate"):
+            tracker.set_attributes({"note": "\ud800"})
+        with pytest.raises(ValueError, match="/attributes body"):
+            tracker.set_attributes({"note": "x" * MAX_BODY_BYTES})
+        tracker.set_attributes({"plan": "pro"})
         assert tracker._last is not None
         tracker._last.result(10)
         assert sdk.flush(10)
     finally:
         sdk.shutdown()
     events = [c.body["event"] for c in transport.calls.calls if c.path == PATH_EVENT]
-    assert events == ["first", "caf\u00e9"]
+    assert sorted(events) == ["caf\u00e9", "first"]  # events keep no order among them
+    sent = [c.body["attributes"] for c in transport.calls.calls if c.path == PATH_ATTRIBUTES]
+    assert sent == [{"plan": "pro"}]
 
 
 def test_a_deferred_body_holds_the_values_of_the_call() -> None:
