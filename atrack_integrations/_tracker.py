@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from atrack_core._request import RequestView, request_context_dict
 from atrack_core._validate import check_name, to_json_object
-from atrack_core._wire import PATH_ATTRIBUTES, WireContext, attributes_body
+from atrack_core._wire import PATH_ATTRIBUTES, PATH_INIT, WireContext, attributes_body, init_body
 
 from ._contain import CALLER_ERRORS, Contain
 from ._cookie import is_canonical_uuid
@@ -282,6 +282,12 @@ class RequestTracker:
         attrs = to_json_object(attributes, "attributes") if attributes is not None else None
         if not self.enabled:
             return
+        if attrs:
+            # Its /init is made later (here or in the ordered worker), where a failure
+            # is contained and logged only: what only encoding finds (a lone surrogate,
+            # the size limit) is found here, at the call, as set_attributes() does.
+            body = init_body(uuid, False, "merge", self._context_dict(), attrs, {})
+            self._config.sdk._check_body(PATH_INIT, body)
         key = id(self)
         if self._identify_due or self._init_pending or key in _asking or key in _sending:
             # A hook being asked or a /init being decided in another thread ends first:

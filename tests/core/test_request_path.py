@@ -31,6 +31,7 @@ from atrack_core._wire import (
     EVENT_FRAME,
     PATH_ATTRIBUTES,
     PATH_EVENT,
+    PATH_INIT,
     WireContext,
     attributes_bound,
     event_body,
@@ -419,6 +420,37 @@ def test_a_body_that_cannot_encode_fails_at_the_call_when_sent_by_the_ordered_wo
     assert sorted(events) == ["caf\u00e9", "first"]  # events keep no order among them
     sent = [c.body["attributes"] for c in transport.calls.calls if c.path == PATH_ATTRIBUTES]
     assert sent == [{"plan": "pro"}]
+
+
+@pytest.mark.parametrize("ordered", [False, True])
+def test_identify_with_attributes_that_cannot_encode_fails_at_the_call(
+    tmp_path: Any, ordered: bool
+) -> None:
+    """identify(uuid, attributes) sends the user's /init with them, later (at once, or
+    from the ordered worker), where a failure is contained: a lone surrogate or a body
+    over 256 KiB was logged there only, no counter moved, the attributes lost."""
+    transport = CaptureTransport()
+    storage = {"storage": FileStorage(tmp_path / "atrack.json")} if ordered else {}
+    sdk = ATrackSdk(
+        Options("pub_test_1234", endpoint="http://127.0.0.1:9", transport=transport, **storage)
+    )
+    try:
+        tracker = IntegrationConfig(sdk=sdk).begin(ASCII_BROWSER, in_event_loop=ordered)
+        tracker.track("first", {})
+        assert tracker._ordered is ordered
+        with pytest.raises(ValueError, match="lone surrogate"):
+            tracker.identify("user-2", {"note": "\ud800"})
+        with pytest.raises(ValueError, match="/init body"):
+            tracker.identify("user-3", {"note": "x" * MAX_BODY_BYTES})
+        tracker.identify("user-4", {"plan": "pro"})
+        if tracker._last is not None:
+            tracker._last.result(10)
+        assert sdk.flush(10)
+    finally:
+        sdk.shutdown()
+    inits = {c.body["uuid"]: c.body for c in transport.calls.calls if c.path == PATH_INIT}
+    assert sorted(inits) == [UUID, "user-4"]  # two users' calls keep no order
+    assert inits["user-4"]["attributes"] == {"plan": "pro"}
 
 
 def test_a_deferred_body_holds_the_values_of_the_call() -> None:
