@@ -262,7 +262,7 @@ def test_bodies_that_could_fail_are_not_deferred(
 
 
 def test_a_tracker_event_that_cannot_encode_fails_at_the_call(sdk: ATrackSdk) -> None:
-    tracker = tracker_for(sdk)
+    tracker = IntegrationConfig(sdk=sdk, init="off").begin(ASCII_BROWSER)  # deferrable
     with pytest.raises(ValueError, match="lone surrogate"):
         tracker.track("order_created", {"note": "\ud800"})
     with pytest.raises(ValueError, match="/event body"):
@@ -319,11 +319,13 @@ def test_a_wide_int_fails_at_the_call_under_a_lower_int_digits_limit() -> None:
 
 
 class _HeldConnection(Connection):
-    def __init__(self, release: threading.Event, taken: threading.Event) -> None:
+    def __init__(self, release: threading.Event, taken: threading.Event, bodies: list[Any]) -> None:
         self._release = release
         self._taken = taken
+        self.bodies = bodies
 
     def request(self, path: str, headers: Mapping[str, str], body: bytes) -> Response:
+        self.bodies.append(json.loads(body))
         self._taken.set()
         self._release.wait()
         return Response(200)
@@ -335,9 +337,10 @@ class HeldTransport(Transport):
     def __init__(self) -> None:
         self.release = threading.Event()
         self.taken = threading.Event()
+        self.bodies: list[Any] = []  # the bodies sent, decoded
 
     def connection(self, endpoint: Endpoint) -> Connection:
-        return _HeldConnection(self.release, self.taken)
+        return _HeldConnection(self.release, self.taken, self.bodies)
 
 
 def test_queued_deferred_events_take_no_more_memory_than_the_queue_counts() -> None:
@@ -454,25 +457,42 @@ def test_identify_with_attributes_that_cannot_encode_fails_at_the_call(
 
 
 def test_a_deferred_body_holds_the_values_of_the_call() -> None:
-    """Encoded later, in the sender: what the caller changes after the call is not in it."""
-    transport = CaptureTransport()
-    sdk = ATrackSdk(Options("pub_test_1234", endpoint="http://127.0.0.1:9", transport=transport))
+    """Encoded later, in the sender: what the caller changes after the call is not in it.
+    The events wait behind a call held in flight, so every body is made after the
+    caller changed its dict."""
+    transport = HeldTransport()
+    sdk = ATrackSdk(
+        Options(
+            "pub_test_1234",
+            endpoint="http://127.0.0.1:9",
+            transport=transport,
+            max_concurrency=1,
+        )
+    )
     try:
-        tracker = IntegrationConfig(sdk=sdk, init="off").begin(BROWSER)
+        tracker = IntegrationConfig(sdk=sdk, init="off").begin(ASCII_BROWSER)
+        tracker.track("held", {})
+        assert transport.taken.wait(10)
         attributes: dict[str, Any] = {"step": 1, "label": "first"}
         for step in range(1, 4):
             attributes["step"] = step
             tracker.track("checkout_step", attributes)
             attributes["label"] = "changed"
+        delivery = sdk._delivery
+        assert isinstance(delivery, BackgroundDelivery)
+        assert [type(call) for call in delivery._ready] == [EventCall] * 3  # not encoded
+        attributes.clear()
+        transport.release.set()
         assert sdk.flush(10)
     finally:
+        transport.release.set()
         sdk.shutdown()
-    bodies = sorted(c.body["attributes"]["step"] for c in transport.calls.calls)
-    assert bodies == [1, 2, 3]
-    labels = {
-        c.body["attributes"]["step"]: c.body["attributes"]["label"] for c in transport.calls.calls
+    steps = {
+        b["attributes"]["step"]: b["attributes"]["label"]
+        for b in transport.bodies
+        if b["event"] == "checkout_step"
     }
-    assert labels == {1: "first", 2: "changed", 3: "changed"}
+    assert steps == {1: "first", 2: "changed", 3: "changed"}
 
 
 # ------------------------------------------------------------------ request_context_dict
