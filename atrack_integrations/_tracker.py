@@ -286,8 +286,12 @@ class RequestTracker:
             # Its /init is made later (here or in the ordered worker), where a failure
             # is contained and logged only: what only encoding finds (a lone surrogate,
             # the size limit) is found here, at the call, as set_attributes() does.
-            body = init_body(uuid, False, "merge", self._context_dict(), attrs, {})
-            self._config.sdk._check_body(PATH_INIT, body)
+            sdk = self._config.sdk
+            if self.passive or self._config.init == "off":  # sent as /attributes
+                sdk._check_body(PATH_ATTRIBUTES, attributes_body(uuid, "merge", attrs, {}))
+            else:
+                body = init_body(uuid, False, "merge", self._context_dict(), attrs, {})
+                sdk._check_body(PATH_INIT, body)
         key = id(self)
         if self._identify_due or self._init_pending or key in _asking or key in _sending:
             # A hook being asked or a /init being decided in another thread ends first:

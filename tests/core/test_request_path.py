@@ -33,6 +33,7 @@ from atrack_core._wire import (
     PATH_EVENT,
     PATH_INIT,
     WireContext,
+    attributes_body,
     attributes_bound,
     event_body,
     event_json,
@@ -454,6 +455,20 @@ def test_identify_with_attributes_that_cannot_encode_fails_at_the_call(
     inits = {c.body["uuid"]: c.body for c in transport.calls.calls if c.path == PATH_INIT}
     assert sorted(inits) == [UUID, "user-4"]  # two users' calls keep no order
     assert inits["user-4"]["attributes"] == {"plan": "pro"}
+
+
+def test_identify_checks_the_body_it_sends(sdk: ATrackSdk) -> None:
+    """With init="off" identify's attributes go out as /attributes, without the
+    request's context: a value that fits there is not refused for the /init it is not."""
+    tracker = IntegrationConfig(sdk=sdk, init="off").begin(BROWSER)
+    room = MAX_BODY_BYTES - len(
+        serialize(PATH_ATTRIBUTES, attributes_body("u-1", "merge", {"v": ""}, {}))
+    )
+    tracker.identify("u-1", {"v": "x" * room})
+    (call,) = recording(sdk).calls
+    assert call.path == PATH_ATTRIBUTES and len(call.body["attributes"]["v"]) == room
+    with pytest.raises(ValueError, match="/attributes body"):
+        tracker.identify("u-2", {"v": "x" * (room + 1)})
 
 
 def test_a_deferred_body_holds_the_values_of_the_call() -> None:
