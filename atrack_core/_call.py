@@ -64,7 +64,7 @@ class EventCall(Call):
     """An event from a request tracker whose body is encoded when it is first read (by
     the sender or the outbox writer), not in the caller's thread.
 
-    Only made for an event whose body :func:`~atrack_core._wire.attributes_bound` showed
+    Only made for an event whose body :func:`~atrack_core._wire.event_bound` showed
     to encode, within the size limit, so nothing can fail later that the caller should
     have heard of; ``weight`` is that bound plus :data:`ATTRIBUTE_MEMORY` per attribute
     (what the queue's byte bound counts for it). ``parts`` are validated copies and an

@@ -21,14 +21,13 @@ from ._scheduler import BackgroundDelivery
 from ._storage import MemoryStorage, Storage
 from ._validate import _convert_dict, check_name, to_json_object
 from ._wire import (
-    EVENT_FRAME,
     PATH_ATTRIBUTES,
     PATH_EVENT,
     PATH_INIT,
     WireContext,
     attributes_body,
-    attributes_bound,
     event_body,
+    event_bound,
     event_json,
     format_timestamp,
     init_body,
@@ -413,15 +412,7 @@ class ATrackSdk:
             # context's cached JSON; when it is sure to encode (ASCII, flat, small),
             # that is left to the sender (EventCall): the encoding's ~10k instructions
             # leave the request for the bound's ~4k (docs/delivery.md).
-            context_size = context.ascii_size
-            if context_size == -2:
-                context.json()
-                context_size = context.ascii_size
-            if context_size < 0 or name_bound < 0 or not uuid.isascii():
-                weight = -1
-            else:
-                size = EVENT_FRAME + context_size + name_bound + 6 * len(uuid)
-                weight = attributes_bound(attrs, size)
+            weight = event_bound(uuid, name_bound, attrs, context)
             if weight > 0:
                 call: Call = EventCall(uuid, (uuid, event, attrs, timestamp, context), weight)
             else:
@@ -448,15 +439,8 @@ class ATrackSdk:
         there is the hook's (counted, logged, ``on_error``)."""
         if self.options.before_send is not None:
             return
-        context_size = context.ascii_size
-        if context_size == -2:
-            context.json()
-            context_size = context.ascii_size
-        name_bound = text_bound(event)
-        if context_size >= 0 and name_bound >= 0 and uuid.isascii():
-            size = EVENT_FRAME + context_size + name_bound + 6 * len(uuid)
-            if attributes_bound(attributes, size) > 0:
-                return
+        if event_bound(uuid, text_bound(event), attributes, context) > 0:
+            return
         event_json(uuid, event, attributes, now_timestamp(), context)
 
     def _check_body(self, path: str, body: dict[str, Any]) -> None:

@@ -294,7 +294,7 @@ _MS_SUFFIX = tuple(f".{ms:03d}Z" for ms in range(1000))
 
 # What an event body holds besides its parts' text: the keys, quotes and punctuation
 # around them and the timestamp, with room to spare.
-EVENT_FRAME = len(_EVENT_HEAD) + 96
+_EVENT_FRAME = len(_EVENT_HEAD) + 96
 
 
 # Ints of at most this many bits (at most 603 digits) are below the interpreter's
@@ -312,17 +312,25 @@ def text_bound(text: str) -> int:
     return 6 * len(text) if text.isascii() else -1
 
 
-def attributes_bound(attributes: dict[str, Any], size: int) -> int:
-    """``size`` plus the most bytes validated, flat ``attributes`` take in a body's JSON
-    when that is sure to encode within :data:`MAX_BODY_BYTES`, else ``-1``.
+def event_bound(uuid: str, name_size: int, attributes: dict[str, Any], context: WireContext) -> int:
+    """The most bytes :func:`event_json` makes of these parts when that is sure to
+    encode within :data:`MAX_BODY_BYTES`, else ``-1``. ``name_size`` is
+    :func:`text_bound` of the event's name (callers keep it per name).
 
-    Sure means: ASCII text (nothing UTF-8 could refuse) and values of str, int (of at
-    most 603 digits), float, bool or None, short enough even if every character needed
-    a six-byte escape. An event body known sure to encode can be encoded later, off the
-    caller's thread (``EventCall``); any other is encoded at once, where a failure
-    reaches the caller.
+    Sure means: ASCII text (nothing UTF-8 could refuse) and flat attributes of str, int
+    (of at most 603 digits), float, bool or None, short enough even if every character
+    needed a six-byte escape. An event body known sure to encode can be encoded later,
+    off the caller's thread (``EventCall``); any other is encoded at once, where a
+    failure reaches the caller.
     ``attributes`` must be validated already (exact types, finite floats, bounded ints).
     """
+    context_size = context.ascii_size
+    if context_size == -2:
+        context.json()
+        context_size = context.ascii_size
+    if context_size < 0 or name_size < 0 or not uuid.isascii():
+        return -1
+    size = _EVENT_FRAME + context_size + name_size + 6 * len(uuid)
     for key, value in attributes.items():
         if not key.isascii():
             return -1

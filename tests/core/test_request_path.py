@@ -28,14 +28,13 @@ from atrack_core._storage import FileStorage
 from atrack_core._transport import Connection, Endpoint, Response, Transport
 from atrack_core._validate import MAX_BODY_BYTES
 from atrack_core._wire import (
-    EVENT_FRAME,
     PATH_ATTRIBUTES,
     PATH_EVENT,
     PATH_INIT,
     WireContext,
     attributes_body,
-    attributes_bound,
     event_body,
+    event_bound,
     event_json,
     serialize,
     text_bound,
@@ -173,11 +172,7 @@ def test_property_event_json_matches_serialize(
 
 def deferred_bound(uuid: str, event: str, attributes: dict[str, Any], context: WireContext) -> int:
     """The weight ``_event_in_request`` computes: > 0 when the body may be encoded later."""
-    context.json()
-    parts = (context.ascii_size, text_bound(event), text_bound(uuid))
-    if min(parts) < 0:
-        return -1
-    return attributes_bound(attributes, EVENT_FRAME + sum(parts))
+    return event_bound(uuid, text_bound(event), attributes, context)
 
 
 _ascii_text = st.text(alphabet=st.characters(max_codepoint=127), max_size=40)
