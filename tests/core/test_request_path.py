@@ -339,20 +339,22 @@ class HeldTransport(Transport):
         return _HeldConnection(self.release, self.taken, self.bodies)
 
 
+def held_sdk() -> tuple[ATrackSdk, HeldTransport]:
+    """An SDK with one sender, through a :class:`HeldTransport`: its first call stays in
+    flight until ``release``, and the calls after it wait in the queue."""
+    transport = HeldTransport()
+    options = Options(
+        "pub_test_1234", endpoint="http://127.0.0.1:9", transport=transport, max_concurrency=1
+    )
+    return ATrackSdk(options), transport
+
+
 def test_queued_deferred_events_take_no_more_memory_than_the_queue_counts() -> None:
     """The queue's byte bound (32 MiB) is what keeps memory bounded while the API is
     down. A deferred event holds its attributes, not its body: each one a dict entry and
     often a key made for the call, more than its JSON. Its weight must cover that, as a
     body's length covers an eagerly encoded event (there: 1.1 times for these)."""
-    transport = HeldTransport()
-    sdk = ATrackSdk(
-        Options(
-            "pub_test_1234",
-            endpoint="http://127.0.0.1:9",
-            transport=transport,
-            max_concurrency=1,
-        )
-    )
+    sdk, transport = held_sdk()
     try:
         tracker = IntegrationConfig(sdk=sdk, init="off").begin(ASCII_BROWSER)
         tracker.track("first", {})
@@ -470,15 +472,7 @@ def test_a_deferred_body_holds_the_values_of_the_call() -> None:
     """Encoded later, in the sender: what the caller changes after the call is not in it.
     The events wait behind a call held in flight, so every body is made after the
     caller changed its dict."""
-    transport = HeldTransport()
-    sdk = ATrackSdk(
-        Options(
-            "pub_test_1234",
-            endpoint="http://127.0.0.1:9",
-            transport=transport,
-            max_concurrency=1,
-        )
-    )
+    sdk, transport = held_sdk()
     try:
         tracker = IntegrationConfig(sdk=sdk, init="off").begin(ASCII_BROWSER)
         tracker.track("held", {})
